@@ -1,0 +1,123 @@
+"""Find and load diffusion pipelines: the embedded default, a diffusers folder, or the local HF cache.
+
+Nothing is ever downloaded: every load goes through ``DiffusionPipeline.from_pretrained(...,
+local_files_only=True)``, the same call for the embedded model and for users' own folders. A folder
+is checked before loading, so a missing or broken one fails with an error that names the path and
+what is missing rather than a traceback from deep inside diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = [
+    "EMBEDDED_MODEL_DIR",
+    "EMBEDDED_MODEL_NAME",
+    "ModelLoadError",
+    "check_pipeline_folder",
+    "list_cached_pipelines",
+    "load_pipeline",
+    "resolve_model",
+]
+
+EMBEDDED_MODEL_NAME = "emoji-sd"
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / EMBEDDED_MODEL_NAME
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found or loaded; the message names the path and the reason."""
+
+
+def check_pipeline_folder(folder: str | Path) -> dict:
+    """Validate a diffusers pipeline folder without loading weights; returns its model_index.json."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ModelLoadError(f"model folder not found: {folder}")
+    if not folder.is_dir():
+        raise ModelLoadError(f"model path is not a folder: {folder}")
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise ModelLoadError(f"{folder} is not a diffusers pipeline folder: model_index.json is missing")
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{index_file} is not valid JSON: {exc}") from None
+    if not isinstance(index, dict) or "_class_name" not in index:
+        raise ModelLoadError(f"{index_file} has no _class_name: not a pipeline index")
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            raise ModelLoadError(f"{folder}: component '{name}' is listed in model_index.json but {sub} is missing")
+        files = [p.name for p in sub.iterdir()]
+        if name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            if not ({"vocab.json", "merges.txt"} <= set(files) or "tokenizer.json" in files or
+                    any(f.endswith(".model") for f in files)):
+                raise ModelLoadError(f"{sub} has no tokenizer files (vocab.json + merges.txt or tokenizer.json)")
+            continue
+        if name == "scheduler" or name.startswith("scheduler"):
+            if "scheduler_config.json" not in files:
+                raise ModelLoadError(f"{sub} is missing scheduler_config.json")
+            continue
+        if "config.json" not in files and not any(f.endswith(".json") for f in files):
+            raise ModelLoadError(f"{sub} is missing config.json")
+        if spec[0] in ("diffusers", "transformers") and not any(f.endswith(_WEIGHT_SUFFIXES) for f in files):
+            raise ModelLoadError(f"{sub} has no weights file ({', '.join(_WEIGHT_SUFFIXES)})")
+    return index
+
+
+def resolve_model(model: str | Path) -> str:
+    """The embedded model's name, a folder path, or a repo id in the local HF cache -> a loadable path."""
+    text = str(model).strip()
+    if not text:
+        raise ModelLoadError("no model given: use 'emoji-sd' (embedded), a diffusers folder, or a cached repo id")
+    if text == EMBEDDED_MODEL_NAME:
+        return str(EMBEDDED_MODEL_DIR)
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith((".", "/", "~")) or "\\" in text:
+        return str(path)
+    cached = {repo: p for repo, p in list_cached_pipelines()}
+    if text in cached:
+        return cached[text]
+    raise ModelLoadError(
+        f"model '{text}' is neither the embedded model '{EMBEDDED_MODEL_NAME}', an existing folder, nor a "
+        f"pipeline in the local Hugging Face cache (found: {sorted(cached) or 'none'}); nothing is downloaded"
+    )
+
+
+def list_cached_pipelines() -> list[tuple[str, str]]:
+    """(repo id, snapshot folder) of every diffusers pipeline in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:  # no cache folder yet, or an unreadable one: nothing cached
+        return []
+    found = []
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        for rev in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+            if (Path(rev.snapshot_path) / "model_index.json").is_file():
+                found.append((repo.repo_id, str(rev.snapshot_path)))
+                break
+    return sorted(found)
+
+
+def load_pipeline(model: str | Path = EMBEDDED_MODEL_NAME, device: str = "cpu", dtype=None):
+    """Load a pipeline from local files only, with a clear ``ModelLoadError`` when it cannot be."""
+    from diffusers import DiffusionPipeline
+
+    path = resolve_model(model)
+    check_pipeline_folder(path)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # corrupt weights, mismatched configs: name the folder and the cause
+        raise ModelLoadError(f"could not load the pipeline in {path}: {type(exc).__name__}: {exc}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

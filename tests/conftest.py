@@ -1,0 +1,41 @@
+"""Shared fixtures: the rendered emoji set, a tiny pipeline built from config, the embedded model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CAPTIONS = ["grinning face", "red heart", "man scientist: dark skin tone", "flag: France", "keycap: 7"]
+
+
+@pytest.fixture(scope="session")
+def emoji32():
+    """The full rendered data set at the embedded model's resolution (cached under .cache)."""
+    from studio_core.emoji_data import load_or_build
+
+    return load_or_build(ROOT / ".cache", 32)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A StableDiffusionPipeline folder with tiny random components (the 'tiny' training recipe's shapes)."""
+    import torch
+
+    from studio_core.tokenizer import build_caption_tokenizer
+    from studio_core.training import RECIPES, build_components, save_pipeline
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny") / "pipe"
+    tok = build_caption_tokenizer(out / "tokenizer", TINY_CAPTIONS, max_length=16)
+    vae, te, unet, sched = build_components(RECIPES["tiny"], len(tok), tok.bos_token_id, tok.eos_token_id)
+    save_pipeline(out, vae, te, tok, unet, sched)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedded_pipe():
+    from studio_core.models import load_pipeline
+
+    return load_pipeline("emoji-sd")
