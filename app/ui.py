@@ -12,7 +12,7 @@ __all__ = ["build_demo"]
 
 def _on_generate(model: str, prompt: str, seed: float, steps: float, guidance: float):
     try:
-        image, info = generate_one(model, prompt, int(seed), int(steps), float(guidance))
+        image, info = generate_one(model, prompt, seed, int(steps), float(guidance))
     except (ValueError, ModelLoadError) as exc:
         raise gr.Error(str(exc)) from None
     return image, info

@@ -68,9 +68,13 @@ def generate_one(model: str, prompt: str, seed: int, steps: int | None = None,
         raise ValueError(f"steps={steps} is out of range: use 1 to 1000")
     if guidance < 0:
         raise ValueError(f"guidance={guidance} is negative: use 0 or more (1 disables guidance)")
-    if not 0 <= int(seed) < 2**63:
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"seed={seed!r} is not a whole number") from None
+    if not 0 <= seed < 2**63:
         raise ValueError(f"seed={seed} is out of range: use 0 to 2**63 - 1")
     pipe = _CACHE.get(model)
-    image = generate(pipe, [prompt], [int(seed)], steps, guidance)[0]
-    return image, {"model": model, "prompt": prompt, "seed": int(seed), "steps": steps, "guidance": guidance,
+    image = generate(pipe, [prompt], [seed], steps, guidance)[0]
+    return image, {"model": model, "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance,
                    "sampler": type(pipe.scheduler).__name__}

@@ -256,16 +256,20 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler):
     return pipe
 
 
+def fidelity_captions(ds, n: int = 200) -> tuple[list[str], list[str]]:
+    """The fixed evaluation sample: ``n`` training captions (seeded draw) and up to ``n`` held-out ones."""
+    rng = np.random.default_rng(1234)
+    train_idx = np.sort(rng.choice(ds.train_indices, size=min(n, len(ds.train_indices)), replace=False))
+    return [ds.captions[i] for i in train_idx], [ds.captions[i] for i in ds.held_out_indices][: max(n, 2)]
+
+
 def evaluate(pipe, ds, recipe: Recipe) -> dict:
     """Prompt fidelity on a fixed sample of training captions and on every held-out caption."""
     from .generate import generate
     from .metrics.prompt_fidelity import PromptFidelityIndex
 
     index = PromptFidelityIndex(ds.images, ds.captions)
-    rng = np.random.default_rng(1234)
-    train_idx = np.sort(rng.choice(ds.train_indices, size=min(recipe.eval_captions, len(ds.train_indices)), replace=False))
-    train_caps = [ds.captions[i] for i in train_idx]
-    held_caps = [ds.captions[i] for i in ds.held_out_indices][: max(recipe.eval_captions, 2)]
+    train_caps, held_caps = fidelity_captions(ds, recipe.eval_captions)
     seeds = list(range(len(train_caps)))
     # pick the guidance on half the sample at fewer steps, then measure it at the full step count
     probe_caps = train_caps[: max(1, len(train_caps) // 2)]
