@@ -15,7 +15,13 @@ def _on_generate(model: str, prompt: str, seed: float, steps: float, guidance: f
         image, info = generate_one(model, prompt, seed, int(steps), float(guidance))
     except (ValueError, ModelLoadError) as exc:
         raise gr.Error(str(exc)) from None
-    return image, info
+    return _pixel_upscale(image), info
+
+
+def _pixel_upscale(image, target: int = 256):
+    """Nearest-neighbour upscale for display, so a 32x32 image shows its pixels rather than a blur."""
+    k = max(1, target // max(image.shape[:2]))
+    return image.repeat(k, axis=0).repeat(k, axis=1)
 
 
 def build_demo(model: str = EMBEDDED_MODEL_NAME) -> gr.Blocks:

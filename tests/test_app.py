@@ -12,7 +12,8 @@ def test_demo_builds_on_the_embedded_model():
 
 def test_generate_returns_an_image_and_the_settings_used(embedded_pipe):
     image, info = _on_generate("emoji-sd", "red heart", 0, 4, 3.0)
-    assert image.shape == (32, 32, 3)
+    assert image.shape == (256, 256, 3)  # 32x32 shown with 8x8 blocks per pixel
+    assert (image[:8, :8] == image[0, 0]).all()
     assert info["steps"] == 4 and info["prompt"] == "red heart"
 
 
