@@ -19,10 +19,9 @@ import torch  # noqa: E402
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler  # noqa: E402
 
 from studio_core.emoji_data import load_or_build  # noqa: E402
-from studio_core.generate import generate  # noqa: E402
 from studio_core.metrics.prompt_fidelity import PromptFidelityIndex  # noqa: E402
 from studio_core.models import load_pipeline  # noqa: E402
-from studio_core.training import fidelity_captions  # noqa: E402
+from studio_core.training import fidelity_captions, score_captions  # noqa: E402
 
 SAMPLERS = {"DDIM": DDIMScheduler, "DPM++ 2M": DPMSolverMultistepScheduler, "Euler": EulerDiscreteScheduler,
             "UniPC": UniPCMultistepScheduler}
@@ -52,8 +51,8 @@ def main() -> None:
         pipe.scheduler = SAMPLERS[name].from_config(base_config)
         for g in args.guidance:
             t0 = time.perf_counter()
-            tr = index.score(generate(pipe, train_caps, list(range(len(train_caps))), args.steps, g), train_caps)
-            ho = index.score(generate(pipe, held_caps, list(range(len(held_caps))), args.steps, g), held_caps)
+            tr = score_captions(pipe, index, train_caps, args.steps, g)
+            ho = score_captions(pipe, index, held_caps, args.steps, g)
             print(f"| {name} | {g} | {tr.top1:.1%} | {tr.top5:.1%} | {ho.top1:.1%} | {ho.top5:.1%} | "
                   f"{time.perf_counter() - t0:.0f} |", flush=True)
 

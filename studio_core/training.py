@@ -261,25 +261,29 @@ def fidelity_captions(ds, n: int = 200) -> tuple[list[str], list[str]]:
     return [ds.captions[i] for i in train_idx], [ds.captions[i] for i in ds.held_out_indices][: max(n, 2)]
 
 
+def score_captions(pipe, index, captions: list[str], steps: int, guidance: float):
+    """Prompt fidelity of one image per caption, seeded with the caption's position in the list."""
+    from .generate import generate
+
+    return index.score(generate(pipe, captions, list(range(len(captions))), steps, guidance), captions)
+
+
 def evaluate(pipe, ds, recipe: Recipe) -> dict:
     """Prompt fidelity on a fixed sample of training captions and on every held-out caption."""
-    from .generate import generate
     from .metrics.prompt_fidelity import PromptFidelityIndex
 
     index = PromptFidelityIndex(ds.images, ds.captions)
     train_caps, held_caps = fidelity_captions(ds, recipe.eval_captions)
-    seeds = list(range(len(train_caps)))
     # pick the guidance on half the sample at fewer steps, then measure it at the full step count
     probe_caps = train_caps[: max(1, len(train_caps) // 2)]
     sweep = {}
     for g in recipe.guidance_grid:
-        r = index.score(generate(pipe, probe_caps, seeds[: len(probe_caps)], max(2, recipe.eval_steps // 2), g), probe_caps)
+        r = score_captions(pipe, index, probe_caps, max(2, recipe.eval_steps // 2), g)
         sweep[str(g)] = {"top1": r.top1, "top5": r.top5, "n": r.n, "steps": max(2, recipe.eval_steps // 2)}
         _log(f"guidance {g}: top1 {r.top1:.3f} top5 {r.top5:.3f} ({r.n} captions)")
     best = max(recipe.guidance_grid, key=lambda g: (sweep[str(g)]["top5"], sweep[str(g)]["top1"]))
-    train_images = generate(pipe, train_caps, seeds, recipe.eval_steps, best)
-    tr = index.score(train_images, train_caps)
-    held = index.score(generate(pipe, held_caps, list(range(len(held_caps))), recipe.eval_steps, best), held_caps)
+    tr = score_captions(pipe, index, train_caps, recipe.eval_steps, best)
+    held = score_captions(pipe, index, held_caps, recipe.eval_steps, best)
     _log(f"train captions top1 {tr.top1:.3f} top5 {tr.top5:.3f}; held-out top1 {held.top1:.3f} top5 {held.top5:.3f}")
     return {
         "guidance": best, "steps": recipe.eval_steps, "sampler": type(pipe.scheduler).__name__,
