@@ -114,7 +114,7 @@ def load_pipeline(model: str | Path = EMBEDDED_MODEL_NAME, device: str = "cpu", 
     path = resolve_model(model)
     check_pipeline_folder(path)
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
     except ModelLoadError:
         raise
     except Exception as exc:  # corrupt weights, mismatched configs: name the folder and the cause

@@ -1,0 +1,7 @@
+"""``python -m studio_core``: the engine's command line (see ``studio_core/cli.py``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,536 @@
+"""The engine: run one configuration, time it honestly, score it against a reference, log it.
+
+``Engine.run(spec)`` reads as numbered steps:
+
+1. Resolve and check the spec (raises ``SpecError`` before any work; nothing is recorded).
+2. Insert a ``running`` row in the store.
+3. Load the pipeline (cached per model, device and load options) and apply every knob, in order.
+4. Warm up (the first call is kept as the cold time), then time ``repeats`` passes over all images,
+   with a breakdown into text encoding, the denoising loop and VAE decode. CUDA work is timed with
+   CUDA events after a synchronise; CPU work with ``perf_counter``. Peak memory is
+   ``torch.cuda.max_memory_allocated`` on GPU and the process's peak resident set (VmHWM, reset before
+   the timed part) on CPU.
+5. Undo the knobs; collect what each knob reports it did.
+6. Score the images against the reference of (model, prompts, seeds, resolution), generated once and
+   kept: PSNR and SSIM (torchmetrics), LPIPS only when its backbone weights are on disk, and prompt
+   fidelity for the embedded model.
+7. Finish the row (``ok``), or record ``failed`` with the reason; Ctrl-C marks it ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .knobs import KNOBS, Applied, KnobReport
+from .spec import ModelInfo, RunSpec, SpecError, config_hash, resolve
+from .store import RunStore
+
+__all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "reference_spec"]
+
+ROOT = Path(__file__).resolve().parents[1]
+# the reference every run is scored against: a high-step multistep solver, fp32, no knobs
+REFERENCE_DEFAULT = {"sampler": "DPM++ 2M", "steps": 200}
+PSNR_CAP_DB = 100.0  # identical images: MSE floored at 1e-10
+
+
+class KnobUnsupported(RuntimeError):
+    """A knob cannot run on the loaded pipeline; the message says why."""
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its store row (decoded), the images, and the error when it failed."""
+
+    run_id: int
+    status: str
+    row: dict
+    images: np.ndarray | None = None
+    reports: list[KnobReport] = field(default_factory=list)
+
+    @property
+    def error(self) -> str | None:
+        return self.row.get("error")
+
+
+# ------------------------------------------------------------------------------------------ clocks
+class _Clock:
+    """Timestamps on one device: CUDA events on GPU (read after one synchronise), perf_counter on CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def mark(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def ms(self, a, b) -> float:
+        return a.elapsed_time(b) if self.cuda else (b - a) * 1000.0
+
+
+class _Probe:
+    """Marks where a pipeline call encodes text, starts denoising and decodes, and counts denoiser calls."""
+
+    def __init__(self, pipe, clock: _Clock):
+        self.pipe, self.clock = pipe, clock
+        self.calls: list[dict] = []
+        self._handles = []
+
+    def new_call(self) -> dict:
+        self.calls.append({"nfe": 0})
+        return self.calls[-1]
+
+    def _wrap(self, owner, attr: str, start: str, end: str) -> None:
+        original = getattr(owner, attr)
+
+        def wrapped(*args, **kwargs):
+            self.calls[-1][start] = self.clock.mark()
+            out = original(*args, **kwargs)
+            self.calls[-1][end] = self.clock.mark()
+            return out
+
+        setattr(owner, attr, wrapped)
+        self._handles.append(lambda: owner.__dict__.pop(attr, None))
+
+    def __enter__(self):
+        pipe = self.pipe
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+
+        def pre_hook(module, args):
+            call = self.calls[-1]
+            if call["nfe"] == 0:
+                call["denoise_start"] = self.clock.mark()
+            call["nfe"] += 1
+
+        self._handles.append(denoiser.register_forward_pre_hook(pre_hook).remove)
+        if hasattr(pipe, "encode_prompt"):
+            self._wrap(pipe, "encode_prompt", "encode_start", "encode_end")
+        self._wrap(pipe.vae, "decode", "decode_start", "decode_end")
+        return self
+
+    def __exit__(self, *exc):
+        for undo in reversed(self._handles):
+            undo()
+        self._handles.clear()
+
+
+# ------------------------------------------------------------------------------------------ memory
+def _rss_reset() -> bool:
+    """Reset the kernel's peak-RSS counter for this process (Linux ``clear_refs`` 5); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_status() -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    except OSError:
+        import resource
+
+        out["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def image_metrics(images: np.ndarray, reference: np.ndarray) -> dict:
+    """Per-image PSNR (capped at 100 dB) and SSIM against the reference (torchmetrics); mean and std."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    if images.shape != reference.shape:
+        raise ValueError(f"images {images.shape} and reference {reference.shape} differ in shape")
+    a = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0
+    b = torch.from_numpy(reference).permute(0, 3, 1, 2).double() / 255.0
+    mse = ((a - b) ** 2).flatten(1).mean(1)
+    psnr = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    psnr = torch.where(mse < 1e-10, torch.full_like(psnr, PSNR_CAP_DB), psnr.clamp(max=PSNR_CAP_DB))
+    ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    std = (lambda t: float(t.std(unbiased=False)))
+    return {"psnr": float(psnr.mean()), "psnr_std": std(psnr), "ssim": float(ssim.mean()), "ssim_std": std(ssim)}
+
+
+def _lpips_unavailable_reason() -> str | None:
+    """LPIPS needs torchvision and its AlexNet/LPIPS weights on disk; nothing is ever downloaded."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return "LPIPS unavailable: torchvision is not installed"
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    if not any(hub.glob("alexnet-*.pth")):
+        return f"LPIPS unavailable: AlexNet backbone weights not found in {hub} (nothing is downloaded)"
+    return None
+
+
+def _lpips(images: np.ndarray, reference: np.ndarray) -> float:
+    from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity
+
+    a = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    b = torch.from_numpy(reference).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return float(learned_perceptual_image_patch_similarity(a, b, net_type="alex"))
+
+
+# ------------------------------------------------------------------------------------------ env
+_GIT: str | None = None
+
+
+def _git_commit() -> str:
+    global _GIT
+    if _GIT is None:
+        try:
+            head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            _GIT = (head + ("-dirty" if dirty else "")) if head else "unknown"
+        except (OSError, subprocess.SubprocessError):
+            _GIT = "unknown"
+    return _GIT
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def environment(device: str) -> dict:
+    import diffusers
+
+    return {"device_name": _device_name(device), "torch_version": torch.__version__,
+            "diffusers_version": diffusers.__version__, "threads": torch.get_num_threads(),
+            "git_commit": _git_commit(), "python_version": platform.python_version()}
+
+
+# ------------------------------------------------------------------------------------------ reference
+def reference_spec(spec: RunSpec, info: ModelInfo, reference: dict | None = None) -> RunSpec:
+    """The reference configuration of a resolved spec: same model, prompts, seeds and resolution;
+    a high-step solver, fp32, the model's default guidance, no knobs."""
+    ref = {**REFERENCE_DEFAULT, **(reference or {})}
+    from .knobs.sampler import SAMPLERS
+
+    sampler = ref["sampler"]
+    if sampler != "default" and SAMPLERS[sampler].cls not in info.compatible_schedulers:
+        sampler = "default"  # e.g. flow-matching models: their own solver at many steps
+    steps = min(int(ref["steps"]), info.num_train_timesteps)
+    return RunSpec(model=spec.model, prompts=spec.prompts, seeds=spec.seeds, steps=steps, sampler=sampler,
+                   guidance=float(ref.get("guidance", info.defaults["guidance_scale"])), height=spec.height,
+                   width=spec.width, precision="fp32", device=spec.device, warmup=1, repeats=1)
+
+
+def _reference_key(ref: RunSpec, info: ModelInfo) -> str:
+    src = {"fingerprint": info.fingerprint, **{k: v for k, v in ref.to_dict().items()
+                                                 if k not in ("model", "device", "warmup", "repeats", "batch_size")}}
+    return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# ------------------------------------------------------------------------------------------ engine
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpecError("device", device, "'cpu' or 'auto' on this machine (no CUDA device is visible)")
+    return device
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    return (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Engine:
+    """Runs specs against one store. Keeps up to ``max_pipelines`` loaded pipelines between runs."""
+
+    def __init__(self, store: RunStore | None = None, max_pipelines: int = 2):
+        self.store = store or RunStore()
+        self.max_pipelines = max_pipelines
+        self._pipes: OrderedDict[tuple, object] = OrderedDict()
+        self._fidelity = {}
+        self.store.mark_interrupted()
+
+    # ---- pipelines
+    def pipeline(self, info: ModelInfo, device: str, options: dict):
+        """A loaded pipeline for (model, device, load options), from the cache when possible."""
+        from .models import load_pipeline
+
+        key = (info.path, info.fingerprint, device, tuple(sorted(options.items())))
+        if key in self._pipes:
+            self._pipes.move_to_end(key)
+            return self._pipes[key], 0.0
+        t0 = time.perf_counter()
+        pipe = load_pipeline(info.path, device=device, dtype=_DTYPES[options.get("dtype", "fp32")])
+        load_ms = (time.perf_counter() - t0) * 1000
+        self._pipes[key] = pipe
+        while len(self._pipes) > self.max_pipelines:
+            self._pipes.popitem(last=False)
+        return pipe, load_ms
+
+    def _evict(self, pipe) -> None:
+        for key, value in list(self._pipes.items()):
+            if value is pipe:
+                del self._pipes[key]
+
+    # ---- one pass over every image of a spec
+    @staticmethod
+    def call_pipeline(pipe, spec: RunSpec, call_kwargs: dict, probe: _Probe | None = None) -> np.ndarray:
+        """All images of ``spec`` in prompt-major order; one ``torch.Generator`` per image, seeded by its seed."""
+        pairs = spec.images()
+        batch = spec.batch_size or len(pairs)
+        out = []
+        for i in range(0, len(pairs), batch):
+            chunk = pairs[i:i + batch]
+            if probe is not None:
+                probe.new_call()
+            gens = [torch.Generator().manual_seed(int(s)) for _, s in chunk]
+            res = pipe([p for p, _ in chunk], generator=gens, output_type="np", **call_kwargs)
+            out.append(_to_uint8(res.images))
+        return np.concatenate(out)
+
+    def _timed_pass(self, pipe, spec, call_kwargs, clock: _Clock) -> tuple[np.ndarray, float, list[dict]]:
+        with _Probe(pipe, clock) as probe:
+            clock.sync()
+            t0 = clock.mark()
+            images = self.call_pipeline(pipe, spec, call_kwargs, probe)
+            t1 = clock.mark()
+            clock.sync()
+        return images, clock.ms(t0, t1), probe.calls
+
+    # ---- knobs
+    def _apply_knobs(self, pipe, spec: RunSpec) -> list[tuple[object, object, Applied]]:
+        applied = []
+        try:
+            for knob in sorted(KNOBS.values(), key=lambda k: k.order):
+                settings = knob.settings_for(spec)
+                if settings is None:
+                    continue
+                reason = knob.supports(pipe, settings)
+                if reason:
+                    raise KnobUnsupported(f"{knob.field_name}={knob.describe(settings)!r} cannot run on this "
+                                          f"pipeline: {reason}")
+                applied.append((knob, settings, knob.apply(pipe, settings)))
+        except BaseException:
+            self._undo(pipe, applied)
+            raise
+        return applied
+
+    def _undo(self, pipe, applied) -> None:
+        for _knob, _settings, a in reversed(applied):
+            if a.undo is None:
+                self._evict(pipe)
+            else:
+                a.undo()
+
+    # ---- references
+    def reference_for(self, spec: RunSpec, info: ModelInfo, reference: dict | None = None,
+                      device: str = "cpu") -> tuple[dict, np.ndarray]:
+        """The stored reference of a resolved spec, generating and keeping it the first time."""
+        ref = reference_spec(spec, info, reference)
+        key = _reference_key(ref, info)
+        row = self.store.get_reference(key)
+        if row is None:
+            ref, _ = resolve(ref, info)
+            pipe, _ = self.pipeline(info, device, {"dtype": "fp32"})
+            applied = self._apply_knobs(pipe, ref)
+            try:
+                kwargs = {k: v for _, _, a in applied for k, v in a.call_kwargs.items()}
+                t0 = time.perf_counter()
+                images = self.call_pipeline(pipe, ref, kwargs)
+                gen_ms = (time.perf_counter() - t0) * 1000
+            finally:
+                self._undo(pipe, applied)
+            try:
+                self.store.put_reference(key, config=ref.to_dict(), images=self.store.put_images(images),
+                                         model_fingerprint=info.fingerprint, generate_ms=gen_ms,
+                                         env=environment(device))
+            except Exception:  # another process kept the same reference first: use theirs
+                pass
+            row = self.store.get_reference(key)
+        return row, self.store.load_images(row["images"])
+
+    def _fidelity_index(self, info: ModelInfo):
+        if info.path not in self._fidelity:
+            from .emoji_data import load_or_build
+            from .metrics.prompt_fidelity import PromptFidelityIndex
+
+            ds = load_or_build(ROOT / ".cache", int(info.sample_size or 32))
+            self._fidelity[info.path] = PromptFidelityIndex(ds.images, ds.captions)
+        return self._fidelity[info.path]
+
+    # ---- the run
+    def run(self, spec: RunSpec | dict, *, sweep_id: int | None = None, sweep_index: int | None = None,
+            reference: dict | None = None, on_stage: Callable[[str], None] | None = None) -> RunResult:
+        """Run, time, score and log one configuration (see the module docstring for the steps)."""
+        stage = on_stage or (lambda s: None)
+        # 1. check inputs: raise before any work
+        if isinstance(spec, dict):
+            spec = RunSpec.from_dict(spec)
+        spec, info = resolve(spec)
+        device = _resolve_device(spec.device)
+        knobs_label = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(spec.knobs.items()))
+        # 2. record the run before doing anything that can fail
+        run_id = self.store.start_run(
+            spec.to_dict(), config_hash=config_hash(spec), model_path=info.path,
+            model_fingerprint=info.fingerprint, pipeline_class=info.pipeline_class, knobs_label=knobs_label,
+            sweep_id=sweep_id, sweep_index=sweep_index)
+        results: dict = {}
+        try:
+            images, reports = self._measure(spec, info, device, results, stage)
+            stage("scoring")
+            results.update(self._score(spec, info, device, images, reference))
+            if not results["repeats_identical"]:
+                results["metrics_note"] = "; ".join(filter(None, [
+                    "outputs differed between repeats with the same seeds (this sampler or device is not "
+                    "seed-deterministic); metrics are of the last repeat", results["metrics_note"]]))
+            self.store.finish_run(run_id, results)
+            return RunResult(run_id, "ok", self.store.get_run(run_id), images, reports)
+        except KeyboardInterrupt:
+            self.store.mark_interrupted([run_id], "stopped by the user (Ctrl-C or cancel)")
+            raise
+        except Exception as exc:  # recorded with its reason; the caller decides whether to go on
+            msg = str(exc) if isinstance(exc, (SpecError, KnobUnsupported)) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                msg = f"out of memory: {exc}"
+                self._pipes.clear()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            self.store.fail_run(run_id, msg, results)
+            return RunResult(run_id, "failed", self.store.get_run(run_id), None, [])
+
+    def _measure(self, spec: RunSpec, info: ModelInfo, device: str, results: dict, stage) -> tuple[np.ndarray, list]:
+        # 3. load and apply knobs
+        stage("loading")
+        options: dict = {}
+        for knob in KNOBS.values():
+            settings = knob.settings_for(spec)
+            if settings is not None:
+                options.update(knob.load_options(settings))
+        pipe, load_ms = self.pipeline(info, device, options)
+        results.update(environment(device), load_ms=round(load_ms, 3), scheduler_class=type(pipe.scheduler).__name__)
+        applied = self._apply_knobs(pipe, spec)
+        clock = _Clock(device)
+        try:
+            kwargs: dict = {}
+            for _k, _s, a in applied:
+                kwargs.update(a.call_kwargs)
+            # 4. warm up (first call = cold), then the timed repeats
+            stage("warm-up")
+            cuda = device.startswith("cuda")
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                base_mem = torch.cuda.memory_allocated()
+            else:
+                _rss_reset()
+                base_mem = _rss_status().get("VmRSS", 0)
+            warm = [self._timed_pass(pipe, spec, kwargs, clock)[1] for _ in range(spec.warmup)]
+            passes = []
+            for i in range(spec.repeats):
+                stage(f"repeat {i + 1}/{spec.repeats}")
+                passes.append(self._timed_pass(pipe, spec, kwargs, clock))
+            if cuda:
+                peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_memory_allocated"
+            else:
+                peak, kind = _rss_status().get("VmHWM", 0), "cpu_peak_rss"
+            # 5. what each knob did, measured while it is still in effect
+            reports = [a.report() for _k, _s, a in applied if a.report is not None]
+            inactive = [r.knob for (k, s, a), r in zip([x for x in applied if x[2].report], reports)
+                        if not r.active and not k.is_baseline(s)]
+        finally:
+            self._undo(pipe, applied)
+        results.update(self._timing(spec, warm, passes, pipe, clock))
+        images = passes[-1][0]
+        results.update(
+            peak_mem_bytes=int(peak), mem_baseline_bytes=int(base_mem), peak_mem_kind=kind,
+            repeats_identical=int(all(np.array_equal(p[0], images) for p in passes)),
+            knob_report=[{"knob": r.knob, "active": r.active, "summary": r.summary, "details": r.details}
+                         for r in reports],
+            knobs_inactive=", ".join(inactive) or None,
+            images=self.store.put_images(images),
+        )
+        return images, reports
+
+    @staticmethod
+    def _timing(spec: RunSpec, warm: list[float], passes: list, pipe, clock: _Clock) -> dict:
+        """Median and spread of end-to-end latency over the repeats; the breakdown is the median pass."""
+        lat = [p[1] for p in passes]
+        q = statistics.quantiles(lat, n=4, method="inclusive") if len(lat) > 1 else [lat[0]] * 3
+
+        def per_pass(start: str, end: str) -> float | None:
+            vals = []
+            for _img, _ms, calls in passes:
+                if not all(start in c and end in c for c in calls):
+                    return None
+                vals.append(sum(clock.ms(c[start], c[end]) for c in calls))
+            return statistics.median(vals)
+
+        denoise = per_pass("denoise_start", "decode_start")
+        return {
+            "cold_ms": round(warm[0], 3), "latencies_ms": [round(x, 3) for x in lat],
+            "latency_median_ms": statistics.median(lat), "latency_iqr_ms": q[2] - q[0],
+            "latency_min_ms": min(lat), "latency_max_ms": max(lat), "latency_mean_ms": statistics.fmean(lat),
+            "per_image_ms": statistics.median(lat) / spec.n_images,
+            "text_encode_ms": per_pass("encode_start", "encode_end"), "denoise_ms": denoise,
+            "decode_ms": per_pass("decode_start", "decode_end"),
+            "step_mean_ms": denoise / spec.steps if denoise else None,  # per requested step (Heun: 2 calls)
+            "nfe": sum(c["nfe"] for c in passes[-1][2]),
+        }
+
+    def _score(self, spec: RunSpec, info: ModelInfo, device: str, images: np.ndarray,
+               reference: dict | None) -> dict:
+        # 6. quality against the reference, and prompt fidelity
+        notes = []
+        ref_row, ref_images = self.reference_for(spec, info, reference, device)
+        out = {"reference_id": ref_row["id"], **image_metrics(images, ref_images)}
+        why_not = _lpips_unavailable_reason()
+        if why_not:
+            notes.append(why_not)
+        else:
+            out["lpips"] = _lpips(images, ref_images)
+        if info.is_embedded:
+            index = self._fidelity_index(info)
+            caps = [p for p, _ in spec.images()]
+            known = [i for i, c in enumerate(caps) if c in index]
+            if known:
+                r = index.score(images[known], [caps[i] for i in known])
+                out.update(fidelity_top1=r.top1, fidelity_top5=r.top5, fidelity_n=r.n)
+                if len(known) < len(caps):
+                    notes.append(f"prompt fidelity over {len(known)} of {len(caps)} images (other prompts "
+                                 "are not emoji captions)")
+            else:
+                notes.append("prompt fidelity unavailable: no prompt is an emoji caption of the training set")
+        else:
+            notes.append("prompt fidelity applies to the embedded emoji model only")
+        out["metrics_note"] = "; ".join(notes) or None
+        return out

@@ -1,0 +1,24 @@
+"""Registry of knobs: the UI, CLI, presets and docs discover knobs here, never by naming them."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Applied, Knob, KnobReport
+
+__all__ = ["KNOBS", "Applied", "Knob", "KnobReport", "register"]
+
+KNOBS: dict[str, Knob] = {}
+
+
+def register(cls: type[Knob]) -> type[Knob]:
+    """Class decorator: add one instance of ``cls`` to ``KNOBS`` (refuses a name taken twice)."""
+    if cls.name in KNOBS and type(KNOBS[cls.name]) is not cls:
+        raise ValueError(f"a knob named {cls.name!r} is already registered ({type(KNOBS[cls.name]).__name__})")
+    KNOBS[cls.name] = cls()
+    return cls
+
+
+# built-in knobs register through the same decorator an extension would use
+for _module in ("steps", "guidance", "resolution", "precision", "sampler"):
+    importlib.import_module(f"{__name__}.{_module}")

@@ -1,0 +1,110 @@
+"""The knob protocol: every efficiency setting is one ``Knob`` subclass in its own module.
+
+A knob declares its settings (a dataclass), says whether a model supports them and why not, applies
+itself to a loaded pipeline for one run, undoes itself afterwards, and reports what it actually did
+(so a knob that changed nothing says so). Built-in knobs register exactly as a new one would:
+``@register`` on the class (see ``studio_core/knobs/__init__.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar
+
+__all__ = ["Applied", "Knob", "KnobReport"]
+
+
+@dataclass
+class KnobReport:
+    """What a knob did in one run: ``active`` is False when it changed nothing."""
+
+    knob: str
+    active: bool
+    summary: str
+    details: dict = field(default_factory=dict)
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Applied:
+    """A knob in effect: extra pipeline-call arguments, how to undo it, how to report on it.
+
+    ``undo=None`` means the change cannot be undone in place (quantised or compiled weights): the
+    engine then drops the pipeline from its cache so the next run loads a clean copy.
+    """
+
+    knob: str
+    call_kwargs: dict = field(default_factory=dict)
+    undo: Callable[[], None] | None = _nothing
+    report: Callable[[], KnobReport] | None = None
+
+
+class Knob:
+    """Base class; subclasses set the class attributes and override what they need."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    Settings: ClassVar[type]
+    builtin_field: ClassVar[str | None] = None  # the RunSpec field that carries a built-in knob's setting
+    order: ClassVar[int] = 100  # apply order; lower first
+
+    @property
+    def field_name(self) -> str:
+        return self.builtin_field or f"knobs.{self.name}"
+
+    # ---- settings
+    def parse(self, raw: Any):
+        """Settings from plain data; ``SpecError`` naming ``knobs.<name>.<key>`` on bad input."""
+        from ..spec import SpecError
+
+        if isinstance(raw, self.Settings):
+            settings = raw
+        else:
+            if not isinstance(raw, dict):
+                raise SpecError(self.field_name, raw, f"a mapping with keys {self.setting_names()}")
+            unknown = sorted(set(raw) - set(self.setting_names()))
+            if unknown:
+                raise SpecError(f"{self.field_name}.{unknown[0]}", raw[unknown[0]],
+                                f"settings of {self.name} are {', '.join(self.setting_names())}")
+            settings = self.Settings(**raw)
+        self.validate(settings)
+        return settings
+
+    def setting_names(self) -> list[str]:
+        return [f.name for f in fields(self.Settings)]
+
+    def validate(self, settings) -> None:
+        """Raise ``SpecError`` for settings that are wrong whatever the model."""
+
+    def settings_for(self, spec):
+        """This knob's settings in ``spec``, or None when the run does not use it."""
+        raw = spec.knobs.get(self.name)
+        return None if raw is None else self.parse(raw)
+
+    def is_baseline(self, settings) -> bool:
+        """True when these settings are the unmodified model (so doing nothing is expected, not a flag)."""
+        return False
+
+    def describe(self, settings) -> Any:
+        return asdict(settings) if hasattr(settings, "__dataclass_fields__") else settings
+
+    # ---- support
+    def check_model(self, info, settings) -> str | None:
+        """Why the model (configs only, no weights) cannot take these settings, or None."""
+        return None
+
+    def load_options(self, settings) -> dict:
+        """Options the pipeline must be loaded with (e.g. ``{"dtype": "fp16"}``)."""
+        return {}
+
+    def supports(self, pipe, settings) -> str | None:
+        """Why the loaded pipeline cannot take these settings, or None."""
+        return None
+
+    # ---- effect
+    def apply(self, pipe, settings) -> Applied:
+        raise NotImplementedError

@@ -1,0 +1,275 @@
+"""The run specification: one typed, validated description of a configuration to measure.
+
+Validation happens in two steps, both before any work starts:
+
+1. ``validate(spec)`` checks each field on its own (ranges, names, types).
+2. ``resolve(spec)`` opens the model folder's configs (no weights), fills the model's defaults
+   (steps, guidance, resolution), expands a named prompt set, and checks what depends on the model:
+   a resolution it can take, a sampler and knobs it supports.
+
+Every problem raises ``SpecError`` naming the field, the value and what is allowed. Nothing here
+imports torch or diffusers, so the UI can build and check specs cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEVICES",
+    "MAX_STEPS",
+    "PRECISIONS",
+    "ModelInfo",
+    "RunSpec",
+    "SpecError",
+    "config_hash",
+    "model_info",
+    "resolve",
+    "validate",
+]
+
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0
+MAX_IMAGES = 256
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SpecError(ValueError):
+    """An invalid run specification: names the field, the value given and what is allowed."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field_name, value, allowed
+        super().__init__(f"{field_name}={value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one measured run. ``None`` means "the model's documented default"."""
+
+    model: str = "emoji-sd"
+    prompts: tuple[str, ...] = ()
+    prompt_set: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    steps: int | None = None
+    sampler: str = "default"  # "default": the model's own scheduler
+    timestep_spacing: str | None = None  # None: the sampler's own
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    batch_size: int | None = None  # images per pipeline call; None: all in one call
+    precision: str = "fp32"
+    device: str = "auto"
+    knobs: dict[str, dict] = field(default_factory=dict)  # settings of the other registered knobs
+    warmup: int = 1
+    repeats: int = 3
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunSpec":
+        """Build from plain data (YAML, JSON, widget values); unknown keys are errors, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(unknown[0], data[unknown[0]], f"known fields are {', '.join(sorted(known))}")
+        data = dict(data)
+        for key in ("prompts", "seeds"):
+            if key in data and data[key] is not None:
+                value = data[key]
+                if isinstance(value, (str, int)):
+                    value = [value]
+                data[key] = tuple(value)
+        if data.get("knobs") is None:
+            data.pop("knobs", None)
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["prompts"], d["seeds"] = list(self.prompts), list(self.seeds)
+        return d
+
+    @property
+    def n_images(self) -> int:
+        return len(self.prompts) * len(self.seeds)
+
+    def images(self) -> list[tuple[str, int]]:
+        """Every (prompt, seed) pair, prompts outermost: the order images are generated and stored."""
+        return [(p, s) for p in self.prompts for s in self.seeds]
+
+
+def config_hash(spec: RunSpec) -> str:
+    """Stable short hash of a resolved spec's full configuration."""
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_int(name: str, v: Any, lo: int, hi: int, none_ok: bool = False) -> None:
+    if v is None and none_ok:
+        return
+    if not _is_int(v) or not lo <= v <= hi:
+        raise SpecError(name, v, f"a whole number from {lo} to {hi}" + (" (or unset for the model default)" if none_ok else ""))
+
+
+def validate(spec: RunSpec) -> None:
+    """Field-by-field checks that need no model; raises ``SpecError`` at the first problem."""
+    from .knobs import KNOBS
+    from .knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS
+    from .prompts import PROMPT_SETS
+
+    if not isinstance(spec.model, str) or not spec.model.strip():
+        raise SpecError("model", spec.model, "'emoji-sd' (embedded), a diffusers pipeline folder, or a cached repo id")
+    # 1. prompts
+    if spec.prompt_set is not None:
+        if spec.prompt_set not in PROMPT_SETS:
+            raise SpecError("prompt_set", spec.prompt_set, f"one of {', '.join(PROMPT_SETS)}")
+        if spec.prompts:
+            raise SpecError("prompts", list(spec.prompts), "empty when prompt_set is given (use one or the other)")
+    elif not spec.prompts:
+        raise SpecError("prompts", [], "at least one prompt, or a prompt_set")
+    for p in spec.prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise SpecError("prompts", p, "non-empty text")
+    # 2. seeds
+    if not spec.seeds:
+        raise SpecError("seeds", [], "at least one seed")
+    for s in spec.seeds:
+        _check_int("seeds", s, 0, 2**63 - 1)
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise SpecError("seeds", list(spec.seeds), "distinct seeds")
+    n_prompts = len(spec.prompts) or len(PROMPT_SETS.get(spec.prompt_set or "", []))
+    if n_prompts * len(spec.seeds) > MAX_IMAGES:
+        raise SpecError("seeds", list(spec.seeds), f"at most {MAX_IMAGES} images per run (prompts x seeds)")
+    # 3. sampling
+    _check_int("steps", spec.steps, 1, MAX_STEPS, none_ok=True)
+    if spec.sampler != "default" and spec.sampler not in SAMPLERS:
+        raise SpecError("sampler", spec.sampler, f"'default' or one of {', '.join(SAMPLERS)}")
+    if spec.timestep_spacing is not None and spec.timestep_spacing not in TIMESTEP_SPACINGS:
+        raise SpecError("timestep_spacing", spec.timestep_spacing, f"unset or one of {', '.join(TIMESTEP_SPACINGS)}")
+    if spec.guidance is not None:
+        if isinstance(spec.guidance, bool) or not isinstance(spec.guidance, (int, float)) or not 0 <= spec.guidance <= MAX_GUIDANCE:
+            raise SpecError("guidance", spec.guidance, f"a number from 0 to {MAX_GUIDANCE:g} (1 or less disables guidance)")
+    # 4. shape and execution
+    for name in ("height", "width"):
+        _check_int(name, getattr(spec, name), 8, 8192, none_ok=True)
+    _check_int("batch_size", spec.batch_size, 1, MAX_IMAGES, none_ok=True)
+    if spec.precision not in PRECISIONS:
+        raise SpecError("precision", spec.precision, f"one of {', '.join(PRECISIONS)}")
+    if spec.device not in DEVICES:
+        raise SpecError("device", spec.device, f"one of {', '.join(DEVICES)}")
+    _check_int("warmup", spec.warmup, 1, 20)
+    _check_int("repeats", spec.repeats, 1, 100)
+    # 5. the other knobs: each validates its own settings
+    if not isinstance(spec.knobs, dict):
+        raise SpecError("knobs", spec.knobs, "a mapping of knob name to its settings")
+    for name, settings in spec.knobs.items():
+        if name not in KNOBS or KNOBS[name].builtin_field:
+            extra = sorted(k for k, v in KNOBS.items() if not v.builtin_field)
+            raise SpecError("knobs", name, f"one of {', '.join(extra) or '(none registered)'}")
+        KNOBS[name].parse(settings)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the configs of a pipeline folder say, read without loading any weights."""
+
+    path: str
+    pipeline_class: str
+    scheduler_class: str
+    compatible_schedulers: tuple[str, ...]
+    sample_size: int | None  # native resolution in pixels
+    size_multiple: int  # height and width must be multiples of this
+    num_train_timesteps: int
+    denoiser: str  # "unet" or "transformer"
+    time_cond_proj_dim: int | None
+    defaults: dict
+    fingerprint: str
+
+    @property
+    def is_embedded(self) -> bool:
+        from .models import EMBEDDED_MODEL_DIR
+
+        return Path(self.path).resolve() == EMBEDDED_MODEL_DIR.resolve()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def model_info(model: str) -> ModelInfo:
+    """Read a pipeline folder's configs; ``SpecError`` on field ``model`` when it is not a pipeline."""
+    from .generate import model_defaults
+    from .models import ModelLoadError, check_pipeline_folder, resolve_model
+
+    try:
+        path = Path(resolve_model(model))
+        index = check_pipeline_folder(path)
+    except ModelLoadError as exc:
+        raise SpecError("model", model, f"a diffusers pipeline folder ({exc})") from None
+    sched = _read_json(path / "scheduler" / "scheduler_config.json")
+    denoiser = "unet" if (path / "unet").is_dir() else "transformer"
+    den_cfg = _read_json(path / denoiser / "config.json")
+    vae_cfg = _read_json(path / "vae" / "config.json")
+    vae_scale = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    if denoiser == "unet":
+        downs = len(den_cfg.get("block_out_channels", [0])) - 1
+        multiple = vae_scale * 2**downs
+    else:  # transformers patchify the latent
+        multiple = vae_scale * int(den_cfg.get("patch_size", 2) or 1)
+    sample = den_cfg.get("sample_size")
+    sample_px = int(sample) * vae_scale if isinstance(sample, int) else None
+    from .knobs.sampler import compatible_names
+
+    scheduler_class = sched.get("_class_name", "")
+    fingerprint_src = json.dumps([index, den_cfg, sched], sort_keys=True) + "".join(
+        f"{p.relative_to(path)}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+        for p in sorted(path.rglob("*.safetensors")))
+    return ModelInfo(
+        path=str(path), pipeline_class=index.get("_class_name", ""), scheduler_class=scheduler_class,
+        compatible_schedulers=compatible_names(scheduler_class), sample_size=sample_px, size_multiple=multiple,
+        num_train_timesteps=int(sched.get("num_train_timesteps", 1000)), denoiser=denoiser,
+        time_cond_proj_dim=den_cfg.get("time_cond_proj_dim"), defaults=model_defaults(path),
+        fingerprint=hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],
+    )
+
+
+def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, ModelInfo]:
+    """A fully concrete spec (model defaults and prompt set filled in), checked against the model."""
+    from .knobs import KNOBS
+    from .prompts import PROMPT_SETS
+
+    validate(spec)
+    info = info or model_info(spec.model)
+    d = info.defaults
+    native = info.sample_size or 512
+    spec = replace(
+        spec,
+        prompts=tuple(PROMPT_SETS[spec.prompt_set]) if spec.prompt_set else tuple(p.strip() for p in spec.prompts),
+        steps=spec.steps if spec.steps is not None else int(d["num_inference_steps"]),
+        guidance=float(spec.guidance if spec.guidance is not None else d["guidance_scale"]),
+        height=spec.height if spec.height is not None else int(d.get("height") or native),
+        width=spec.width if spec.width is not None else int(d.get("width") or native),
+    )
+    if spec.steps > info.num_train_timesteps:
+        raise SpecError("steps", spec.steps, f"at most the model's {info.num_train_timesteps} training timesteps")
+    for name in ("height", "width"):
+        v = getattr(spec, name)
+        hi = 4 * native
+        if v % info.size_multiple or v > hi:
+            raise SpecError(name, v, f"a multiple of {info.size_multiple} up to {hi} px for this model "
+                                     f"(native {native} px)")
+    for knob in KNOBS.values():
+        settings = knob.settings_for(spec)
+        if settings is not None:
+            reason = knob.check_model(info, settings)
+            if reason:
+                raise SpecError(knob.field_name, knob.describe(settings), reason)
+    return spec, info

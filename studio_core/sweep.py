@@ -1,0 +1,194 @@
+"""Sweeps: a grid of configurations from a YAML preset, run in order, resumable after any crash.
+
+A preset::
+
+    # What question this sweep answers (a comment for the reader; ``question:`` for the tools)
+    name: sampler-shootout
+    question: Which sampler gets closest to the reference at 10 and 20 steps?
+    base: {model: emoji-sd, prompt_set: emoji-8, seeds: [0, 1]}
+    grid:                        # cartesian product, first axis outermost
+      sampler: [DDIM, Euler, ...]
+      steps: [10, 20]
+    reference: {sampler: DPM++ 2M, steps: 200}   # optional; this is the default
+
+Grid axes are run-spec fields (``steps``, ``sampler``, ``precision`` ...) or knob settings written
+``knobs.<knob>.<setting>``. Every configuration is resolved and checked before the first run.
+
+Resuming: a sweep is identified by a hash of its resolved configurations. Started again, it finds
+its unfinished sweep, marks runs whose process died as ``interrupted``, and runs only the grid cells
+that have no ``ok`` or ``failed`` run yet. So a sweep killed with ``kill -9`` finishes on restart
+without duplicating or losing a row.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .spec import RunSpec, SpecError, resolve
+
+__all__ = ["Sweep", "SweepBusy", "load_preset", "run_sweep", "sweep_from_dict"]
+
+PRESET_KEYS = ("name", "question", "base", "grid", "reference")
+
+
+class SweepBusy(RuntimeError):
+    """The same sweep is being run by another live process."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    question: str
+    source: str
+    axes: tuple[tuple[str, tuple], ...]
+    cells: tuple[dict, ...]  # the axis values of each grid cell, in run order
+    specs: tuple[RunSpec, ...]  # resolved
+    reference: dict | None
+
+    @property
+    def key(self) -> str:
+        """Identity for resuming: the resolved configurations and reference, not the file name."""
+        src = json.dumps([[s.to_dict() for s in self.specs], self.reference], sort_keys=True)
+        return hashlib.sha256(src.encode()).hexdigest()[:20]
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+def _set_axis(config: dict, axis: str, value: Any) -> None:
+    if axis.startswith("knobs."):
+        parts = axis.split(".")
+        if len(parts) != 3:
+            raise SpecError(f"grid.{axis}", value, "run-spec fields or 'knobs.<knob>.<setting>'")
+        config.setdefault("knobs", {}).setdefault(parts[1], {})[parts[2]] = value
+    else:
+        config[axis] = value
+
+
+def sweep_from_dict(data: dict, source: str = "<dict>") -> Sweep:
+    """Expand and resolve a preset; ``SpecError`` (naming the cell) for any bad configuration."""
+    if not isinstance(data, dict):
+        raise SpecError("preset", type(data).__name__, f"a mapping with keys {', '.join(PRESET_KEYS)}")
+    unknown = sorted(set(data) - set(PRESET_KEYS))
+    if unknown:
+        raise SpecError(f"preset.{unknown[0]}", data[unknown[0]], f"keys are {', '.join(PRESET_KEYS)}")
+    base, grid = data.get("base") or {}, data.get("grid") or {}
+    if not isinstance(grid, dict) or not grid:
+        raise SpecError("grid", grid, "a mapping of axis -> list of values (at least one axis)")
+    axes = []
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"grid.{axis}", values, "a non-empty list of values")
+        axes.append((axis, tuple(values)))
+    ref = data.get("reference")
+    if ref is not None:
+        from .knobs.sampler import SAMPLERS
+
+        if not isinstance(ref, dict) or set(ref) - {"sampler", "steps", "guidance"}:
+            raise SpecError("reference", ref, "a mapping with sampler, steps and optionally guidance")
+        if ref.get("sampler", "DPM++ 2M") not in SAMPLERS:
+            raise SpecError("reference.sampler", ref.get("sampler"), f"one of {', '.join(SAMPLERS)}")
+    cells, specs = [], []
+    info_cache: dict = {}
+    for values in itertools.product(*(v for _, v in axes)):
+        cell = dict(zip((a for a, _ in axes), values))
+        config = copy.deepcopy(base)
+        for axis, value in cell.items():
+            _set_axis(config, axis, value)
+        try:
+            spec = RunSpec.from_dict(config)
+            model = spec.model
+            spec, info = resolve(spec, info_cache.get(model))
+            info_cache[model] = info
+        except SpecError as exc:
+            where = ", ".join(f"{k}={v!r}" for k, v in cell.items())
+            raise SpecError(exc.field, exc.value, f"{exc.allowed} (in grid cell {where})") from None
+        cells.append(cell)
+        specs.append(spec)
+    return Sweep(str(data.get("name") or Path(source).stem), str(data.get("question") or ""), source,
+                 tuple(axes), tuple(cells), tuple(specs), ref)
+
+
+def load_preset(path: str | Path) -> Sweep:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("preset", str(path), "an existing YAML file (see presets/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError("preset", str(path), f"valid YAML ({exc})") from None
+    return sweep_from_dict(data, str(path))
+
+
+def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Callable = True,
+              should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run (or resume) a sweep; returns ``{"sweep_id", "ran", "skipped", "interrupted", "status"}``
+    where ``interrupted`` lists this sweep's runs that an earlier process left unfinished.
+
+    ``progress`` is True for a tqdm bar on stderr, or a callback ``(done, total, row)`` for the UI.
+    """
+    import psutil
+
+    store = engine.store
+    # 1. find the unfinished sweep with the same configurations, or start one
+    open_sweeps = [s for s in store.sweeps(sweep.key) if s["status"] != "done"]
+    done_sweeps = [s for s in store.sweeps(sweep.key) if s["status"] == "done"]
+    if open_sweeps and not new:
+        row = open_sweeps[-1]
+        if row["pid"] != os.getpid() and row["pid"] and psutil.pid_exists(row["pid"]) and row["status"] == "running":
+            raise SweepBusy(f"sweep {row['id']} ({sweep.name}) is running in process {row['pid']}")
+        sweep_id = row["id"]
+        store.claim_sweep(sweep_id)
+    elif done_sweeps and not new:
+        row = done_sweeps[-1]
+        return {"sweep_id": row["id"], "ran": 0, "skipped": len(sweep), "interrupted": [], "status": "done",
+                "note": f"sweep {row['id']} with these configurations is already complete; pass new=True "
+                        "(--new) to run it again"}
+    else:
+        sweep_id = store.create_sweep(sweep_key=sweep.key, name=sweep.name, preset=sweep.source,
+                                      question=sweep.question, n_total=len(sweep),
+                                      config={"axes": [[a, list(v)] for a, v in sweep.axes],
+                                              "reference": sweep.reference})
+    # 2. runs whose process died are interrupted; finished cells are skipped
+    store.mark_interrupted()
+    earlier = store.sweep_runs(sweep_id)
+    interrupted = [r["id"] for r in earlier if r["status"] == "interrupted"]
+    finished = {r["sweep_index"] for r in earlier if r["status"] in ("ok", "failed")}
+    todo = [i for i in range(len(sweep)) if i not in finished]
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(sweep), initial=len(finished), desc=sweep.name, unit="run", dynamic_ncols=True)
+    ran, status = 0, "done"
+    try:
+        for i in todo:
+            if should_stop is not None and should_stop():
+                status = "cancelled"
+                break
+            result = engine.run(sweep.specs[i], sweep_id=sweep_id, sweep_index=i, reference=sweep.reference)
+            ran += 1
+            if bar is not None:
+                cell = ", ".join(f"{k}={v}" for k, v in sweep.cells[i].items())
+                bar.set_postfix_str(f"{cell}: {result.status}", refresh=False)
+                bar.update(1)
+            elif callable(progress):
+                progress(len(finished) + ran, len(sweep), result.row)
+    except KeyboardInterrupt:
+        status = "cancelled"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        store.finish_sweep(sweep_id, status)
+    return {"sweep_id": sweep_id, "ran": ran, "skipped": len(finished), "interrupted": interrupted,
+            "status": status}

@@ -1,0 +1,110 @@
+"""The engine on a tiny pipeline built from config, and once end to end on the embedded model."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from studio_core.engine import Engine, image_metrics
+from studio_core.spec import SpecError
+from studio_core.store import RunStore
+
+REF = {"sampler": "DPM++ 2M", "steps": 12}
+
+
+@pytest.fixture
+def engine(tmp_path):
+    e = Engine(RunStore(tmp_path / "study"))
+    yield e
+    e.store.close()
+
+
+def _spec(model, **kw):
+    return {"model": str(model), "prompts": ["grinning face", "red heart"], "seeds": [0, 1], "steps": 3,
+            "guidance": 2.0, "repeats": 3, **kw}
+
+
+def test_run_is_timed_broken_down_scored_and_logged(engine, tiny_pipeline_dir):
+    r = engine.run(_spec(tiny_pipeline_dir, sampler="Euler"), reference=REF)
+    assert r.status == "ok", r.error
+    row = engine.store.get_run(r.run_id)
+    assert row["status"] == "ok" and row["sampler"] == "Euler" and row["n_images"] == 4
+    lat = row["latencies_ms"]
+    assert len(lat) == 3 and min(lat) <= row["latency_median_ms"] <= max(lat)
+    assert row["latency_iqr_ms"] >= 0 and row["cold_ms"] > 0
+    parts = row["text_encode_ms"] + row["denoise_ms"] + row["decode_ms"]
+    assert 0 < parts <= row["latency_median_ms"] * 1.10
+    assert row["nfe"] == 3  # guidance > 1: one batched (cond + uncond) denoiser call per step
+    assert row["step_mean_ms"] == pytest.approx(row["denoise_ms"] / 3)
+    assert row["peak_mem_kind"] == "cpu_peak_rss" and row["peak_mem_bytes"] >= row["mem_baseline_bytes"] > 0
+    assert row["repeats_identical"] == 1
+    assert 0 < row["psnr"] < 100 and -1 <= row["ssim"] < 1 and row["reference_id"]
+    assert row["lpips"] is None and "LPIPS unavailable" in row["metrics_note"]
+    assert "embedded emoji model only" in row["metrics_note"] and row["fidelity_top1"] is None
+    assert row["torch_version"] and row["diffusers_version"] and row["threads"] >= 1 and row["git_commit"]
+    assert row["device_name"].startswith("CPU")
+    images = engine.store.load_images(row["images"])
+    assert np.array_equal(images, r.images) and images.shape == (4, 32, 32, 3)
+    sampler = [k for k in row["knob_report"] if k["knob"] == "sampler"][0]
+    assert sampler["active"] and "EulerDiscreteScheduler" in sampler["summary"]
+
+
+def test_reference_is_made_once_and_a_run_equal_to_it_scores_perfectly(engine, tiny_pipeline_dir):
+    same = engine.run(_spec(tiny_pipeline_dir, sampler="DPM++ 2M", steps=12, repeats=1), reference={**REF, "guidance": 2.0})
+    other = engine.run(_spec(tiny_pipeline_dir, sampler="DDIM", steps=2, repeats=1), reference={**REF, "guidance": 2.0})
+    assert same.row["reference_id"] == other.row["reference_id"]
+    assert engine.store.db["refs"].count == 1
+    assert same.row["psnr"] == 100.0 and same.row["ssim"] == pytest.approx(1.0)
+    assert other.row["psnr"] < 100.0
+
+
+def test_knobs_are_undone_and_a_knob_that_did_nothing_says_so(engine, tiny_pipeline_dir):
+    r = engine.run(_spec(tiny_pipeline_dir, sampler="UniPC", repeats=1), reference=REF)
+    pipe = next(iter(engine._pipes.values()))
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # the sampler swap was undone
+    assert not pipe.unet._forward_pre_hooks and "decode" not in pipe.vae.__dict__  # probes removed
+    assert r.row["knobs_inactive"] is None
+    same = engine.run(_spec(tiny_pipeline_dir, sampler="DDIM", repeats=1), reference=REF)
+    assert same.row["knobs_inactive"] == "sampler"  # DDIM on a DDIM model changes nothing
+    report = [k for k in same.row["knob_report"] if k["knob"] == "sampler"][0]
+    assert report["active"] is False and "model's own" in report["summary"]
+
+
+def test_bad_spec_fails_before_any_row(engine, tiny_pipeline_dir):
+    with pytest.raises(SpecError, match="steps"):
+        engine.run(_spec(tiny_pipeline_dir, steps=0))
+    assert engine.store.db["runs"].count == 0
+
+
+def test_model_that_fails_to_load_is_recorded_failed_with_reason(engine, tiny_pipeline_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pipeline_dir, broken)
+    for f in (broken / "unet").glob("*.safetensors"):
+        f.write_bytes(b"not a safetensors file")
+    ok = engine.run(_spec(tiny_pipeline_dir, repeats=1), reference=REF)
+    bad = engine.run(_spec(broken, repeats=1), reference=REF)
+    assert bad.status == "failed" and "could not load the pipeline" in bad.error and str(broken) in bad.error
+    rows = engine.store.runs()
+    assert [r["status"] for r in rows] == ["ok", "failed"] and rows[0]["id"] == ok.run_id
+    assert engine.store.integrity_check() == "ok"
+
+
+def test_image_metrics_known_answers():
+    a = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    b = a.copy()
+    b[1] = 255  # the second image is maximally different: MSE 1 -> 0 dB
+    m = image_metrics(a, b)
+    assert m["psnr"] == pytest.approx((100.0 + 0.0) / 2) and m["psnr_std"] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        image_metrics(a, b[:1])
+
+
+def test_embedded_model_end_to_end_with_prompt_fidelity(tmp_path):
+    engine = Engine(RunStore(tmp_path))
+    r = engine.run({"prompt_set": "emoji-4", "steps": 10, "sampler": "DPM++ 2M", "repeats": 1},
+                   reference={"steps": 50})
+    assert r.status == "ok", r.error
+    assert r.row["fidelity_n"] == 4 and 0 <= r.row["fidelity_top1"] <= r.row["fidelity_top5"] <= 1
+    # chance of retrieving a prompt's own emoji among ~3,800 in the top 5 is about 0.13%
+    assert r.row["fidelity_top5"] >= 0.25
+    assert r.row["psnr"] > 15  # 10 DPM++ steps land near the 50-step reference

@@ -1,0 +1,118 @@
+"""Sweeps from YAML presets: validation up front, one row per cell, resume after kill -9."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from studio_core.engine import Engine
+from studio_core.spec import SpecError
+from studio_core.store import RunStore
+from studio_core.sweep import load_preset, run_sweep, sweep_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _preset(model, **grid):
+    return {"name": "tiny-grid", "question": "does it work?",
+            "base": {"model": str(model), "prompts": ["grinning face", "red heart"], "seeds": [0], "guidance": 2.0,
+                     "repeats": 1},
+            "grid": grid or {"sampler": ["DDIM", "Euler"], "steps": [2, 3]},
+            "reference": {"sampler": "DPM++ 2M", "steps": 10}}
+
+
+def test_grid_is_cartesian_first_axis_outermost(tiny_pipeline_dir):
+    sweep = sweep_from_dict(_preset(tiny_pipeline_dir))
+    assert [(c["sampler"], c["steps"]) for c in sweep.cells] == [("DDIM", 2), ("DDIM", 3), ("Euler", 2), ("Euler", 3)]
+    assert [s.steps for s in sweep.specs] == [2, 3, 2, 3] and len(sweep) == 4
+
+
+@pytest.mark.parametrize("change, field, text", [
+    ({"grid": {"steps": [2, 0]}}, "steps", "in grid cell steps=0"),
+    ({"grid": {"sampler": ["DDIM", "Eular"]}}, "sampler", "in grid cell sampler='Eular'"),
+    ({"grid": {}}, "grid", "at least one axis"),
+    ({"grid": {"steps": []}}, "grid.steps", "non-empty list"),
+    ({"colour": "red"}, "preset.colour", "keys are"),
+    ({"reference": {"sampler": "Nope"}}, "reference.sampler", "one of"),
+])
+def test_bad_presets_are_refused_before_any_run(tiny_pipeline_dir, change, field, text):
+    with pytest.raises(SpecError) as info:
+        sweep_from_dict({**_preset(tiny_pipeline_dir), **change})
+    assert info.value.field == field and text in str(info.value)
+
+
+def test_shipped_presets_resolve():
+    presets = sorted((ROOT / "presets").glob("*.yaml"))
+    assert len(presets) >= 3
+    for path in presets:
+        assert path.read_text().startswith("#"), f"{path.name} must open with a comment saying its question"
+        sweep = load_preset(path)
+        assert sweep.question and len(sweep) >= 2
+    shootout = load_preset(ROOT / "presets" / "sampler-shootout.yaml")
+    assert len(shootout) >= 12 and len({s.sampler for s in shootout.specs}) >= 12
+
+
+def test_sweep_runs_each_cell_once_and_reruns_only_with_new(tmp_path, tiny_pipeline_dir):
+    engine = Engine(RunStore(tmp_path))
+    sweep = sweep_from_dict(_preset(tiny_pipeline_dir))
+    seen = []
+    out = run_sweep(engine, sweep, progress=lambda done, total, row: seen.append((done, total, row["status"])))
+    assert out["status"] == "done" and out["ran"] == 4
+    assert seen == [(1, 4, "ok"), (2, 4, "ok"), (3, 4, "ok"), (4, 4, "ok")]
+    rows = engine.store.sweep_runs(out["sweep_id"])
+    assert [r["sweep_index"] for r in rows] == [0, 1, 2, 3] and {r["status"] for r in rows} == {"ok"}
+    again = run_sweep(engine, sweep, progress=False)
+    assert again["ran"] == 0 and "already complete" in again["note"]
+    fresh = run_sweep(engine, sweep, new=True, progress=False)
+    assert fresh["sweep_id"] != out["sweep_id"] and fresh["ran"] == 4
+    assert engine.store.db["runs"].count == 8
+
+
+def test_kill_9_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_pipeline_dir):
+    preset = _preset(tiny_pipeline_dir, steps=[4, 5, 6, 7, 8, 9])
+    preset["base"]["repeats"] = 15  # each run takes long enough to be caught in the middle
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    data = tmp_path / "study"
+    cmd = [sys.executable, "-m", "studio_core", "--data-dir", str(data), "sweep", str(path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait until one run is done and the next is in progress
+            time.sleep(0.05)
+            if not (data / "studio.db").exists():
+                continue
+            try:
+                with sqlite3.connect(data / "studio.db", timeout=5) as c:
+                    done = c.execute("SELECT count(*) FROM runs WHERE status = 'ok'").fetchone()[0]
+                    running = c.execute("SELECT id FROM runs WHERE status = 'running'").fetchall()
+            except sqlite3.OperationalError:
+                continue
+            if done >= 1 and running:
+                break
+        else:
+            pytest.fail("the sweep never reached its second run")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_run = running[0][0]
+    resumed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"interrupted earlier (rerun now): runs [{killed_run}]" in resumed.stderr
+    store = RunStore(data)
+    rows = store.runs()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted(r["sweep_index"] for r in ok) == list(range(6))  # every cell once, none twice
+    assert [r["id"] for r in rows if r["status"] == "interrupted"] == [killed_run]
+    assert not [r for r in rows if r["status"] == "running"]
+    assert len({r["sweep_id"] for r in rows}) == 1 and store.sweeps()[0]["status"] == "done"
+    assert store.integrity_check() == "ok"
