@@ -107,12 +107,22 @@ def list_cached_pipelines() -> list[tuple[str, str]]:
     return sorted(found)
 
 
+def _quiet_loading_bars() -> None:
+    """Loading local files takes a second; per-component progress bars only clutter logs and sweeps."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+
+
 def load_pipeline(model: str | Path = EMBEDDED_MODEL_NAME, device: str = "cpu", dtype=None):
     """Load a pipeline from local files only, with a clear ``ModelLoadError`` when it cannot be."""
     from diffusers import DiffusionPipeline
 
     path = resolve_model(model)
     check_pipeline_folder(path)
+    _quiet_loading_bars()
     try:
         pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
     except ModelLoadError:

@@ -128,7 +128,7 @@ def validate(spec: RunSpec) -> None:
     if spec.prompt_set is not None:
         if spec.prompt_set not in PROMPT_SETS:
             raise SpecError("prompt_set", spec.prompt_set, f"one of {', '.join(PROMPT_SETS)}")
-        if spec.prompts:
+        if spec.prompts and list(spec.prompts) != PROMPT_SETS[spec.prompt_set]:  # resolved specs carry both
             raise SpecError("prompts", list(spec.prompts), "empty when prompt_set is given (use one or the other)")
     elif not spec.prompts:
         raise SpecError("prompts", [], "at least one prompt, or a prompt_set")
@@ -260,6 +260,11 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
     )
     if spec.steps > info.num_train_timesteps:
         raise SpecError("steps", spec.steps, f"at most the model's {info.num_train_timesteps} training timesteps")
+    from .knobs.sampler import SAMPLERS
+
+    if spec.sampler in SAMPLERS and spec.steps < SAMPLERS[spec.sampler].min_steps:
+        raise SpecError("steps", spec.steps, f"at least {SAMPLERS[spec.sampler].min_steps} for {spec.sampler} "
+                                             "(its Runge-Kutta warm start needs them)")
     for name in ("height", "width"):
         v = getattr(spec, name)
         hi = 4 * native

@@ -169,6 +169,9 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
         from tqdm import tqdm
 
         bar = tqdm(total=len(sweep), initial=len(finished), desc=sweep.name, unit="run", dynamic_ncols=True)
+        if finished or interrupted:
+            bar.write(f"resuming sweep {sweep_id}: {len(finished)} of {len(sweep)} cells done"
+                      + (f"; runs {interrupted} were interrupted and their cells run again" if interrupted else ""))
     ran, status = 0, "done"
     try:
         for i in todo:

@@ -16,6 +16,7 @@ def _err(**fields) -> SpecError:
     ({"steps": 5000}, "steps", "from 1 to 1000"),
     ({"steps": 2.5}, "steps", "whole number"),
     ({"sampler": "Eular"}, "sampler", "DPM++ 2M Karras"),
+    ({"sampler": "PNDM", "steps": 3}, "steps", "at least 4 for PNDM"),
     ({"sampler": "LCM"}, "sampler", "consistency-distilled"),
     ({"timestep_spacing": "sideways"}, "timestep_spacing", "trailing"),
     ({"height": 30}, "height", "multiple of"),
@@ -58,6 +59,7 @@ def test_resolve_fills_model_defaults_and_prompt_set():
     assert (spec.steps, spec.guidance, spec.height, spec.width) == (50, 3.0, 32, 32)
     assert spec.prompts[0] == "grinning face" and spec.n_images == 4
     assert "DPMSolverMultistepScheduler" in info.compatible_schedulers
+    assert resolve(spec)[0] == spec  # resolving is idempotent (sweeps resolve, then the engine again)
 
 
 def test_samplers_named_as_the_community_does():

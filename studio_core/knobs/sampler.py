@@ -23,16 +23,18 @@ class SamplerDef:
     stochastic: bool = False  # injects fresh noise each step: same seed, different image from the ODE
     order: int = 1  # denoiser calls per step (2 for Heun / DPM2)
     paper: str = ""
+    min_steps: int = 1
 
 
-def _d(cls, *, stochastic=False, order=1, paper="", **overrides) -> SamplerDef:
-    return SamplerDef(cls, tuple(overrides.items()), stochastic, order, paper)
+def _d(cls, *, stochastic=False, order=1, paper="", min_steps=1, **overrides) -> SamplerDef:
+    return SamplerDef(cls, tuple(overrides.items()), stochastic, order, paper, min_steps)
 
 
 SAMPLERS: dict[str, SamplerDef] = {
     "DDIM": _d("DDIMScheduler", paper="Song et al. 2021, DDIM"),
     "DDPM": _d("DDPMScheduler", stochastic=True, paper="Ho et al. 2020, DDPM"),
-    "PNDM": _d("PNDMScheduler", skip_prk_steps=False, paper="Liu et al. 2022, PNDM (Runge-Kutta warm start)"),
+    "PNDM": _d("PNDMScheduler", skip_prk_steps=False, min_steps=4,  # its Runge-Kutta warm start spans 4 steps
+                paper="Liu et al. 2022, PNDM (Runge-Kutta warm start)"),
     "PLMS": _d("PNDMScheduler", skip_prk_steps=True, paper="Liu et al. 2022, PNDM linear multistep"),
     "LMS": _d("LMSDiscreteScheduler", paper="Karras et al. 2022 sigmas, linear multistep"),
     "LMS Karras": _d("LMSDiscreteScheduler", use_karras_sigmas=True, paper="Karras et al. 2022"),
