@@ -114,6 +114,7 @@ def _quiet_loading_bars() -> None:
 
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
+    tlog.set_verbosity_error()  # e.g. "CLIPImageProcessor requires torchvision": not used by these pipelines
 
 
 def load_pipeline(model: str | Path = EMBEDDED_MODEL_NAME, device: str = "cpu", dtype=None):
