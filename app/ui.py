@@ -1,45 +1,647 @@
-"""Gradio layout and event wiring for the studio (a first, minimal generate tab)."""
+"""The studio in the browser: Generate, Sweep, Frontier, Compare and Runs over one engine and one store.
+
+``build_demo`` lays out the tabs first and wires the events last. Handlers (``Studio``) turn widget
+values into a run-spec dict (``app.controls``), call the engine once, and read plain data back from
+the store (``app.data``); figures come from ``app.plots`` and text from ``app.cards``. The UI itself
+never imports torch or diffusers.
+
+Concurrency: Generate and Sweep share ``concurrency_id="gpu"`` with a limit of 1 (and a lock around
+the engine), so one measurement runs at a time and timings are not disturbed by another; reads
+(frontier, tables, compare) run beside them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import queue
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
 import gradio as gr
+import pandas as pd
 
-from studio_core.generate import generate_one, model_defaults
-from studio_core.models import EMBEDDED_MODEL_NAME, ModelLoadError, resolve_model
+from studio_core.engine import REFERENCE_DEFAULT, Engine
+from studio_core.frontier import COSTS, QUALITIES
+from studio_core.models import EMBEDDED_MODEL_NAME, ModelLoadError, list_cached_pipelines, resolve_model
+from studio_core.prompts import PROMPT_SETS
+from studio_core.spec import DEVICES, RunSpec, SpecError, model_info, resolve
+from studio_core.store import RunStore, StoreError
+from studio_core.sweep import SweepBusy, run_sweep, sweep_from_dict
 
-__all__ = ["build_demo"]
+from . import cards, controls, data, plots
+
+__all__ = ["FRONTIER_CLICK_JS", "Studio", "build_demo"]
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = (SpecError, ModelLoadError, StoreError, SweepBusy)
+COLOR_COLUMNS = ["sampler", "steps", "precision", "guidance", "knobs_label", "height", "sweep_id", "model",
+                 "prompt_set", "device_name"]
+STATUSES = [data.ALL, "ok", "failed", "running", "interrupted"]
+NO_AXIS = "(none)"
+
+# Plotly has no click event in gradio: on page load, hook every plotly chart in #frontier-plot and
+# write the clicked point's run id (its customdata) into the hidden #frontier-click box.
+FRONTIER_CLICK_JS = """
+() => {
+  if (window.__studioFrontierHook) { return []; }
+  window.__studioFrontierHook = true;
+  const send = (ev) => {
+    const p = ev && ev.points && ev.points[0];
+    if (!p || p.customdata === undefined || p.customdata === null) { return; }
+    const id = Array.isArray(p.customdata) ? p.customdata[0] : p.customdata;
+    const box = document.querySelector('#frontier-click textarea, #frontier-click input');
+    if (!box) { return; }
+    box.value = id + '@' + Date.now();
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  };
+  const hook = () => {
+    document.querySelectorAll('#frontier-plot .js-plotly-plot').forEach((gd) => {
+      if (typeof gd.on !== 'function') { return; }
+      if (typeof gd.removeListener === 'function') { gd.removeListener('plotly_click', send); }
+      else if (gd.__studioHooked) { return; }
+      gd.on('plotly_click', send);
+      gd.__studioHooked = true;
+    });
+  };
+  new MutationObserver(hook).observe(document.body, {childList: true, subtree: true});
+  hook();
+  return [];
+}
+"""
 
 
-def _on_generate(model: str, prompt: str, seed: float, steps: float, guidance: float):
+def _user_error(exc: BaseException) -> gr.Error:
+    """A readable message for the page: the reason, never a traceback."""
+    if isinstance(exc, USER_ERRORS):
+        return gr.Error(str(exc), title="Cannot run this", print_exception=False)
+    log.exception("unexpected error in the studio UI")
+    return gr.Error(f"{type(exc).__name__}: {exc}", title="Something went wrong", print_exception=False)
+
+
+def _stage_fraction(stage: str) -> float:
+    """Rough position of an engine stage in a run, for the progress bar."""
+    if stage.startswith("repeat"):
+        try:
+            i, n = (int(x) for x in stage.split()[1].split("/"))
+            return 0.3 + 0.5 * (i - 1) / n
+        except (IndexError, ValueError):
+            return 0.5
+    return {"loading": 0.05, "warm-up": 0.15, "scoring": 0.85}.get(stage, 0.0)
+
+
+class Studio:
+    """The handlers: one engine and store per app, shared by every browser session."""
+
+    def __init__(self, engine: Engine, reference: dict | None = None):
+        self.engine, self.store = engine, engine.store
+        self.reference = reference
+        self._gpu = threading.Lock()  # one measurement at a time, whatever the queue does
+        self._stops: dict[str, threading.Event] = {}
+        self.tmp = Path(tempfile.mkdtemp(prefix="studio-"))
+
+    # ------------------------------------------------------------------ widgets -> specs
+    def spec_from(self, parts: dict, force_knobs: set[str] = frozenset()) -> dict:
+        enabled = {k: bool(v) or k in force_knobs for k, v in parts["enabled"].items()}
+        return controls.build_spec(parts["model"], parts["prompts"], parts["prompt_set"], parts["seeds"],
+                                   parts["values"], enabled, warmup=parts["warmup"], repeats=parts["repeats"],
+                                   device=parts["device"], batch_size=parts["batch_size"])
+
+    def check_spec(self, spec: dict) -> dict:
+        """Resolve against the model's configs (no weights); ``gr.Error`` naming field, value and rule."""
+        try:
+            resolve(RunSpec.from_dict(spec))
+        except (SpecError, ModelLoadError, TypeError) as exc:
+            raise _user_error(exc if not isinstance(exc, TypeError) else SpecError("spec", spec, str(exc))) from None
+        return spec
+
+    # ------------------------------------------------------------------ Generate
+    def model_changed(self, model: str, settings: list[controls.Setting]):
+        """The model's defaults into the built-in widgets, and a line about the model."""
+        try:
+            info = model_info(model)
+        except (SpecError, ModelLoadError) as exc:
+            return [gr.skip()] * len(settings) + [f"**Model:** {exc}"]
+        d = info.defaults
+        native = info.sample_size or 512
+        defaults = {"steps": d["num_inference_steps"], "guidance": d["guidance_scale"],
+                    "height": d.get("height") or native, "width": d.get("width") or native}
+        updates = [gr.update(value=defaults[s.name]) if s.builtin and s.name in defaults else gr.skip()
+                   for s in settings]
+        text = (f"**Model:** {info.pipeline_class} · own scheduler {info.scheduler_class} · native {native} px "
+                f"(multiples of {info.size_multiple}) · defaults {defaults['steps']} steps, guidance "
+                f"{defaults['guidance']:g}")
+        return updates + [text]
+
+    def generate(self, spec: dict, progress=gr.Progress()):
+        """Run one spec through the engine; the images (pixel-upscaled) and the metrics card."""
+        if not isinstance(spec, dict):
+            raise gr.Error("no run spec: press Generate", print_exception=False)
+
+        def on_stage(stage: str) -> None:
+            progress(_stage_fraction(stage), desc=stage)
+
+        progress(0.0, desc="waiting for the engine")
+        try:
+            with self._gpu:
+                result = self.engine.run(spec, reference=self.reference, on_stage=on_stage)
+        except Exception as exc:
+            raise _user_error(exc) from None
+        row = self.store.get_run(result.run_id)
+        if result.status != "ok":
+            raise gr.Error(f"run {result.run_id} failed: {row.get('error')}", title="Run failed",
+                           print_exception=False)
+        return self.gallery(row), cards.metrics_card(row, data.reference_config(self.store, row.get("reference_id")))
+
+    def gallery(self, row: dict, limit: int = 64) -> list[tuple]:
+        pairs = data.image_pairs(row)
+        images = self.store.load_images(row["images"][:limit]) if row.get("images") else []
+        return [(plots.pixel_upscale(im, 256), f"{p} · seed {s}") for im, (p, s) in zip(images, pairs)]
+
+    # ------------------------------------------------------------------ Sweep
+    def sweep_dict(self, parts: dict, axes: list[tuple[str, str]], name: str, question: str) -> dict:
+        axes = [(a if a and a != NO_AXIS else None, v) for a, v in axes]
+        forced = {a.split(".")[1] for a, _ in axes if a and a.startswith("knobs.")}
+        base = self.spec_from(parts, forced)
+        return controls.build_sweep(base, axes, name=name, question=question, reference=self.reference)
+
+    def estimate(self, sweep: dict) -> str:
+        """How many runs and how long, before anything starts (``SpecError`` for a bad cell)."""
+        s = sweep_from_dict(sweep, "ui")
+        specs = [x.to_dict() for x in s.specs]
+        path = resolve_model(s.specs[0].model)
+        history = data.load_runs(self.store, status="ok")
+        ref_steps = int((self.reference or REFERENCE_DEFAULT).get("steps", REFERENCE_DEFAULT["steps"]))
+        seconds, basis = data.estimate_seconds(history, specs, path, ref_steps)
+        shape = " x ".join(str(len(v)) for _, v in s.axes)
+        n_img = s.specs[0].n_images
+        passes = s.specs[0].warmup + s.specs[0].repeats
+        when = (f"estimated **{data.format_duration(seconds)}**" if seconds is not None
+                else "time **unknown until the first run** of this model")
+        done = [x for x in self.store.sweeps(s.key) if x["status"] == "done"]
+        again = (f" A sweep with these configurations already finished (sweep {done[-1]['id']}): tick "
+                 "*run again* to repeat it, or start to show its grid.") if done else ""
+        return (f"**{len(s)} runs** ({shape}), {n_img} image{'s' if n_img != 1 else ''} x {passes} passes each; "
+                f"{when}.{again}\n\n<small>{basis}</small>")
+
+    def _stop_event(self, request: gr.Request | None) -> threading.Event:
+        key = getattr(request, "session_hash", None) or "default"
+        return self._stops.setdefault(key, threading.Event())
+
+    def cancel(self, request: gr.Request):
+        self._stop_event(request).set()
+        return "Cancelling: the sweep stops after the run in progress (runs are never cut in half)."
+
+    def run_sweep(self, sweep: dict, rerun: bool, request: gr.Request, progress=gr.Progress()):
+        """Run (or resume) a sweep, updating the grid after every run; Cancel stops between runs."""
+        try:
+            s = sweep_from_dict(sweep, "ui")
+        except Exception as exc:
+            raise _user_error(exc) from None
+        stop = self._stop_event(request)
+        stop.clear()
+        events: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                with self._gpu:
+                    outcome["result"] = run_sweep(self.engine, s, new=bool(rerun), should_stop=stop.is_set,
+                                                  progress=lambda done, total, row: events.put((done, total, row)))
+            except BaseException as exc:  # reported to the page below
+                outcome["error"] = exc
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name="studio-sweep", daemon=True)
+        worker.start()
+        progress((0, len(s)), desc=f"{s.name}: starting", unit="runs")
+        try:
+            while (item := events.get()) is not None:
+                done, total, row = item
+                status = f"run {done} of {total} done ({row.get('status')})"
+                progress((done, total), desc=f"{s.name}: {status}", unit="runs")
+                yield self.grid(s, row.get("sweep_id")), f"**Running** {s.name}: {status}."
+        finally:  # the page went away: stop between runs and wait, so runs never overlap
+            if worker.is_alive():
+                stop.set()
+                worker.join()
+        if "error" in outcome:
+            raise _user_error(outcome["error"])
+        res = outcome["result"]
+        text = {"done": "finished", "cancelled": "cancelled"}.get(res["status"], res["status"])
+        msg = (f"**Sweep {res['sweep_id']} {text}**: {res['ran']} runs now, {res['skipped']} already done "
+               "(kept from an earlier start).")
+        if res.get("note"):
+            msg += f" {res['note']}"
+        yield self.grid(s, res["sweep_id"]), msg
+
+    def grid(self, s, sweep_id: int | None) -> str:
+        if sweep_id is None:
+            return ""
+        latest: dict[int, dict] = {}
+        for row in self.store.sweep_runs(sweep_id):  # oldest first: a later finished run replaces earlier ones
+            i = row.get("sweep_index")
+            if i is not None and (row["status"] in ("ok", "failed") or i not in latest):
+                latest[int(i)] = row
+        return cards.sweep_grid_html(s.axes, latest, self.store.load_images,
+                                     title=f"Sweep {sweep_id}: {s.name}")
+
+    # ------------------------------------------------------------------ Frontier
+    def frontier(self, quality: str, cost: str, color: str, symbol: str, model: str, prompt_set: str,
+                 sweep_id: Any, selected: list | None, log_x: bool = False):
+        frame = data.load_runs(self.store, status="ok", model=model, prompt_set=prompt_set,
+                               sweep_id=None if sweep_id in (None, "", data.ALL) else sweep_id)
+        sel = [int(i) for i in (selected or [])]
+        fig = plots.make_frontier_plot(frame, quality, cost, None if color == NO_AXIS else color,
+                                       None if symbol == NO_AXIS else symbol, sel, log_x=bool(log_x))
+        return fig
+
+    def filter_choices(self):
+        """Current choices of the model / prompt set / sweep / run filters, from the whole log."""
+        frame = self.store.runs_frame()
+        models = [data.ALL] + sorted({m for m in frame.get("model", []) if m})
+        sets = [data.ALL] + sorted({p for p in frame.get("prompt_set", []) if isinstance(p, str) and p})
+        if len(frame) and frame["prompt_set"].isna().any():
+            sets.append("(custom prompts)")
+        sweeps = [(data.ALL, data.ALL)] + [(label, str(i)) for label, i in data.sweep_choices(self.store)]
+        runs = data.run_choices(frame[frame["status"] == "ok"]) if len(frame) else []
+        return models, sets, sweeps, runs
+
+    def clicked(self, token: str, selected: list | None):
+        """A plotly click (``"<id>@<time>"`` from the page hook): show that run, add it to the selection."""
+        try:
+            run_id = int(str(token).split("@")[0])
+            row = self.store.get_run(run_id)
+        except (ValueError, StoreError):
+            return gr.skip(), gr.skip(), gr.skip()
+        sel = [int(i) for i in (selected or [])]
+        if run_id not in sel:
+            sel = (sel + [run_id])[-4:]
+        return (self.gallery(row, limit=8), self.point_text(row),
+                gr.update(choices=self.filter_choices()[3], value=sel))
+
+    def point_text(self, row: dict) -> str:
+        head, *rest = plots.hover_text(row).replace("<b>", "**").replace("</b>", "**").split("<br>")
+        return "\n".join([head, "", *[f"- {line}" for line in rest], "", "**Knobs**", "",
+                          *[f"- {k}" for k in cards.knob_lines(row)]])
+
+    # ------------------------------------------------------------------ Compare
+    def compare(self, ids: list | None):
+        ids = [int(i) for i in (ids or [])][:4]
+        if len(ids) < 2:
+            return ("<p>Select two to four runs to compare (the first is the baseline).</p>",
+                    pd.DataFrame(columns=["setting"]), pd.DataFrame(columns=["metric"]))
+        try:
+            rows = [self.store.get_run(i) for i in ids]
+        except StoreError as exc:
+            raise _user_error(exc) from None
+        images = {int(r["id"]): self.store.load_images(r["images"]) for r in rows if r.get("images")}
+        return (cards.compare_html(rows, images), data.differing_settings(rows), data.metric_deltas(rows))
+
+    # ------------------------------------------------------------------ Runs
+    def runs_table(self, status: str, sweep_id: Any, model: str):
+        frame = data.load_runs(self.store, status=status, sweep_id=sweep_id, model=model)
+        return data.table_view(frame), self.export_csv(status, sweep_id, model)
+
+    def export_csv(self, status: str, sweep_id: Any, model: str) -> str:
+        """Every column of the filtered runs as CSV in a temp folder; returns its path."""
+        where, params = data.runs_where(status, sweep_id, model)
+        tag = hashlib.sha256(repr((status, sweep_id, model)).encode()).hexdigest()[:8]
+        path = self.tmp / f"studio-runs-{tag}.csv"
+        self.store.export_csv(path, where, params)
+        return str(path)
+
+    def details(self, run_id: Any):
+        if run_id in (None, "") or (isinstance(run_id, (int, float)) and run_id <= 0):
+            return "Pick a run in the table (or type its id).", [], None
+        try:
+            row = self.store.get_run(int(run_id))
+        except (StoreError, ValueError, TypeError):
+            raise gr.Error(f"run {run_id} does not exist in {self.store.path}", print_exception=False) from None
+        card = cards.metrics_card(row, data.reference_config(self.store, row.get("reference_id")))
+        config = row.get("config_json") or {}
+        return card, (self.gallery(row) if row.get("images") else []), config
+
+    def selected_row(self, evt: gr.SelectData):
+        row = evt.row_value or []
+        return int(row[0]) if row else gr.skip()
+
+
+# ---------------------------------------------------------------------------------------- layout
+def _setting_widget(knob, s: controls.Setting, defaults: dict) -> gr.components.Component:
+    label = knob.title if s.name == knob.name or len(knob.Settings.__dataclass_fields__) == 1 else \
+        f"{knob.title}: {s.title}"
+    value = defaults.get(s.name, s.default) if s.builtin else s.default
+    eid = "setting-" + s.axis.replace(".", "-")
+    if s.choices:
+        choices = [("default (the model's own)", c) if (knob.name, s.name, c) == ("sampler", "sampler", "default")
+                   else c for c in s.choices]
+        if s.optional:
+            choices = [(f"({knob.title.lower()}'s own)", "")] + choices
+            value = "" if value is None else value
+        first = choices[0][1] if isinstance(choices[0], tuple) else choices[0]
+        return gr.Dropdown(choices, value=value if value is not None else first, label=label, elem_id=eid,
+                           min_width=110)
+    if s.kind is bool:
+        return gr.Checkbox(value=bool(value), label=label, elem_id=eid, min_width=110)
+    if s.kind in (int, float):
+        return gr.Number(value=value, label=label, precision=0 if s.kind is int else None, elem_id=eid,
+                         step=1 if s.kind is int else 0.5, placeholder="model default" if s.builtin else None,
+                         min_width=110)
+    return gr.Textbox(value=value or "", label=label, elem_id=eid, min_width=110)
+
+
+def _lines(knobs: list, per_line: int = 3) -> list[list]:
+    """Knobs grouped into widget lines: consecutive one-setting knobs together (up to ``per_line``)."""
+    lines: list[list] = []
+    for knob in knobs:
+        single = len(controls.knob_settings(knob)) == 1
+        if single and lines and len(lines[-1]) < per_line and all(
+                len(controls.knob_settings(k)) == 1 for k in lines[-1]):
+            lines[-1].append(knob)
+        else:
+            lines.append([knob])
+    return lines
+
+
+def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = None, *,
+               reference: dict | None = None, timer_s: float = 2.0) -> gr.Blocks:
+    """The studio for one study folder. ``reference`` overrides the reference solver (tests use a
+    cheap one); ``timer_s`` is how often the Frontier polls the store for new runs."""
+    store = RunStore(data_dir)
+    studio = Studio(Engine(store), reference)
     try:
-        image, info = generate_one(model, prompt, seed, int(steps), float(guidance))
-    except (ValueError, ModelLoadError) as exc:
-        raise gr.Error(str(exc)) from None
-    return _pixel_upscale(image), info
+        info = model_info(model)
+        defaults = {"steps": info.defaults["num_inference_steps"], "guidance": info.defaults["guidance_scale"],
+                    "height": info.defaults.get("height") or info.sample_size,
+                    "width": info.defaults.get("width") or info.sample_size}
+    except SpecError:
+        defaults = {}
+    knobs = controls.registry_knobs()
+    builtin_knobs = [k for k in knobs if k.builtin_field]
+    extra_knobs = [k for k in knobs if not k.builtin_field]
+    settings = [s for k in builtin_knobs + extra_knobs for s in controls.knob_settings(k)]  # widget order
+    knob_names = [k.name for k in extra_knobs]
+    axes = list(controls.axis_choices())
+    models = [EMBEDDED_MODEL_NAME] + [repo for repo, _ in list_cached_pipelines()]
+    if model not in models:
+        models.insert(0, model)
 
-
-def _pixel_upscale(image, target: int = 256):
-    """Nearest-neighbour upscale for display, so a 32x32 image shows its pixels rather than a blur."""
-    k = max(1, target // max(image.shape[:2]))
-    return image.repeat(k, axis=0).repeat(k, axis=1)
-
-
-def build_demo(model: str = EMBEDDED_MODEL_NAME) -> gr.Blocks:
-    defaults = model_defaults(resolve_model(model))
     with gr.Blocks(title="Diffusion Efficiency Studio") as demo:
-        gr.Markdown("# Diffusion Efficiency Studio\nGenerate with the embedded emoji model (32x32, CPU-friendly).")
-        with gr.Row():
-            with gr.Column():
-                model_box = gr.Textbox(value=model, label="Model (embedded name, folder, or cached repo id)")
-                prompt = gr.Textbox(value="grinning face", label="Prompt")
-                seed = gr.Number(value=0, precision=0, label="Seed")
-                steps = gr.Slider(1, 200, value=defaults["num_inference_steps"], step=1, label="Steps")
-                guidance = gr.Slider(0, 15, value=defaults["guidance_scale"], step=0.5, label="Guidance scale")
-                button = gr.Button("Generate", variant="primary")
-            with gr.Column():
-                image = gr.Image(label="Image", type="numpy", height=256, show_label=True)
-                info = gr.JSON(label="Settings used")
-        # event wiring last; one generation at a time
-        button.click(_on_generate, [model_box, prompt, seed, steps, guidance], [image, info],
-                     concurrency_limit=1, concurrency_id="generate", api_name="generate")
+        gr.Markdown("# Diffusion Efficiency Studio\nFind the fastest configuration that still looks right: every "
+                    "run is timed (median of repeats, with spread), scored against a same-seed reference, and "
+                    f"kept in `{store.path}`.")
+        with gr.Tabs() as tabs:
+            # ---------------------------------------------------------------- 1. Generate
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=360):
+                        model_box = gr.Dropdown(models, value=model, allow_custom_value=True, label="Model",
+                                                info="'emoji-sd' (embedded), a diffusers folder, or a cached repo id",
+                                                elem_id="model")
+                        model_text = gr.Markdown()
+                        with gr.Row():
+                            prompt_set = gr.Dropdown([controls.NO_PROMPT_SET, *PROMPT_SETS], label="Prompt set",
+                                                     value=controls.NO_PROMPT_SET, elem_id="prompt-set")
+                            seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2 or 0-3", elem_id="seeds")
+                        prompts = gr.Textbox("grinning face", lines=3, label="Prompts (one per line)",
+                                             elem_id="prompts")
+                        widgets: list = []
+                        with gr.Group():  # one-setting knobs share a line; a knob with several gets its own
+                            for line in _lines(builtin_knobs):
+                                with gr.Row():
+                                    for knob in line:
+                                        for s in controls.knob_settings(knob):
+                                            widgets.append(_setting_widget(knob, s, defaults))
+                        enables: list = []
+                        if extra_knobs:
+                            with gr.Accordion("More knobs (each off until you tick it)", open=True):
+                                for knob in extra_knobs:
+                                    with gr.Group():
+                                        enables.append(gr.Checkbox(False, label=f"use {knob.title}",
+                                                                   info=knob.description,
+                                                                   elem_id=f"use-{knob.name}"))
+                                        with gr.Row():
+                                            for s in controls.knob_settings(knob):
+                                                widgets.append(_setting_widget(knob, s, defaults))
+                        with gr.Accordion("Measurement", open=False):
+                            with gr.Row():
+                                warmup = gr.Number(1, precision=0, minimum=1, label="Warm-up calls", elem_id="warmup")
+                                repeats = gr.Number(3, precision=0, minimum=1, label="Timed repeats", elem_id="repeats")
+                                device = gr.Dropdown(list(DEVICES), value="auto", label="Device")
+                                batch = gr.Number(None, precision=0, label="Batch size",
+                                                  placeholder="all images in one call")
+                        generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                        with gr.Accordion("Run spec (what the engine receives)", open=False):
+                            spec_json = gr.JSON(label="run spec", elem_id="spec-json")
+                    with gr.Column(scale=3):
+                        gallery = gr.Gallery(label="Images (nearest-neighbour upscaled)", format="png", columns=4,
+                                             height=320, object_fit="contain", fit_columns=False,
+                                             elem_id="gallery")
+                        card = gr.Markdown("Generate to see latency, breakdown, memory and quality here.",
+                                           elem_id="metrics-card")
+            # the order controls.split_values reads them in
+            gen_inputs = [model_box, prompts, prompt_set, seeds, warmup, repeats, device, batch, *widgets, *enables]
+
+            # ---------------------------------------------------------------- 2. Sweep
+            with gr.Tab("Sweep", id="sweep") as sweep_tab:
+                gr.Markdown("Runs a grid over the **Generate tab's settings** as the base: pick up to three axes "
+                            "(X across, Y down, Z one table each) and comma-separated values.")
+                axis_rows = []
+                for name, axis, vals in (("X", "steps", "4, 8"), ("Y", "sampler", "DDIM, DPM++ 2M"),
+                                         ("Z", NO_AXIS, "")):
+                    with gr.Row():
+                        a = gr.Dropdown([NO_AXIS, *axes] if name != "X" else axes, value=axis, label=f"{name} axis",
+                                        elem_id=f"axis-{name.lower()}", scale=1)
+                        v = gr.Textbox(vals, label=f"{name} values", elem_id=f"values-{name.lower()}", scale=2,
+                                       info=controls.axis_hint(axis) if axis != NO_AXIS else "")
+                    axis_rows += [a, v]
+                with gr.Row():
+                    sweep_name = gr.Textbox("", label="Name", placeholder="ui sweep: <axes>", scale=1)
+                    question = gr.Textbox("", label="Question it answers", scale=2)
+                    rerun = gr.Checkbox(False, label="run again even if this sweep already finished", scale=1)
+                estimate_md = gr.Markdown(elem_id="sweep-estimate")
+                with gr.Row():
+                    start_btn = gr.Button("Start sweep", variant="primary", elem_id="start-sweep")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-sweep")
+                sweep_status = gr.Markdown(elem_id="sweep-status")
+                grid_html = gr.HTML(elem_id="sweep-grid")
+                with gr.Accordion("Sweep spec (the YAML preset equivalent)", open=False):
+                    sweep_json = gr.JSON(label="sweep")
+
+            # ---------------------------------------------------------------- 3. Frontier
+            with gr.Tab("Frontier", id="frontier"):
+                with gr.Row():
+                    quality = gr.Dropdown(list(QUALITIES), value="psnr", label="Quality", elem_id="f-quality")
+                    cost = gr.Dropdown([(v, k) for k, v in COSTS.items()], value="latency_median_ms", label="Cost")
+                    color = gr.Dropdown(COLOR_COLUMNS, value="sampler", label="Colour by")
+                    symbol = gr.Dropdown([NO_AXIS, *COLOR_COLUMNS], value="precision", label="Symbol by")
+                    log_x = gr.Checkbox(False, label="log cost axis", scale=0, min_width=140)
+                with gr.Row():
+                    f_model = gr.Dropdown([data.ALL], value=data.ALL, label="Model")
+                    f_set = gr.Dropdown([data.ALL], value=data.ALL, label="Prompt set")
+                    f_sweep = gr.Dropdown([(data.ALL, data.ALL)], value=data.ALL, label="Sweep")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        plot = gr.Plot(elem_id="frontier-plot", label="Frontier")
+                    with gr.Column(scale=1, min_width=260):
+                        thumb = gr.Gallery(label="Clicked run", format="png", columns=2, height=220,
+                                           object_fit="contain", fit_columns=False, elem_id="frontier-thumb")
+                        thumb_md = gr.Markdown("Click a point to see its images and settings; it is added to the "
+                                               "comparison below.", elem_id="frontier-point")
+                        click_box = gr.Textbox(visible="hidden", elem_id="frontier-click")
+                with gr.Row():
+                    selection = gr.Dropdown([], value=[], multiselect=True, max_choices=4, scale=4,
+                                            label="Runs to compare (2-4; the first is the baseline)",
+                                            elem_id="frontier-selection")
+                    to_compare = gr.Button("Compare these", scale=1, elem_id="to-compare")
+                timer = gr.Timer(timer_s)
+                version = gr.State(None)
+
+            # ---------------------------------------------------------------- 4. Compare
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    compare_ids = gr.Dropdown([], value=[], multiselect=True, max_choices=4, scale=4,
+                                              label="Runs (2-4; the first is the baseline)", elem_id="compare-ids")
+                    compare_btn = gr.Button("Compare", scale=1)
+                compare_view = gr.HTML(elem_id="compare-view")
+                with gr.Row():
+                    settings_df = gr.Dataframe(label="Settings that differ", interactive=False, wrap=True)
+                    deltas_df = gr.Dataframe(label="Metrics (later runs: change vs the first)", interactive=False,
+                                             wrap=True)
+
+            # ---------------------------------------------------------------- 5. Runs
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                with gr.Row():
+                    r_status = gr.Dropdown(STATUSES, value=data.ALL, label="Status", elem_id="r-status")
+                    r_sweep = gr.Dropdown([(data.ALL, data.ALL)], value=data.ALL, label="Sweep")
+                    r_model = gr.Dropdown([data.ALL], value=data.ALL, label="Model")
+                    refresh_btn = gr.Button("Refresh", scale=0)
+                    download = gr.DownloadButton("Download CSV", elem_id="download-csv", scale=0)
+                table = gr.Dataframe(interactive=False, max_height=420, elem_id="runs-table",
+                                     label="Runs, newest first: click a row for its details, a header to sort. "
+                                           "The CSV has every column of these runs.")
+                with gr.Row():
+                    run_id = gr.Number(None, precision=0, label="Run id", scale=0, min_width=140, elem_id="run-id")
+                    show_btn = gr.Button("Show details", scale=0)
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        detail_card = gr.Markdown(elem_id="run-details")
+                        detail_json = gr.JSON(label="full configuration")
+                    with gr.Column(scale=2):
+                        detail_gallery = gr.Gallery(label="Images", format="png", columns=4, height=320,
+                                                    object_fit="contain", fit_columns=False)
+
+        # ==================================================================== event wiring
+        n_settings, n_gen = len(settings), len(gen_inputs)
+
+        def build_spec(*values):
+            try:
+                return studio.check_spec(studio.spec_from(controls.split_values(values, settings, knob_names)))
+            except SpecError as exc:
+                raise _user_error(exc) from None
+
+        def build_sweep(*values):
+            parts = controls.split_values(values[:n_gen], settings, knob_names)
+            xa, xv, ya, yv, za, zv, name, q = values[n_gen:]
+            try:
+                sweep = studio.sweep_dict(parts, [(xa, xv), (ya, yv), (za, zv)], name, q)
+                return sweep, studio.estimate(sweep)
+            except Exception as exc:
+                raise _user_error(exc) from None
+
+        def estimate(*values):
+            try:
+                return build_sweep(*values)[1]
+            except gr.Error as exc:
+                return f"**Cannot run this grid yet:** {exc.message}"
+
+        def model_changed(m):
+            return studio.model_changed(m, settings)
+
+        # Generate: check the spec at once (outside the GPU queue), then measure it
+        model_box.change(model_changed, model_box, [*widgets[:n_settings], model_text], api_visibility="private",
+                         trigger_mode="always_last")
+        generate_btn.click(build_spec, gen_inputs, spec_json, api_name="build_spec").success(
+            studio.generate, spec_json, [gallery, card], api_name="generate", concurrency_id="gpu",
+            concurrency_limit=1)
+
+        # Sweep: number of runs and estimate before starting; grid after every run; Cancel between runs
+        sweep_inputs = gen_inputs + axis_rows + [sweep_name, question]
+        for comp in axis_rows:
+            comp.change(estimate, sweep_inputs, estimate_md, api_visibility="private", trigger_mode="always_last",
+                        show_progress="hidden")
+        for a, v in zip(axis_rows[::2], axis_rows[1::2]):
+            a.change(lambda axis: gr.update(info=controls.axis_hint(axis) if axis != NO_AXIS else ""), a, v,
+                     api_visibility="private", show_progress="hidden")
+        sweep_tab.select(estimate, sweep_inputs, estimate_md, api_visibility="private", show_progress="hidden")
+        start_btn.click(build_sweep, sweep_inputs, [sweep_json, estimate_md], api_name="build_sweep").success(
+            studio.run_sweep, [sweep_json, rerun], [grid_html, sweep_status], api_name="sweep",
+            concurrency_id="gpu", concurrency_limit=1)
+        cancel_btn.click(studio.cancel, None, sweep_status, api_name="cancel_sweep", concurrency_limit=None)
+
+        # Frontier: redraw on any control, and when the store changes (polled; also during a sweep)
+        f_inputs = [quality, cost, color, symbol, f_model, f_set, f_sweep, selection, log_x]
+
+        def refresh_filters():
+            models_, sets_, sweeps_, _runs = studio.filter_choices()
+            return (gr.update(choices=models_), gr.update(choices=sets_), gr.update(choices=sweeps_),
+                    gr.update(choices=sweeps_), gr.update(choices=models_), data.store_version(store))
+
+        def run_choices():
+            return gr.update(choices=studio.filter_choices()[3])
+
+        # the timer never writes the run pickers: an update racing a click could undo it. They refresh
+        # their choices when focused, and a click sets choices and value together.
+        filter_outputs = [f_model, f_set, f_sweep, r_sweep, r_model, version]
+
+        def tick(ver, *f_values):
+            if data.store_version(store) == ver:
+                return [gr.skip()] * (len(filter_outputs) + 1)
+            return [studio.frontier(*f_values), *refresh_filters()]
+
+        for comp in f_inputs:
+            comp.change(studio.frontier, f_inputs, plot, api_visibility="private", show_progress="hidden")
+        timer.tick(tick, [version, *f_inputs], [plot, *filter_outputs], api_visibility="private",
+                   show_progress="hidden", concurrency_limit=None)
+        for picker in (selection, compare_ids):
+            picker.focus(run_choices, None, picker, api_visibility="private", show_progress="hidden")
+        click_box.change(studio.clicked, [click_box, selection], [thumb, thumb_md, selection],
+                         api_visibility="private")
+        to_compare.click(lambda ids: (gr.update(choices=studio.filter_choices()[3], value=ids),
+                                      gr.Tabs(selected="compare")),
+                         selection, [compare_ids, tabs], api_visibility="private").then(
+            studio.compare, compare_ids, [compare_view, settings_df, deltas_df], api_visibility="private")
+        gr.Button(visible=False).click(studio.frontier, f_inputs, plot, api_name="plot_frontier")
+
+        # Compare
+        compare_btn.click(studio.compare, compare_ids, [compare_view, settings_df, deltas_df], api_name="compare_runs")
+
+        # Runs: table and CSV follow the filters; a row click shows that run
+        r_inputs = [r_status, r_sweep, r_model]
+        for comp in r_inputs:
+            comp.change(studio.runs_table, r_inputs, [table, download], api_visibility="private")
+        refresh_btn.click(studio.runs_table, r_inputs, [table, download], api_name="runs")
+        runs_tab.select(studio.runs_table, r_inputs, [table, download], api_visibility="private")
+        gr.Button(visible=False).click(studio.export_csv, r_inputs, gr.File(visible=False), api_name="export_csv")
+        table.select(studio.selected_row, None, run_id, api_visibility="private").then(
+            studio.details, run_id, [detail_card, detail_gallery, detail_json], api_visibility="private")
+        show_btn.click(studio.details, run_id, [detail_card, detail_gallery, detail_json], api_name="run_details")
+        run_id.submit(studio.details, run_id, [detail_card, detail_gallery, detail_json], api_visibility="private")
+
+        # on load: model line, filters, the frontier, the runs table, and the plotly click hook
+        demo.load(model_changed, model_box, [*widgets[:n_settings], model_text], api_visibility="private")
+        demo.load(refresh_filters, None, filter_outputs, api_visibility="private").then(
+            run_choices, None, selection, api_visibility="private").then(
+            run_choices, None, compare_ids, api_visibility="private").then(
+            studio.frontier, f_inputs, plot, api_visibility="private").then(
+            studio.runs_table, r_inputs, [table, download], api_visibility="private")
+        demo.load(None, None, None, js=FRONTIER_CLICK_JS, api_visibility="private")
+
+    demo.studio = studio  # for tests and scripts: the engine and store behind this page
+    demo.queue(max_size=32, default_concurrency_limit=4)
     return demo

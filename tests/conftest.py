@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -39,3 +41,33 @@ def embedded_pipe():
     from studio_core.models import load_pipeline
 
     return load_pipeline("emoji-sd")
+
+
+@pytest.fixture
+def dummy_knob():
+    """A registered knob that changes nothing (three settings: int, Literal, optional str); removed after."""
+    from studio_core.knobs import KNOBS, register
+    from studio_core.knobs.base import Applied, Knob, KnobReport
+
+    class DummyKnob(Knob):
+        name = "dummy"
+        title = "Dummy cache"
+        description = "A test knob: it registers like any other and changes nothing."
+        Settings = DummySettings
+
+        def apply(self, pipe, settings) -> Applied:
+            return Applied(self.name, report=lambda: KnobReport(self.name, False,
+                                                                 f"interval {settings.interval}: nothing cached"))
+
+    register(DummyKnob)
+    try:
+        yield KNOBS["dummy"]
+    finally:
+        KNOBS.pop("dummy", None)
+
+
+@dataclass(frozen=True)
+class DummySettings:
+    interval: int = 2
+    mode: Literal["fast", "exact"] = "fast"
+    note: str | None = None

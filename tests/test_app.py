@@ -1,34 +1,97 @@
+"""The studio's Blocks app without a server: endpoints, widgets from the registry, handlers on a tiny pipeline."""
+
+import ast
+from pathlib import Path
+
 import gradio as gr
 import pytest
 
-from app.ui import _on_generate, build_demo
+from app.ui import build_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = {"sampler": "DPM++ 2M", "steps": 6}
+ENDPOINTS = {"build_spec", "generate", "build_sweep", "sweep", "cancel_sweep", "plot_frontier", "compare_runs", "runs",
+             "export_csv", "run_details"}
 
 
-def test_demo_builds_on_the_embedded_model():
-    demo = build_demo()
-    assert isinstance(demo, gr.Blocks)
-    assert any(fn.api_name == "generate" for fn in demo.fns.values())
+def _fn(demo, api_name):
+    return next(f for f in demo.fns.values() if f.api_name == api_name)
 
 
-def test_generate_returns_an_image_and_the_settings_used(embedded_pipe):
-    image, info = _on_generate("emoji-sd", "red heart", 0, 4, 3.0)
-    assert image.shape == (256, 256, 3)  # 32x32 shown with 8x8 blocks per pixel
-    assert (image[:8, :8] == image[0, 0]).all()
-    assert info["steps"] == 4 and info["prompt"] == "red heart"
+def _widget_values(demo, fn, **by_elem_id):
+    """Each input's initial value, with some replaced by elem_id (as if typed into the page)."""
+    return [by_elem_id.get(c.elem_id, c.value) for c in fn.inputs]
 
 
-@pytest.mark.parametrize("prompt, steps, guidance, seed, message", [
-    ("   ", 10, 3.0, 0, "prompt is empty"),
-    ("red heart", 0, 3.0, 0, "steps=0 is out of range"),
-    ("red heart", 10, -1.0, 0, "guidance=-1.0 is negative"),
-    ("red heart", 10, 3.0, -5, "seed=-5 is out of range"),
-    ("red heart", 10, 3.0, None, "seed=None is not a whole number"),
+@pytest.fixture
+def tiny_demo(tmp_path, tiny_pipeline_dir):
+    demo = build_demo(str(tiny_pipeline_dir), tmp_path / "study", reference=REF)
+    yield demo
+    demo.studio.store.close()
+
+
+def test_endpoints_are_named_and_measurements_share_one_gpu_slot(tiny_demo):
+    named = {f.api_name for f in tiny_demo.fns.values() if f.api_visibility == "public"}
+    assert named == ENDPOINTS
+    for name in ("generate", "sweep"):
+        fn = _fn(tiny_demo, name)
+        assert fn.concurrency_id == "gpu" and fn.concurrency_limit == 1
+    assert tiny_demo._queue.max_size == 32  # reads queue beside a measurement instead of waiting forever
+
+
+def test_the_ui_never_imports_torch_or_diffusers():
+    for path in [ROOT / "app.py", *sorted((ROOT / "app").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("torch", "diffusers") for n in names), f"{path.name} imports {names}"
+
+
+def test_widgets_come_from_the_registry_and_a_new_knob_reaches_the_engine(tmp_path, tiny_pipeline_dir, dummy_knob):
+    demo = build_demo(str(tiny_pipeline_dir), tmp_path / "study", reference=REF)
+    ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert {"setting-steps", "setting-height", "setting-width", "setting-sampler", "setting-timestep_spacing",
+            "setting-precision", "setting-guidance", "use-dummy", "setting-knobs-dummy-interval",
+            "setting-knobs-dummy-mode", "setting-knobs-dummy-note"} <= ids
+    fn = _fn(demo, "build_spec")
+    values = _widget_values(demo, fn, **{"use-dummy": True, "setting-knobs-dummy-interval": 3, "setting-steps": 2,
+                                         "prompts": "grinning face", "repeats": 1})
+    spec = fn.fn(*values)
+    assert spec["knobs"] == {"dummy": {"interval": 3, "mode": "fast", "note": None}}
+    assert spec["model"] == str(tiny_pipeline_dir) and spec["steps"] == 2 and spec["height"] == 32
+    gallery, card = demo.studio.generate(spec)
+    assert len(gallery) == 1 and gallery[0][0].shape == (256, 256, 3) and gallery[0][1] == "grinning face · seed 0"
+    assert "dummy: interval 3: nothing cached  **[did nothing]**" in card
+    row = demo.studio.store.runs()[-1]
+    assert row["knobs"] == {"dummy": {"interval": 3, "mode": "fast", "note": None}} and row["knobs_inactive"] == "dummy"
+    demo.studio.store.close()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"setting-steps": 0}, "steps=0 is not allowed: a whole number from 1 to 1000"),
+    ({"prompts": "  \n "}, "prompts=[] is not allowed: at least one prompt"),
+    ({"seeds": "one"}, "seeds='one' is not allowed"),
+    ({"setting-height": 30}, "height=30 is not allowed: a multiple of"),
+    ({"model": "/no/such/folder"}, "model folder not found"),
 ])
-def test_bad_input_is_a_readable_error(prompt, steps, guidance, seed, message):
-    with pytest.raises(gr.Error, match=message):
-        _on_generate("emoji-sd", prompt, seed, steps, guidance)
+def test_bad_input_is_a_readable_error_before_any_work(tiny_demo, change, message):
+    fn = _fn(tiny_demo, "build_spec")
+    with pytest.raises(gr.Error, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        fn.fn(*_widget_values(tiny_demo, fn, **change))
+    assert "Traceback" not in str(err.value)
+    assert tiny_demo.studio.store.db["runs"].count == 0
 
 
-def test_missing_model_folder_is_a_readable_error(tmp_path):
-    with pytest.raises(gr.Error, match="model folder not found"):
-        _on_generate(str(tmp_path / "nope"), "red heart", 0, 2, 3.0)
+def test_sweep_estimate_before_the_first_run_is_unknown_then_grows_from_history(tiny_demo, tiny_pipeline_dir):
+    studio = tiny_demo.studio
+    base = {"model": str(tiny_pipeline_dir), "prompts": ["red heart"], "seeds": [0], "guidance": 2.0, "repeats": 1}
+    sweep = {"name": "t", "base": base, "grid": {"steps": [2, 4]}, "reference": REF}
+    assert "**2 runs** (2)" in studio.estimate(sweep) and "unknown until the first run" in studio.estimate(sweep)
+    studio.generate({**base, "steps": 3})
+    text = studio.estimate(sweep)
+    assert "estimated **" in text and "per image-step" in text
+    outputs = list(studio.run_sweep(sweep, False, None))
+    assert "Sweep 1 finished" in outputs[-1][1] and outputs[-1][0].count("data-sweep-index") == 2
+    assert "already finished (sweep 1)" in studio.estimate(sweep)
+    again = list(studio.run_sweep(sweep, False, None))[-1]  # a finished sweep shows its grid, runs nothing
+    assert "0 runs now" in again[1] and "already complete" in again[1]

@@ -1,0 +1,116 @@
+"""The studio served for real and driven through its named API with ``gradio_client``."""
+
+import os
+import socket
+import time
+
+import pandas as pd
+import pytest
+
+from studio_core.store import RunStore
+
+REF = {"sampler": "DPM++ 2M", "steps": 6}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_pipeline_dir):
+    """The app on a free port over a fresh study folder; yields (client, store, model folder)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from gradio_client import Client
+
+    from app.ui import build_demo
+
+    data_dir = tmp_path_factory.mktemp("study")
+    demo = build_demo(str(tiny_pipeline_dir), data_dir, reference=REF)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False,
+                    download_files=str(tmp_path_factory.mktemp("downloads")))
+    store = RunStore(data_dir)
+    yield client, store, str(tiny_pipeline_dir)
+    store.close()
+    demo.close()
+
+
+def _spec(model, **kw):
+    return {"model": model, "prompts": ["grinning face"], "seeds": [0, 1], "steps": 2, "guidance": 2.0,
+            "repeats": 1, **kw}
+
+
+def test_generate_returns_images_and_a_card_and_logs_a_row(served):
+    client, store, model = served
+    before = store.db["runs"].count
+    gallery, card = client.predict(_spec(model, sampler="Euler"), api_name="/generate")
+    assert len(gallery) == 2 and all(os.path.isfile(item["image"]) for item in gallery)
+    assert [item["caption"] for item in gallery] == ["grinning face · seed 0", "grinning face · seed 1"]
+    assert "ms median of 1 timed repeats" in card and "PSNR" in card and "Setup" in card
+    assert store.db["runs"].count == before + 1
+    row = store.runs()[-1]
+    assert row["status"] == "ok" and row["sampler"] == "Euler" and f"Run {row['id']}: ok" in card
+
+
+def test_a_2x2_sweep_logs_four_runs_and_returns_the_annotated_grid(served):
+    client, store, model = served
+    sweep = {"name": "client 2x2", "base": _spec(model, seeds=[0]), "grid": {"steps": [2, 3],
+                                                                             "sampler": ["DDIM", "Euler"]},
+             "reference": REF}
+    grid, status = client.predict(sweep, False, api_name="/sweep")
+    assert "finished" in status and "4 runs now" in status
+    sweep_id = store.sweeps()[-1]["id"]
+    rows = store.sweep_runs(sweep_id)
+    assert sorted(r["sweep_index"] for r in rows) == [0, 1, 2, 3] and {r["status"] for r in rows} == {"ok"}
+    assert grid.count("data-sweep-index") == 4 and grid.count("<img") == 4
+    assert grid.count(" ms</b>") == 4 and grid.count("PSNR") == 4 and grid.count("SSIM") == 4
+    assert "steps = 3" in grid and "sampler = Euler" in grid
+    assert "[did nothing: sampler]" in grid  # DDIM on a DDIM model
+
+
+def test_csv_export_downloads_the_filtered_rows(served):
+    client, store, _model = served
+    path = client.predict("ok", "(all)", "(all)", api_name="/export_csv")
+    frame = pd.read_csv(path)
+    ok = store.runs("status = 'ok'")
+    assert sorted(frame["id"]) == [r["id"] for r in ok] and len(frame) >= 5
+    assert {"config_json", "latency_median_ms", "psnr", "knob_report"} <= set(frame.columns)
+    table, csv_path = client.predict("ok", "(all)", "(all)", api_name="/runs")
+    assert len(pd.read_csv(csv_path)) == len(frame)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": 0}, "steps=0 is not allowed: a whole number from 1 to 1000"),
+    ({"prompts": []}, "prompts=[] is not allowed"),
+    ({"sampler": "Eular"}, "sampler='Eular' is not allowed"),
+    ({"model": "/no/such/folder"}, "model folder not found"),
+])
+def test_bad_input_comes_back_as_a_readable_error(served, change, message):
+    client, store, model = served
+    before = store.db["runs"].count
+    with pytest.raises(Exception, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        client.predict({**_spec(model), **change}, api_name="/generate")
+    assert "Traceback" not in str(err.value)
+    assert store.db["runs"].count == before
+
+
+def test_cancel_stops_a_sweep_between_runs(served):
+    client, store, model = served
+    sweep = {"name": "to cancel", "base": _spec(model, seeds=[0], repeats=2),
+             "grid": {"steps": [2, 3, 4], "guidance": [1.0, 2.0]}, "reference": REF}
+    job = client.submit(sweep, False, api_name="/sweep")
+    deadline = time.time() + 120
+    while time.time() < deadline and not [s for s in store.sweeps() if s["name"] == "to cancel"]:
+        time.sleep(0.2)
+    sweep_id = [s for s in store.sweeps() if s["name"] == "to cancel"][0]["id"]
+    while time.time() < deadline and not store.sweep_runs(sweep_id):
+        time.sleep(0.2)
+    assert "Cancelling" in client.predict(api_name="/cancel_sweep")
+    grid, status = job.result(timeout=180)
+    assert "cancelled" in status
+    runs = store.sweep_runs(sweep_id)
+    assert 1 <= len(runs) < 6 and all(r["status"] == "ok" for r in runs)  # the run in progress finished
+    assert store.get_sweep(sweep_id)["status"] == "cancelled"

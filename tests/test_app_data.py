@@ -1,0 +1,207 @@
+"""The UI's pure parts: widgets from the knob registry -> run specs and sweeps, and the data helpers."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from app import controls, data
+from studio_core.knobs import KNOBS
+from studio_core.knobs.sampler import SAMPLERS
+from studio_core.spec import SpecError
+from studio_core.store import RunStore
+
+
+# ------------------------------------------------------------------------------------------ controls
+def _settings(name):
+    return {s.name: s for s in controls.knob_settings(KNOBS[name])}
+
+
+def test_builtin_knobs_map_to_spec_fields_with_types_and_choices():
+    steps, res, sampler = _settings("steps"), _settings("resolution"), _settings("sampler")
+    assert steps["steps"].kind is int and steps["steps"].builtin and steps["steps"].axis == "steps"
+    assert [s.axis for s in res.values()] == ["height", "width"]
+    assert sampler["sampler"].choices == ("default", *SAMPLERS)
+    assert sampler["timestep_spacing"].optional and sampler["timestep_spacing"].choices == ("leading", "trailing",
+                                                                                             "linspace")
+    assert _settings("precision")["precision"].choices == ("fp32", "fp16", "bf16")
+    assert _settings("guidance")["guidance"].kind is float
+
+
+def test_a_new_knob_gets_widgets_spec_entries_and_sweep_axes_without_ui_code(dummy_knob):
+    s = _settings("dummy")
+    assert (s["interval"].kind, s["interval"].default, s["interval"].axis) == (int, 2, "knobs.dummy.interval")
+    assert s["mode"].choices == ("fast", "exact") and s["note"].optional and not s["note"].builtin
+    axes = controls.axis_choices()
+    assert axes["knobs.dummy.interval"] == (int, False) and axes["steps"] == (int, False) and "seeds" in axes
+    values = {"steps": 4, "knobs.dummy.interval": 3.0, "knobs.dummy.mode": "exact", "knobs.dummy.note": ""}
+    on = controls.build_spec("emoji-sd", "red heart", None, "0", values, {"dummy": True})
+    assert on["knobs"] == {"dummy": {"interval": 3, "mode": "exact", "note": None}}
+    off = controls.build_spec("emoji-sd", "red heart", None, "0", values, {"dummy": False})
+    assert off["knobs"] == {}  # every knob is off until the user turns it on
+    sweep = controls.build_sweep(off, [("knobs.dummy.interval", "2, 4")])
+    assert sweep["grid"] == {"knobs.dummy.interval": [2, 4]}
+
+
+def test_build_spec_from_widget_values():
+    values = {"precision": "fp16", "steps": 10.0, "guidance": 3, "height": 32, "width": 32, "sampler": "Euler",
+              "timestep_spacing": ""}
+    spec = controls.build_spec(" emoji-sd ", "grinning face\n\n red heart ", controls.NO_PROMPT_SET, "0, 1", values,
+                               {}, warmup=1, repeats=2.0, batch_size=0)
+    assert spec == {"model": "emoji-sd", "prompts": ["grinning face", "red heart"], "seeds": [0, 1],
+                    "precision": "fp16", "steps": 10, "guidance": 3.0, "height": 32, "width": 32, "sampler": "Euler",
+                    "timestep_spacing": None, "knobs": {}, "warmup": 1, "repeats": 2, "device": "auto",
+                    "batch_size": None}
+    by_set = controls.build_spec("emoji-sd", "ignored", "emoji-4", "0", {"sampler": None, "steps": None}, {})
+    assert by_set["prompt_set"] == "emoji-4" and "prompts" not in by_set
+    assert by_set["sampler"] == "default" and by_set["steps"] is None and by_set["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("text, seeds", [("0", [0]), ("0, 1 2", [0, 1, 2]), ("3-5", [3, 4, 5]), ("", []),
+                                         (7.0, [7])])
+def test_parse_seeds(text, seeds):
+    assert controls.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text, message", [("a", "seeds='a'"), ("1.5", "seeds='1.5'"), ("5-1", "seeds='5-1'")])
+def test_bad_seeds_name_the_field(text, message):
+    with pytest.raises(SpecError, match=message):
+        controls.parse_seeds(text)
+
+
+def test_parse_axis_values_types_none_and_errors():
+    assert controls.parse_axis_values("steps", "10, 20 ,", int) == [10, 20]
+    assert controls.parse_axis_values("guidance", "1, 7.5", float) == [1.0, 7.5]
+    assert controls.parse_axis_values("sampler", "DDIM, DPM++ 2M Karras", str) == ["DDIM", "DPM++ 2M Karras"]
+    assert controls.parse_axis_values("timestep_spacing", "none, trailing", str, True) == [None, "trailing"]
+    with pytest.raises(SpecError, match="grid.steps='ten'"):
+        controls.parse_axis_values("steps", "10, ten", int)
+    with pytest.raises(SpecError, match="distinct values"):
+        controls.parse_axis_values("steps", "10, 10", int)
+    with pytest.raises(SpecError, match="comma-separated values"):
+        controls.parse_axis_values("steps", " , ", int)
+
+
+def test_build_sweep_overrides_the_base_and_checks_axes():
+    base = {"model": "emoji-sd", "prompts": ["sun"], "seeds": [0], "steps": 50, "sampler": "default", "knobs": {}}
+    sweep = controls.build_sweep(base, [("steps", "4, 8"), (None, ""), ("seeds", "0, 1")], name="", question="q?",
+                                 reference={"sampler": "DPM++ 2M", "steps": 10})
+    assert sweep["grid"] == {"steps": [4, 8], "seeds": [0, 1]}
+    assert "steps" not in sweep["base"] and "seeds" not in sweep["base"] and sweep["base"]["sampler"] == "default"
+    assert sweep["name"] == "ui sweep: steps x seeds" and sweep["question"] == "q?"
+    assert sweep["reference"] == {"sampler": "DPM++ 2M", "steps": 10}
+    with pytest.raises(SpecError, match="axis='nope'"):
+        controls.build_sweep(base, [("nope", "1")])
+    with pytest.raises(SpecError, match="each axis at most once"):
+        controls.build_sweep(base, [("steps", "1"), ("steps", "2")])
+    with pytest.raises(SpecError, match="at least one axis"):
+        controls.build_sweep(base, [(None, "")])
+
+
+def test_axis_hints_say_what_values_an_axis_takes():
+    assert "DPM++ 2M" in controls.axis_hint("sampler")
+    assert controls.axis_hint("steps").startswith("whole numbers")
+    assert "none =" in controls.axis_hint("timestep_spacing")
+
+
+# ------------------------------------------------------------------------------------------ data
+def _row(**kw):
+    row = {"id": 1, "status": "ok", "model": "emoji-sd", "model_path": "/m", "prompts": '["sun", "pizza"]',
+           "seeds": "[0, 1]", "n_images": 4, "steps": 10, "sampler": "DDIM", "guidance": 3.0, "precision": "fp32",
+           "height": 32, "width": 32, "knobs_label": "", "warmup": 1, "repeats": 3, "latency_median_ms": 1000.0,
+           "denoise_ms": 800.0, "cold_ms": 1000.0, "load_ms": 0.0, "per_image_ms": 250.0,
+           "created_at": "2026-01-01T00:00:00.000+00:00", "finished_at": "2026-01-01T00:00:04.500+00:00"}
+    row.update(kw)
+    return row
+
+
+def test_estimate_uses_past_runs_breakdown_per_image_step_and_run_overhead():
+    history = pd.DataFrame([_row()])
+    spec = {"prompts": ["sun"], "seeds": [0, 1], "steps": 20, "warmup": 1, "repeats": 1, "height": 32, "width": 32}
+    seconds, basis = data.estimate_seconds(history, [spec], "/m")
+    # 800 ms / (10 steps x 4 images) = 20 ms per image-step; (1000 - 800) / 4 = 50 ms per image outside;
+    # overhead = 4500 ms wall - 4 passes x 1000 ms = 500 ms per run
+    per_pass = 2 * (50 + 20 * 20)
+    assert seconds == pytest.approx((per_pass * 2 + 500) / 1000)
+    assert "20.00 ms per image-step" in basis and "500 ms per run" in basis
+    with_ref, basis = data.estimate_seconds(history, [spec], "/m", reference_steps=100)
+    assert with_ref == pytest.approx(seconds + 2 * (50 + 100 * 20) / 1000) and "1 new reference" in basis
+    assert data.estimate_seconds(history, [spec], "/other") == (None, "unknown until the first run of this model")
+    assert data.estimate_seconds(pd.DataFrame(), [spec])[0] is None
+
+
+def test_runs_where_is_parameterised_and_skips_all():
+    assert data.runs_where(data.ALL, None, "") == (None, [])
+    assert data.runs_where("ok", "3", "emoji-sd") == ("status = ? AND sweep_id = ? AND model = ?",
+                                                      ["ok", 3, "emoji-sd"])
+    assert data.runs_where(prompt_set="(custom prompts)") == ("prompt_set IS NULL", [])
+
+
+def test_run_label_and_choices():
+    assert data.run_label(_row(id=12, knobs_label="dummy={}")) == "12: DDIM 10 steps g3 fp32 32x32 [dummy={}]"
+    assert data.run_label(_row(id=3, status="failed", model="/x")) == "3: DDIM 10 steps g3 fp32 32x32 </x> (failed)"
+    frame = pd.DataFrame([_row(id=1), _row(id=2)])
+    assert [i for _, i in data.run_choices(frame)] == [2, 1]
+
+
+def test_image_pairs_are_prompt_major():
+    assert data.image_pairs(_row()) == [("sun", 0), ("sun", 1), ("pizza", 0), ("pizza", 1)]
+    assert data.image_pairs({"prompts": ["a"], "seeds": [5]}) == [("a", 5)]
+
+
+def test_differing_settings_and_metric_deltas():
+    a = _row(id=1, psnr=30.0, ssim=0.9, peak_mem_bytes=2 * 2**20)
+    b = _row(id=2, steps=20, latency_median_ms=2000.0, psnr=33.0, ssim=0.9, peak_mem_bytes=2 * 2**20)
+    diff = data.differing_settings([a, b])
+    assert diff.to_dict("records") == [{"setting": "steps", "run 1": "10", "run 2": "20"}]
+    deltas = data.metric_deltas([a, b]).set_index("metric")
+    assert deltas.loc["median latency (ms)", "run 2"] == "2000 (+1000, +100% worse)"
+    noisy = data.metric_deltas([{**a, "latency_iqr_ms": 50.0}, {**a, "id": 2, "latency_median_ms": 1040.0}])
+    assert noisy.set_index("metric").loc["median latency (ms)", "run 2"] == "1040 (+40, +4% within IQR)"
+    assert noisy.set_index("metric").loc["per image (ms)", "run 2"] == "250 (+0, +0% within IQR)"
+    assert deltas.loc["PSNR (dB)", "run 2"] == "33 (+3, +10% better)"
+    assert deltas.loc["SSIM", "run 2"] == "0.9 (+0, +0%)"
+    assert deltas.loc["peak memory (MiB)", "run 1"] == "2"
+    assert "LPIPS" not in deltas.index  # no run has it
+
+
+def test_table_view_orders_newest_first_and_reads_memory_in_mib():
+    frame = pd.DataFrame([_row(id=1, peak_mem_bytes=3 * 2**20), _row(id=2, peak_mem_bytes=2**20)])
+    view = data.table_view(frame)
+    assert list(view["id"]) == [2, 1] and list(view["peak_mem_MiB"]) == [1.0, 3.0]
+    assert view["created_at"][0] == "2026-01-01 00:00:00"
+
+
+def test_store_readers_on_a_real_store(tmp_path):
+    store = RunStore(tmp_path / "study")
+    v0 = data.store_version(store)
+    config = {"model": "emoji-sd", "prompts": ["sun"], "seeds": [0], "steps": 4, "sampler": "DDIM",
+              "precision": "fp32", "knobs": {}}
+    rid = store.start_run(config, config_hash="x")
+    v1 = data.store_version(store)
+    store.finish_run(rid, {"latency_median_ms": 5.0, "per_image_ms": 5.0, "psnr": 20.0})
+    v2 = data.store_version(store)
+    assert len({v0, v1, v2}) == 3  # a start and a finish both change the version the Frontier polls
+    failed = store.start_run({**config, "steps": 8}, config_hash="y")
+    store.fail_run(failed, "out of memory: test")
+    assert list(data.load_runs(store, status="ok")["id"]) == [rid]
+    assert list(data.load_runs(store, status="failed", model="emoji-sd")["error"]) == ["out of memory: test"]
+    assert data.load_runs(store, model="other").empty
+    assert data.reference_config(store, None) is None and data.reference_config(store, 99) is None
+    store.put_reference("k", config={"sampler": "DPM++ 2M", "steps": 10}, images=[], model_fingerprint="f",
+                        generate_ms=12.0)
+    ref = data.reference_config(store, 1)
+    assert ref["sampler"] == "DPM++ 2M" and ref["generate_ms"] == 12.0 and ref["id"] == 1
+    assert json.loads(store.runs_frame()["seeds"][0]) == [0]
+    store.close()
+
+
+def test_split_values_reads_the_generate_widgets_in_order(dummy_knob):
+    settings = [s for k in controls.registry_knobs() for s in controls.knob_settings(k)]
+    values = ["emoji-sd", "sun", None, "0", 1, 3, "auto", None, *range(len(settings)), True]
+    parts = controls.split_values(values, settings, ["dummy"])
+    assert parts["model"] == "emoji-sd" and parts["batch_size"] is None and parts["enabled"] == {"dummy": True}
+    assert list(parts["values"]) == [s.axis for s in settings]
+    assert parts["values"][settings[-1].axis] == len(settings) - 1
+    with pytest.raises(ValueError, match="widget values"):
+        controls.split_values(values[:-1], settings, ["dummy"])
