@@ -35,9 +35,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .knobs import KNOBS, Applied, KnobReport
+from .generate import to_uint8
+from .knobs import Applied, KnobReport, knobs_in
 from .spec import ModelInfo, RunSpec, SpecError, config_hash, resolve
-from .store import RunStore
+from .store import RunStore, StoreError
 
 __all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "reference_spec"]
 
@@ -264,10 +265,6 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    return (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
-
-
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -316,7 +313,7 @@ class Engine:
                 probe.new_call()
             gens = [torch.Generator().manual_seed(int(s)) for _, s in chunk]
             res = pipe([p for p, _ in chunk], generator=gens, output_type="np", **call_kwargs)
-            out.append(_to_uint8(res.images))
+            out.append(to_uint8(res.images))
         return np.concatenate(out)
 
     def _timed_pass(self, pipe, spec, call_kwargs, clock: _Clock) -> tuple[np.ndarray, float, list[dict]]:
@@ -329,13 +326,24 @@ class Engine:
         return images, clock.ms(t0, t1), probe.calls
 
     # ---- knobs
+    @staticmethod
+    def _load_options(spec: RunSpec) -> dict:
+        options: dict = {}
+        for knob, settings in knobs_in(spec):
+            options.update(knob.load_options(settings))
+        return options
+
+    @staticmethod
+    def _call_kwargs(applied) -> dict:
+        kwargs: dict = {}
+        for _knob, _settings, a in applied:
+            kwargs.update(a.call_kwargs)
+        return kwargs
+
     def _apply_knobs(self, pipe, spec: RunSpec) -> list[tuple[object, object, Applied]]:
         applied = []
         try:
-            for knob in sorted(KNOBS.values(), key=lambda k: k.order):
-                settings = knob.settings_for(spec)
-                if settings is None:
-                    continue
+            for knob, settings in knobs_in(spec):
                 reason = knob.supports(pipe, settings)
                 if reason:
                     raise KnobUnsupported(f"{knob.field_name}={knob.describe(settings)!r} cannot run on this "
@@ -362,12 +370,11 @@ class Engine:
         row = self.store.get_reference(key)
         if row is None:
             ref, _ = resolve(ref, info)
-            pipe, _ = self.pipeline(info, device, {"dtype": "fp32"})
+            pipe, _ = self.pipeline(info, device, self._load_options(ref))
             applied = self._apply_knobs(pipe, ref)
             try:
-                kwargs = {k: v for _, _, a in applied for k, v in a.call_kwargs.items()}
                 t0 = time.perf_counter()
-                images = self.call_pipeline(pipe, ref, kwargs)
+                images = self.call_pipeline(pipe, ref, self._call_kwargs(applied))
                 gen_ms = (time.perf_counter() - t0) * 1000
             finally:
                 self._undo(pipe, applied)
@@ -375,7 +382,7 @@ class Engine:
                 self.store.put_reference(key, config=ref.to_dict(), images=self.store.put_images(images),
                                          model_fingerprint=info.fingerprint, generate_ms=gen_ms,
                                          env=environment(device))
-            except Exception:  # another process kept the same reference first: use theirs
+            except StoreError:  # another process kept the same reference first: use theirs
                 pass
             row = self.store.get_reference(key)
         return row, self.store.load_images(row["images"])
@@ -432,19 +439,12 @@ class Engine:
     def _measure(self, spec: RunSpec, info: ModelInfo, device: str, results: dict, stage) -> tuple[np.ndarray, list]:
         # 3. load and apply knobs
         stage("loading")
-        options: dict = {}
-        for knob in KNOBS.values():
-            settings = knob.settings_for(spec)
-            if settings is not None:
-                options.update(knob.load_options(settings))
-        pipe, load_ms = self.pipeline(info, device, options)
+        pipe, load_ms = self.pipeline(info, device, self._load_options(spec))
         results.update(environment(device), load_ms=round(load_ms, 3), scheduler_class=type(pipe.scheduler).__name__)
         applied = self._apply_knobs(pipe, spec)
         clock = _Clock(device)
         try:
-            kwargs: dict = {}
-            for _k, _s, a in applied:
-                kwargs.update(a.call_kwargs)
+            kwargs = self._call_kwargs(applied)
             # 4. warm up (first call = cold), then the timed repeats
             stage("warm-up")
             cuda = device.startswith("cuda")
@@ -464,9 +464,12 @@ class Engine:
             else:
                 peak, kind = _rss_status().get("VmHWM", 0), "cpu_peak_rss"
             # 5. what each knob did, measured while it is still in effect
-            reports = [a.report() for _k, _s, a in applied if a.report is not None]
-            inactive = [r.knob for (k, s, a), r in zip([x for x in applied if x[2].report], reports)
-                        if not r.active and not k.is_baseline(s)]
+            reports, inactive = [], []
+            for knob, settings, a in applied:
+                if a.report is not None:
+                    reports.append(a.report())
+                    if not reports[-1].active and not knob.is_baseline(settings):
+                        inactive.append(knob.name)
         finally:
             self._undo(pipe, applied)
         results.update(self._timing(spec, warm, passes, pipe, clock))
@@ -483,7 +486,8 @@ class Engine:
 
     @staticmethod
     def _timing(spec: RunSpec, warm: list[float], passes: list, pipe, clock: _Clock) -> dict:
-        """Median and spread of end-to-end latency over the repeats; the breakdown is the median pass."""
+        """Median and spread of end-to-end latency over the repeats; each breakdown part is its median
+        over the repeats."""
         lat = [p[1] for p in passes]
         q = statistics.quantiles(lat, n=4, method="inclusive") if len(lat) > 1 else [lat[0]] * 3
 

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["generate", "model_defaults"]
+__all__ = ["generate", "model_defaults", "to_uint8"]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Pipeline ``output_type="np"`` images in [0, 1] -> uint8, rounded."""
+    return (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -22,7 +27,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch]]
         res = pipe(list(prompts[i:i + batch]), num_inference_steps=steps, guidance_scale=guidance,
                    generator=gens, output_type="np", height=height, width=width)
-        outs.append((res.images * 255).round().clip(0, 255).astype(np.uint8))
+        outs.append(to_uint8(res.images))
     return np.concatenate(outs)
 
 

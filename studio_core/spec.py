@@ -243,7 +243,7 @@ def model_info(model: str) -> ModelInfo:
 
 def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, ModelInfo]:
     """A fully concrete spec (model defaults and prompt set filled in), checked against the model."""
-    from .knobs import KNOBS
+    from .knobs import knobs_in
     from .prompts import PROMPT_SETS
 
     validate(spec)
@@ -271,10 +271,8 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
         if v % info.size_multiple or v > hi:
             raise SpecError(name, v, f"a multiple of {info.size_multiple} up to {hi} px for this model "
                                      f"(native {native} px)")
-    for knob in KNOBS.values():
-        settings = knob.settings_for(spec)
-        if settings is not None:
-            reason = knob.check_model(info, settings)
-            if reason:
-                raise SpecError(knob.field_name, knob.describe(settings), reason)
+    for knob, settings in knobs_in(spec):
+        reason = knob.check_model(info, settings)
+        if reason:
+            raise SpecError(knob.field_name, knob.describe(settings), reason)
     return spec, info

@@ -213,12 +213,23 @@ class RunStore:
                     marked.append(rid)
         return marked
 
-    def get_run(self, run_id: int) -> dict:
+    @staticmethod
+    def _select_sql(table: str, where: str | None) -> str:
+        """All columns of one of the store's own tables (never a caller's name), oldest first."""
+        return f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "") + " ORDER BY rowid"
+
+    def _select(self, table: str, where: str | None = None, params: Iterable | dict | None = None) -> list[dict]:
         with self._lock:
-            rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+            return [self._decode(r) for r in self.db.query(self._select_sql(table, where), params or [])]
+
+    def _get(self, table: str, key: str, value: Any, what: str) -> dict:
+        rows = self._select(table, f"{key} = ?", [value])
         if not rows:
-            raise StoreError(f"run {run_id} does not exist")
-        return self._decode(rows[0])
+            raise StoreError(f"{what} {value} does not exist")
+        return rows[0]
+
+    def get_run(self, run_id: int) -> dict:
+        return self._get("runs", "id", run_id, "run")
 
     @staticmethod
     def _decode(row: dict) -> dict:
@@ -233,17 +244,14 @@ class RunStore:
 
     def runs(self, where: str | None = None, params: Iterable | dict | None = None) -> list[dict]:
         """Decoded run rows, oldest first, with an optional parameterised ``where`` clause."""
-        sql = "SELECT * FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY id"
-        with self._lock:
-            return [self._decode(r) for r in self.db.query(sql, params or [])]
+        return self._select("runs", where, params)
 
     def runs_frame(self, where: str | None = None, params: Iterable | dict | None = None):
         """The run log as a pandas DataFrame: one row per run, every column, JSON left as text."""
         import pandas as pd
 
-        sql = "SELECT * FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY id"
         with self._lock:
-            return pd.read_sql_query(sql, self.db.conn, params=params)
+            return pd.read_sql_query(self._select_sql("runs", where), self.db.conn, params=params)
 
     def export_csv(self, path: str | Path, where: str | None = None, params: Iterable | dict | None = None) -> int:
         """Write every column of the selected runs to CSV (atomically); returns the number of rows."""
@@ -300,9 +308,8 @@ class RunStore:
 
     # ---------------------------------------------------------------- references
     def get_reference(self, ref_key: str) -> dict | None:
-        with self._lock:
-            rows = list(self.db.query("SELECT * FROM refs WHERE ref_key = ?", [ref_key]))
-        return self._decode(rows[0]) if rows else None
+        rows = self._select("refs", "ref_key = ?", [ref_key])
+        return rows[0] if rows else None
 
     def put_reference(self, ref_key: str, *, config: dict, images: list[str], model_fingerprint: str,
                       generate_ms: float, env: dict | None = None) -> int:
@@ -328,18 +335,11 @@ class RunStore:
             }).last_pk
 
     def sweeps(self, sweep_key: str | None = None) -> list[dict]:
-        sql, params = "SELECT * FROM sweeps", []
-        if sweep_key is not None:
-            sql, params = sql + " WHERE sweep_key = ?", [sweep_key]
-        with self._lock:
-            return [self._decode(r) for r in self.db.query(sql + " ORDER BY id", params)]
+        return self._select("sweeps", None if sweep_key is None else "sweep_key = ?",
+                            None if sweep_key is None else [sweep_key])
 
     def get_sweep(self, sweep_id: int) -> dict:
-        with self._lock:
-            rows = list(self.db.query("SELECT * FROM sweeps WHERE id = ?", [sweep_id]))
-        if not rows:
-            raise StoreError(f"sweep {sweep_id} does not exist")
-        return self._decode(rows[0])
+        return self._get("sweeps", "id", sweep_id, "sweep")
 
     def claim_sweep(self, sweep_id: int) -> None:
         """Take over an unfinished sweep in this process (after its previous process died)."""

@@ -140,8 +140,9 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
 
     store = engine.store
     # 1. find the unfinished sweep with the same configurations, or start one
-    open_sweeps = [s for s in store.sweeps(sweep.key) if s["status"] != "done"]
-    done_sweeps = [s for s in store.sweeps(sweep.key) if s["status"] == "done"]
+    same = store.sweeps(sweep.key)
+    open_sweeps = [s for s in same if s["status"] != "done"]
+    done_sweeps = [s for s in same if s["status"] == "done"]
     if open_sweeps and not new:
         row = open_sweeps[-1]
         if row["pid"] != os.getpid() and row["pid"] and psutil.pid_exists(row["pid"]) and row["status"] == "running":

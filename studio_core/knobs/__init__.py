@@ -6,7 +6,7 @@ import importlib
 
 from .base import Applied, Knob, KnobReport
 
-__all__ = ["KNOBS", "Applied", "Knob", "KnobReport", "register"]
+__all__ = ["KNOBS", "Applied", "Knob", "KnobReport", "knobs_in", "register"]
 
 KNOBS: dict[str, Knob] = {}
 
@@ -17,6 +17,12 @@ def register(cls: type[Knob]) -> type[Knob]:
         raise ValueError(f"a knob named {cls.name!r} is already registered ({type(KNOBS[cls.name]).__name__})")
     KNOBS[cls.name] = cls()
     return cls
+
+
+def knobs_in(spec) -> list[tuple[Knob, object]]:
+    """(knob, settings) of every knob ``spec`` uses, in apply order (``Knob.order``)."""
+    pairs = ((knob, knob.settings_for(spec)) for knob in sorted(KNOBS.values(), key=lambda k: k.order))
+    return [(knob, settings) for knob, settings in pairs if settings is not None]
 
 
 # built-in knobs register through the same decorator an extension would use
