@@ -119,12 +119,14 @@ class Studio:
         return spec
 
     # ------------------------------------------------------------------ Generate
-    def model_changed(self, model: str, settings: list[controls.Setting]):
-        """The model's defaults into the built-in widgets, and a line about the model."""
+    def model_changed(self, model: str, settings: list[controls.Setting], knobs: list | None = None):
+        """The model's defaults into the built-in widgets, a line about the model, and each optional knob's
+        "use" box greyed out with the reason when the model cannot take that knob."""
+        knobs = knobs or []
         try:
             info = model_info(model)
         except (SpecError, ModelLoadError) as exc:
-            return [gr.skip()] * len(settings) + [f"**Model:** {exc}"]
+            return [gr.skip()] * len(settings) + [f"**Model:** {exc}"] + [gr.skip()] * len(knobs)
         d = info.defaults
         native = info.sample_size or 512
         defaults = {"steps": d["num_inference_steps"], "guidance": d["guidance_scale"],
@@ -134,7 +136,7 @@ class Studio:
         text = (f"**Model:** {info.pipeline_class} · own scheduler {info.scheduler_class} · native {native} px "
                 f"(multiples of {info.size_multiple}) · defaults {defaults['steps']} steps, guidance "
                 f"{defaults['guidance']:g}")
-        return updates + [text]
+        return updates + [text] + [_knob_availability(knob, info) for knob in knobs]
 
     def generate(self, spec: dict, progress=gr.Progress()):
         """Run one spec through the engine; the images (pixel-upscaled) and the metrics card."""
@@ -332,6 +334,18 @@ class Studio:
 
 
 # ---------------------------------------------------------------------------------------- layout
+def _knob_availability(knob, info) -> dict:
+    """The "use" checkbox of an optional knob for this model: greyed out (and unticked) with the reason
+    when ``check_model`` refuses the knob's default settings."""
+    try:
+        reason = knob.check_model(info, knob.Settings())
+    except TypeError:  # settings without defaults: nothing to check before the user fills them in
+        reason = None
+    if reason:
+        return gr.update(interactive=False, value=False, info=f"Not available for this model: {reason}")
+    return gr.update(interactive=True, info=knob.description)
+
+
 def _setting_widget(knob, s: controls.Setting, defaults: dict) -> gr.components.Component:
     label = knob.title if s.name == knob.name or len(knob.Settings.__dataclass_fields__) == 1 else \
         f"{knob.title}: {s.title}"
@@ -561,10 +575,10 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                 return f"**Cannot run this grid yet:** {exc.message}"
 
         def model_changed(m):
-            return studio.model_changed(m, settings)
+            return studio.model_changed(m, settings, extra_knobs)
 
         # Generate: check the spec at once (outside the GPU queue), then measure it
-        model_box.change(model_changed, model_box, [*widgets[:n_settings], model_text], api_visibility="private",
+        model_box.change(model_changed, model_box, [*widgets[:n_settings], model_text, *enables], api_visibility="private",
                          trigger_mode="always_last")
         generate_btn.click(build_spec, gen_inputs, spec_json, api_name="build_spec").success(
             studio.generate, spec_json, [gallery, card], api_name="generate", concurrency_id="gpu",
@@ -634,7 +648,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         run_id.submit(studio.details, run_id, [detail_card, detail_gallery, detail_json], api_visibility="private")
 
         # on load: model line, filters, the frontier, the runs table, and the plotly click hook
-        demo.load(model_changed, model_box, [*widgets[:n_settings], model_text], api_visibility="private")
+        demo.load(model_changed, model_box, [*widgets[:n_settings], model_text, *enables], api_visibility="private")
         demo.load(refresh_filters, None, filter_outputs, api_visibility="private").then(
             run_choices, None, selection, api_visibility="private").then(
             run_choices, None, compare_ids, api_visibility="private").then(

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -335,9 +336,27 @@ class Engine:
 
     @staticmethod
     def _call_kwargs(applied) -> dict:
+        """Every knob's call arguments; several ``callback_on_step_end`` are chained into one (each sees
+        the tensors the previous ones returned) and their tensor inputs merged."""
         kwargs: dict = {}
+        callbacks, tensor_inputs = [], ["latents"]
         for _knob, _settings, a in applied:
-            kwargs.update(a.call_kwargs)
+            extra = dict(a.call_kwargs)
+            if "callback_on_step_end" in extra:
+                callbacks.append(extra.pop("callback_on_step_end"))
+            for name in extra.pop("callback_on_step_end_tensor_inputs", ()):
+                if name not in tensor_inputs:
+                    tensor_inputs.append(name)
+            kwargs.update(extra)
+        if callbacks:
+            def chained(pipe, i, t, callback_kwargs):
+                out: dict = {}
+                for cb in callbacks:
+                    out.update(cb(pipe, i, t, {**callback_kwargs, **out}) or {})
+                return out
+
+            kwargs["callback_on_step_end"] = chained
+            kwargs["callback_on_step_end_tensor_inputs"] = tensor_inputs
         return kwargs
 
     def _apply_knobs(self, pipe, spec: RunSpec) -> list[tuple[object, object, Applied]]:
@@ -454,7 +473,14 @@ class Engine:
             else:
                 _rss_reset()
                 base_mem = _rss_status().get("VmRSS", 0)
-            warm = [self._timed_pass(pipe, spec, kwargs, clock)[1] for _ in range(spec.warmup)]
+            warm = []
+            for i in range(spec.warmup):
+                with contextlib.ExitStack() as stack:
+                    if i == 0:  # knobs' counting instruments: the first warm-up call only, never timed repeats
+                        for _knob, _settings, a in applied:
+                            if a.instrument is not None:
+                                stack.enter_context(a.instrument())
+                    warm.append(self._timed_pass(pipe, spec, kwargs, clock)[1])
             passes = []
             for i in range(spec.repeats):
                 stage(f"repeat {i + 1}/{spec.repeats}")

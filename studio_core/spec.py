@@ -222,8 +222,10 @@ def model_info(model: str) -> ModelInfo:
     if denoiser == "unet":
         downs = len(den_cfg.get("block_out_channels", [0])) - 1
         multiple = vae_scale * 2**downs
-    else:  # transformers patchify the latent
-        multiple = vae_scale * int(den_cfg.get("patch_size", 2) or 1)
+    else:  # transformers patchify the latent; Flux-style pipelines also pack 2x2 latent patches into channels
+        latent_channels = vae_cfg.get("latent_channels", vae_cfg.get("z_dim"))
+        packed = 2 if latent_channels and den_cfg.get("in_channels") == 4 * latent_channels else 1
+        multiple = vae_scale * int(den_cfg.get("patch_size", 2) or 1) * packed
     sample = den_cfg.get("sample_size")
     sample_px = int(sample) * vae_scale if isinstance(sample, int) else None
     from .knobs.sampler import compatible_names
@@ -272,7 +274,7 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
             raise SpecError(name, v, f"a multiple of {info.size_multiple} up to {hi} px for this model "
                                      f"(native {native} px)")
     for knob, settings in knobs_in(spec):
-        reason = knob.check_model(info, settings)
+        reason = knob.check_model(info, settings) or knob.check_spec(spec, settings)
         if reason:
             raise SpecError(knob.field_name, knob.describe(settings), reason)
     return spec, info

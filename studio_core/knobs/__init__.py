@@ -26,5 +26,6 @@ def knobs_in(spec) -> list[tuple[Knob, object]]:
 
 
 # built-in knobs register through the same decorator an extension would use
-for _module in ("steps", "guidance", "resolution", "precision", "sampler"):
+for _module in ("steps", "guidance", "resolution", "precision", "sampler", "deepcache", "cross_attention_cache",
+                "token_merging", "transformer_cache"):
     importlib.import_module(f"{__name__}.{_module}")

@@ -9,7 +9,7 @@ itself to a loaded pipeline for one run, undoes itself afterwards, and reports w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, ContextManager
 
 __all__ = ["Applied", "Knob", "KnobReport"]
 
@@ -34,12 +34,17 @@ class Applied:
 
     ``undo=None`` means the change cannot be undone in place (quantised or compiled weights): the
     engine then drops the pipeline from its cache so the next run loads a clean copy.
+
+    ``call_kwargs`` may hold a ``callback_on_step_end``: the engine chains those of several knobs.
+    ``instrument`` (optional) returns a context manager the engine enters around the first warm-up call
+    only: counting that would slow the timed repeats (e.g. which layers ran) happens there.
     """
 
     knob: str
     call_kwargs: dict = field(default_factory=dict)
     undo: Callable[[], None] | None = _nothing
     report: Callable[[], KnobReport] | None = None
+    instrument: Callable[[], ContextManager] | None = None
 
 
 class Knob:
@@ -95,6 +100,12 @@ class Knob:
     # ---- support
     def check_model(self, info, settings) -> str | None:
         """Why the model (configs only, no weights) cannot take these settings, or None."""
+        return None
+
+    def check_spec(self, spec, settings) -> str | None:
+        """Why these settings cannot combine with the rest of the resolved ``spec`` (its precision, device,
+        other knobs), or None. Called by ``resolve``, so an incompatible combination is refused before any
+        work."""
         return None
 
     def load_options(self, settings) -> dict:
