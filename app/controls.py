@@ -189,6 +189,10 @@ def coerce(setting: Setting, value: Any) -> Any:
         except (TypeError, ValueError):
             raise SpecError(setting.axis, value, "a number") from None
     if setting.kind is bool:
+        if isinstance(value, str):
+            if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise SpecError(setting.axis, value, "true or false")
+            return value.strip().lower() in ("true", "1", "yes", "on")
         return bool(value)
     return str(value).strip()
 

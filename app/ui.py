@@ -347,21 +347,30 @@ def _knob_availability(knob, info) -> dict:
 
 
 def _setting_widget(knob, s: controls.Setting, defaults: dict) -> gr.components.Component:
-    label = knob.title if s.name == knob.name or len(knob.Settings.__dataclass_fields__) == 1 else \
-        f"{knob.title}: {s.title}"
+    if s.name == knob.name or len(knob.Settings.__dataclass_fields__) == 1:
+        label = knob.title
+    else:  # an optional knob's settings sit under its own "use ..." box: the setting's name is enough
+        label = f"{knob.title}: {s.title}" if s.builtin else s.title.capitalize()
+    own = f"({knob.title.split(' (')[0].lower()}'s own)"
     value = defaults.get(s.name, s.default) if s.builtin else s.default
     eid = "setting-" + s.axis.replace(".", "-")
     if s.choices:
         choices = [("default (the model's own)", c) if (knob.name, s.name, c) == ("sampler", "sampler", "default")
                    else c for c in s.choices]
         if s.optional:
-            choices = [(f"({knob.title.lower()}'s own)", "")] + choices
+            choices = [(own, "")] + choices
             value = "" if value is None else value
         first = choices[0][1] if isinstance(choices[0], tuple) else choices[0]
         return gr.Dropdown(choices, value=value if value is not None else first, label=label, elem_id=eid,
                            min_width=110)
+    if s.kind is bool and s.optional:  # three states: unset, true, false
+        return gr.Dropdown([(own, ""), ("true", "true"), ("false", "false")], label=label, elem_id=eid,
+                           value="" if value is None else str(bool(value)).lower(), min_width=110)
     if s.kind is bool:
         return gr.Checkbox(value=bool(value), label=label, elem_id=eid, min_width=110)
+    if s.kind in (int, float) and s.optional and not s.builtin:  # blank = the knob's own value
+        return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=eid,
+                          placeholder="default", min_width=110)
     if s.kind in (int, float):
         return gr.Number(value=value, label=label, precision=0 if s.kind is int else None, elem_id=eid,
                          step=1 if s.kind is int else 0.5, placeholder="model default" if s.builtin else None,
@@ -578,8 +587,8 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
             return studio.model_changed(m, settings, extra_knobs)
 
         # Generate: check the spec at once (outside the GPU queue), then measure it
-        model_box.change(model_changed, model_box, [*widgets[:n_settings], model_text, *enables], api_visibility="private",
-                         trigger_mode="always_last")
+        model_box.change(model_changed, model_box, [*widgets[:n_settings], model_text, *enables],
+                         api_visibility="private", trigger_mode="always_last")
         generate_btn.click(build_spec, gen_inputs, spec_json, api_name="build_spec").success(
             studio.generate, spec_json, [gallery, card], api_name="generate", concurrency_id="gpu",
             concurrency_limit=1)

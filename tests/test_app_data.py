@@ -205,3 +205,18 @@ def test_split_values_reads_the_generate_widgets_in_order(dummy_knob):
     assert parts["values"][settings[-1].axis] == len(settings) - 1
     with pytest.raises(ValueError, match="widget values"):
         controls.split_values(values[:-1], settings, ["dummy"])
+
+
+def test_optional_knob_settings_blank_means_the_knobs_own_and_bool_text_is_parsed():
+    """Optional numbers are text boxes (blank = None, never 0) and optional booleans three-state dropdowns."""
+    tc = _settings("transformer_cache")
+    assert tc["threshold"].optional and tc["threshold"].kind is float
+    assert controls.coerce(tc["threshold"], "") is None and controls.coerce(tc["threshold"], "0.2") == 0.2
+    ca = _settings("cross_attention_cache")
+    assert controls.coerce(ca["drop_cfg"], "false") is False and controls.coerce(ca["drop_cfg"], True) is True
+    with pytest.raises(SpecError):
+        controls.coerce(ca["drop_cfg"], "maybe")
+    spec = controls.build_spec("emoji-sd", "red heart", None, "0",
+                               {"knobs.transformer_cache.method": "first_block", "knobs.transformer_cache.threshold": ""},
+                               {"transformer_cache": True})
+    assert spec["knobs"]["transformer_cache"]["threshold"] is None
