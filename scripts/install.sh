@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Everything a fresh machine needs: Debian packages (emoji font, Unicode emoji names, Chromium for the
-# browser tests) and a virtual environment in .venv with the pinned Python packages. Safe to run again:
+# Everything a fresh machine needs: Debian packages (emoji font, Unicode emoji names, a C++ compiler for
+# torch.compile, Chromium for the browser tests) and a virtual environment in .venv with the pinned Python packages. Safe to run again:
 # it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA_REQ="${1:-requirements.txt}"
 
-DEBS="fonts-noto-color-emoji unicode-data"
+DEBS="fonts-noto-color-emoji unicode-data g++"  # g++: torch.compile's inductor backend builds C++ on CPU
 case "$EXTRA_REQ" in *test*) DEBS="$DEBS chromium" ;; esac  # the browser tests' Chromium; the studio needs none
 missing=""
 for pkg in $DEBS; do dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done

@@ -289,7 +289,9 @@ class Engine:
             self._pipes.move_to_end(key)
             return self._pipes[key], 0.0
         t0 = time.perf_counter()
-        pipe = load_pipeline(info.path, device=device, dtype=_DTYPES[options.get("dtype", "fp32")])
+        parts = {role: _DTYPES[p] for role, p in options.get("component_dtypes", ())}  # component_precision knob
+        pipe = load_pipeline(info.path, device=device, dtype=_DTYPES[options.get("dtype", "fp32")],
+                             component_dtypes=parts or None)
         load_ms = (time.perf_counter() - t0) * 1000
         self._pipes[key] = pipe
         while len(self._pipes) > self.max_pipelines:

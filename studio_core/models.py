@@ -117,12 +117,24 @@ def _quiet_loading_bars() -> None:
     tlog.set_verbosity_error()  # e.g. "CLIPImageProcessor requires torchvision": not used by these pipelines
 
 
-def load_pipeline(model: str | Path = EMBEDDED_MODEL_NAME, device: str = "cpu", dtype=None):
-    """Load a pipeline from local files only, with a clear ``ModelLoadError`` when it cannot be."""
+# pipeline components by role, for per-component dtypes
+_COMPONENT_ROLES = {"denoiser": ("unet", "transformer", "prior"),
+                    "text_encoder": ("text_encoder", "text_encoder_2", "text_encoder_3"), "vae": ("vae",)}
+
+
+def load_pipeline(model: str | Path = EMBEDDED_MODEL_NAME, device: str = "cpu", dtype=None,
+                  component_dtypes: dict | None = None):
+    """Load a pipeline from local files only, with a clear ``ModelLoadError`` when it cannot be.
+
+    ``component_dtypes`` ({"denoiser" | "text_encoder" | "vae": torch dtype}) loads those components in
+    their own dtype through diffusers' per-component ``dtype`` mapping; the others take ``dtype``."""
     from diffusers import DiffusionPipeline
 
     path = resolve_model(model)
-    check_pipeline_folder(path)
+    index = check_pipeline_folder(path)
+    if component_dtypes:
+        per = {name: dt for role, dt in component_dtypes.items() for name in _COMPONENT_ROLES[role] if name in index}
+        dtype = {**({"default": dtype} if dtype is not None else {}), **per}
     _quiet_loading_bars()
     try:
         pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
