@@ -27,5 +27,6 @@ def knobs_in(spec) -> list[tuple[Knob, object]]:
 
 # built-in knobs register through the same decorator an extension would use
 for _module in ("steps", "guidance", "resolution", "precision", "sampler", "deepcache", "cross_attention_cache",
-                "token_merging", "transformer_cache", "component_precision", "attention", "memory_layout", "compile"):
+                "token_merging", "transformer_cache", "component_precision", "attention", "memory_layout", "compile",
+                "quantization"):
     importlib.import_module(f"{__name__}.{_module}")
