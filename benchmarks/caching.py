@@ -44,6 +44,7 @@ def main() -> None:
 
     from studio_core.architectures import sd15_pipeline
     from studio_core.engine import Engine, environment, image_metrics
+    from studio_core.generate import to_uint8
     from studio_core.knobs import KNOBS
     from studio_core.spec import RunSpec, resolve
     from studio_core.store import RunStore
@@ -120,8 +121,7 @@ def main() -> None:
                 print(f"note: {label} output changed between calls", file=sys.stderr)
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
 
-    to8 = lambda x: (x * 255).round().clip(0, 255).astype("uint8")  # noqa: E731
-    base = to8(images["uncached"])
+    base = to_uint8(images["uncached"])
     env = environment(device)
     print(f"\nSetup: {model_line}, {a.steps} steps, {type(pipe.scheduler).__name__}, guidance {guidance:g}, "
           f"{a.dtype}; {env['device_name']}, {env['threads']} torch threads, torch {env['torch_version']}, "
@@ -132,7 +132,7 @@ def main() -> None:
           "PSNR vs uncached (dB) | SSIM vs uncached | what the knob reported |")
     print("|---|---:|---:|---|" + ("---:|---:|" if reference is not None else "") + "---:|---:|---|")
     for label, name, raw in CONFIGS:
-        img = to8(images[label])
+        img = to_uint8(images[label])
         ratios = [b / c for b, c in zip(times["uncached"], times[label])]
         vs_base = image_metrics(img, base)
         cells = [label, f"{statistics.median(times[label]):.0f}", f"{statistics.median(ratios):.2f}x",

@@ -46,6 +46,7 @@ def main() -> None:
     import torch
 
     from studio_core.engine import _DTYPES, Engine, environment, image_metrics
+    from studio_core.generate import to_uint8
     from studio_core.knobs import KNOBS
     from studio_core.knobs._hooks import denoiser_of
     from studio_core.knobs.quantization import component_modules, weight_bytes
@@ -110,8 +111,7 @@ def main() -> None:
                 print(f"note: {label} output changed between calls", file=sys.stderr)
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
 
-    to8 = lambda x: (x * 255).round().clip(0, 255).astype("uint8")  # noqa: E731
-    base = to8(images["fp32"])
+    base = to_uint8(images["fp32"])
     env = environment(device)
     print(f"\nSetup: embedded emoji-sd, {len(prompts)} images ({a.prompt_set}, seed 0) in one call, "
           f"{spec.height}x{spec.width}, {a.steps} steps, {type(pipes['fp32'].scheduler).__name__}, guidance "
@@ -126,7 +126,7 @@ def main() -> None:
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for label, _, _ in configs:
         pipe = pipes[label]
-        img = to8(images[label])
+        img = to_uint8(images[label])
         ratios = [b / c for b, c in zip(times["fp32"], times[label])]
         m_ref, m_base = image_metrics(img, reference), image_metrics(img, base)
         den = weight_bytes(denoiser_of(pipe))

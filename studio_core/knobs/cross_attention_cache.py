@@ -139,12 +139,9 @@ class CrossAttentionCacheKnob(Knob):
         tracker = StepTracker()
         state = _State(tracker, settings, pipe)
         modules = cross_attention_modules(unet)
-        undo_unet = install({"unet": unet}, HOOK_NAME, lambda key, m: _UNetHook(state))
-        try:
-            undo_attn = install(modules, HOOK_NAME, lambda key, m: _CrossAttentionHook(state, key))
-        except BaseException:
-            undo_unet()
-            raise
+        # one install: the UNet's step hook and every cross-attention's, removed together
+        remove_hooks = install({"unet": unet, **modules}, HOOK_NAME,
+                               lambda key, m: _UNetHook(state) if m is unet else _CrossAttentionHook(state, key))
         counter = LayerCounter(unet)
         halved = [n for n in _GUIDANCE_BATCHED if n in getattr(pipe, "_callback_tensor_inputs", ())]
 
@@ -158,8 +155,7 @@ class CrossAttentionCacheKnob(Knob):
         tracker.listeners.append(at_step_end)
 
         def undo() -> None:
-            undo_attn()
-            undo_unet()
+            remove_hooks()
             state.cache.clear()
 
         def report() -> KnobReport:

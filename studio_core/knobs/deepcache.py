@@ -220,18 +220,14 @@ class DeepCacheKnob(Knob):
         tracker = StepTracker()
         state = _State(tracker, settings)
         skipped = skipped_modules(unet, settings.branch)
-        undo_unet = install({"unet": unet}, HOOK_NAME, lambda key, m: _UNetHook(state, pipe))
-        try:
-            undo_skips = install(skipped, HOOK_NAME, lambda key, m: _SkipHook(state, key))
-        except BaseException:
-            undo_unet()
-            raise
+        # one install: the UNet's step hook and every skipped module's, removed together
+        remove_hooks = install({"unet": unet, **skipped}, HOOK_NAME,
+                               lambda key, m: _UNetHook(state, pipe) if m is unet else _SkipHook(state, key))
         counter = LayerCounter(unet)
         b, l = down_layers(unet)[settings.branch]
 
         def undo() -> None:
-            undo_skips()
-            undo_unet()
+            remove_hooks()
             state.cache.clear()
 
         def report() -> KnobReport:

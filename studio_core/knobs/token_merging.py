@@ -332,16 +332,12 @@ class TokenMergingKnob(Knob):
         tracker = StepTracker()
         state = _State(tracker, settings)
         attns = self_attentions(unet)
-        undo_unet = install({"unet": unet}, HOOK_NAME, lambda key, m: _UNetHook(state))
-        try:
-            undo_attn = install(attns, HOOK_NAME, lambda key, m: _MergeHook(state))
-        except BaseException:
-            undo_unet()
-            raise
+        # one install: the UNet's size hook and every self-attention's, removed together
+        remove_hooks = install({"unet": unet, **attns}, HOOK_NAME,
+                               lambda key, m: _UNetHook(state) if m is unet else _MergeHook(state))
 
         def undo() -> None:
-            undo_attn()
-            undo_unet()
+            remove_hooks()
 
         def report() -> KnobReport:
             return self._report(settings, state, len(attns))
