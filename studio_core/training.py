@@ -22,6 +22,7 @@ import copy
 import json
 import math
 import re
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -76,7 +77,12 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "cpu": Recipe(name="cpu", vae_steps=800, steps=3400, threads=2, guidance_grid=(1.5, 3.0, 5.0, 7.5),
-                  family_power=0.75, notes="2 CPU cores, under 45 minutes"),
+                  notes="2 CPU cores, under 45 minutes"),
+    # a second CPU stage: continues the text encoder + UNet of a finished `cpu` folder (``--init``) with a
+    # fresh warm-up and cosine; the VAE and tokenizer are kept as they are
+    "cpu-continue": Recipe(name="cpu-continue", vae_steps=0, steps=3600, threads=2, warmup=100,
+                           unet_lr=6e-4, text_lr=3e-4, guidance_grid=(1.5, 3.0, 5.0, 7.5),
+                           notes="2 CPU cores, under 45 minutes, continuing a `cpu` run"),
     "gpu": Recipe(
         name="gpu", vae_steps=4000, vae_batch=128, steps=30000, batch=256, unet_lr=1e-3, family_power=0.5,
         unet_channels=(96, 192, 192), unet_layers_per_block=2,
@@ -359,6 +365,10 @@ def write_model_card(out: Path, report: dict) -> None:
                        for g, v in f["guidance_sweep"].items())
     prompts = ", ".join(f"`{p}`" for p in GALLERY_PROMPTS)
     kinds = _kind_rows(f["train"].get("by_kind", {})) or "| (not measured) | | | |"
+    chain = _chain(report)
+    rv = chain[0]["recipe"] if chain else r  # the stage that trained the VAE
+    vae_from = f" (trained by the `{rv['name']}` stage, kept since)" if chain else ""
+    reproduce = f"\nReproduce: `python -m studio_core.training --recipe {r['name']} --out studio_core/embedded/emoji-sd`.\n"
     text = f"""---
 license: other
 library_name: diffusers
@@ -405,21 +415,17 @@ Builder: `studio_core/emoji_data.py`.
 
 ## Recipe `{r['name']}` ({r['notes']})
 1. Tokenizer: BPE on the training captions.
-2. VAE: {r['vae_steps']} steps, batch {r['vae_batch']}, AdamW lr {r['vae_lr']}, L1 + L2 + 1e-6 KL;
+2. VAE{vae_from}: {rv['vae_steps']} steps, batch {rv['vae_batch']}, AdamW lr {rv['vae_lr']}, L1 + L2 + 1e-6 KL;
    latent scaling factor 1/std of the training latents.
 3. Text encoder + UNet together: {r['steps']} steps, batch {r['batch']}, AdamW (UNet lr {r['unet_lr']}, text lr
    {r['text_lr']}, weight decay 0.01, {r['warmup']} warm-up steps, cosine to 10%), epsilon prediction on SD 1.5's
    scaled-linear schedule, Min-SNR-{r['min_snr_gamma']} weighting, {r['cfg_dropout']:.0%} caption dropout for
-   classifier-free guidance, EMA {r['ema_decay']} (the EMA weights are shipped). Items are drawn with
-   probability proportional to (family size)^-{r.get('family_power', 0)}, a family being an emoji and its
-   skin-tone variants, so one-of-a-kind emoji get more epochs than the near-identical tones.
-
-Reproduce: `python -m studio_core.training --recipe {r['name']} --out studio_core/embedded/emoji-sd`.
-
+   classifier-free guidance, EMA {r['ema_decay']} (the EMA weights are shipped).{_family_text(r)}
+{_continued_text(report) or reproduce}
 ## Compute
 These weights were produced by the **{r['name']}** recipe on **{report['device']}** ({report['threads']} threads,
 torch {report['torch']}): VAE {t['vae_s'] / 60:.1f} min, text encoder + UNet {t['denoiser_s'] / 60:.1f} min,
-evaluation and saving {t['eval_s'] / 60:.1f} min; {t['total_s'] / 60:.1f} min in all. Final training loss
+evaluation and saving {t['eval_s'] / 60:.1f} min; {t['total_s'] / 60:.1f} min in all{_chain_total(report)}. Final training loss
 {report['final_loss']:.4f} (Min-SNR-weighted), VAE loss {report['vae_final_loss']:.4f}.
 
 ## Prompt fidelity
@@ -455,6 +461,57 @@ it composes a known base with a known skin tone it never saw together.
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
+def _family_text(r: dict) -> str:
+    if not r.get("family_power"):
+        return ""
+    return (f" Items are drawn with\n   probability proportional to (family size)^-{r['family_power']}, a family being an "
+            "emoji and its\n   skin-tone variants, so one-of-a-kind emoji get more epochs than the near-identical tones.")
+
+
+def _chain(report: dict) -> list[dict]:
+    """The reports of the runs this one continued, earliest first."""
+    out, prev = [], report.get("continued_from")
+    while prev:
+        out.insert(0, prev)
+        prev = prev.get("continued_from")
+    return out
+
+
+def _chain_total(report: dict) -> str:
+    chain = _chain(report)
+    if not chain:
+        return ""
+    total = report["timings"]["total_s"] + sum(c["timings"]["total_s"] for c in chain)
+    return f" (with the stage{'s' if len(chain) > 1 else ''} before: {total / 60:.1f} min of training in all)"
+
+
+def _continued_text(report: dict) -> str:
+    """For weights continued from an earlier folder (``--init``): each earlier stage with its own figures."""
+    chain = _chain(report)
+    if not chain:
+        return ""
+    rows = "\n".join(
+        f"| `{c['recipe']['name']}` | {c['recipe']['steps']} | {c['recipe']['batch']} | {c['recipe']['unet_lr']} | "
+        f"{c['timings']['total_s'] / 60:.1f} min | {c['final_loss']:.4f} | {c['fidelity']['train']['top1']:.1%} / "
+        f"{c['fidelity']['train']['top5']:.1%} (guidance {c['fidelity']['guidance']}) |" for c in chain)
+    r = report["recipe"]
+    f = report["fidelity"]
+    rows += (f"\n| `{r['name']}` (these weights) | {r['steps']} | {r['batch']} | {r['unet_lr']} | "
+             f"{report['timings']['total_s'] / 60:.1f} min | {report['final_loss']:.4f} | {f['train']['top1']:.1%} / "
+             f"{f['train']['top5']:.1%} (guidance {f['guidance']}) |")
+    return f"""
+The text encoder and UNet were **continued** from an earlier run's shipped (EMA) weights with a fresh
+optimiser, warm-up and cosine (the VAE and tokenizer kept as they were). Stages, in order:
+
+| recipe | denoiser steps | batch | UNet lr | time | final loss | training captions top-1 / top-5 |
+|---|---|---|---|---|---|---|
+{rows}
+
+Reproduce: `python -m studio_core.training --recipe cpu --out A`, then
+`python -m studio_core.training --recipe cpu-continue --init A --out studio_core/embedded/emoji-sd`.
+"""
+
+
 def _kind_rows(by_kind: dict) -> str:
     return "\n".join(f"| {k} | {v['n']} | {v['top1']:.1%} | {v['top5']:.1%} |" for k, v in by_kind.items())
 
@@ -462,8 +519,11 @@ def _kind_rows(by_kind: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def train(recipe: Recipe, out: Path, cache_dir: Path, device: str | None = None) -> dict:
-    """Run every stage of ``recipe`` and write the pipeline folder ``out``; returns the metrics."""
+def train(recipe: Recipe, out: Path, cache_dir: Path, device: str | None = None, init: Path | None = None) -> dict:
+    """Run every stage of ``recipe`` and write the pipeline folder ``out``; returns the metrics.
+
+    ``init``: a finished pipeline folder whose tokenizer, VAE, text encoder and UNet are continued instead of
+    built and trained from scratch (the VAE is not trained again)."""
     from .emoji_data import load_or_build
     from .tokenizer import build_caption_tokenizer
 
@@ -483,17 +543,32 @@ def train(recipe: Recipe, out: Path, cache_dir: Path, device: str | None = None)
 
     # 2. Tokenizer
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_caption_tokenizer(out / "tokenizer", captions, max_length=recipe.max_tokens)
-    vae, text_encoder, unet, scheduler = build_components(recipe, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    previous = None
+    if init is not None:
+        from diffusers import DiffusionPipeline
+
+        prior = DiffusionPipeline.from_pretrained(init, local_files_only=True)
+        tokenizer, vae, text_encoder, unet, scheduler = (prior.tokenizer, prior.vae, prior.text_encoder,
+                                                          prior.unet, prior.scheduler)
+        previous = json.loads((Path(init) / "training_report.json").read_text())
+        _log(f"continuing {init} (recipe {previous['recipe']['name']}, {previous['timings']['total_s'] / 60:.1f} min)")
+    else:
+        tokenizer = build_caption_tokenizer(out / "tokenizer", captions, max_length=recipe.max_tokens)
+        vae, text_encoder, unet, scheduler = build_components(recipe, len(tokenizer), tokenizer.bos_token_id,
+                                                              tokenizer.eos_token_id)
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in
               (("vae", vae), ("text_encoder", text_encoder), ("unet", unet))}
     _log(f"parameters: {params}")
 
     # 3. VAE
     t0 = time.time()
-    vae_stats = train_vae(vae, images, recipe, device)
-    latents = encode_latents(vae, images, device)
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    if previous is None:
+        vae_stats = train_vae(vae, images, recipe, device)
+        latents = encode_latents(vae, images, device)
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    else:
+        vae_stats = {"vae_final_loss": previous["vae_final_loss"]}
+        latents = encode_latents(vae, images, device)
     latents = latents * vae.config.scaling_factor
     timings["vae_s"] = time.time() - t0
     vae.to("cpu")
@@ -510,6 +585,9 @@ def train(recipe: Recipe, out: Path, cache_dir: Path, device: str | None = None)
     # 5. Save (EMA weights), evaluate, card
     t0 = time.time()
     pipe = save_pipeline(out, vae, trainer.ema_te.cpu(), tokenizer, trainer.ema_unet.cpu(), scheduler)
+    if init is not None:  # the tokenizer files as the first stage wrote them (save_pretrained drops vocab/merges)
+        shutil.rmtree(out / "tokenizer")
+        shutil.copytree(Path(init) / "tokenizer", out / "tokenizer")
     pipe.set_progress_bar_config(disable=True)
     metrics = evaluate(pipe, ds, recipe)
     write_gallery(pipe, out / "gallery.png", metrics["guidance"], recipe.eval_steps)
@@ -522,6 +600,10 @@ def train(recipe: Recipe, out: Path, cache_dir: Path, device: str | None = None)
         "data": {"emoji": len(ds), "train": int(len(train_idx)), "held_out": int(len(ds.held_out_indices)),
                  "dropped": ds.dropped},
         "fidelity": metrics,
+        "continued_from": None if previous is None else {
+            "recipe": previous["recipe"], "timings": previous["timings"], "final_loss": previous["final_loss"],
+            "fidelity": {k: previous["fidelity"][k] for k in ("guidance", "train", "held_out")},
+            "continued_from": previous.get("continued_from")},
     }
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     defaults = {"guidance_scale": metrics["guidance"], "num_inference_steps": recipe.eval_steps,
@@ -540,13 +622,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--steps", type=int, default=None, help="override the recipe's denoiser steps")
     p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue the models of this finished pipeline folder (e.g. with --recipe cpu-continue)")
     args = p.parse_args(argv)
     recipe = RECIPES[args.recipe]
     if args.steps is not None:
         recipe = replace(recipe, steps=args.steps)
     if args.vae_steps is not None:
         recipe = replace(recipe, vae_steps=args.vae_steps)
-    train(recipe, args.out, args.cache_dir, args.device)
+    if args.init is not None and args.init.resolve() == args.out.resolve():
+        p.error("--init and --out must be different folders")
+    train(recipe, args.out, args.cache_dir, args.device, args.init)
 
 
 if __name__ == "__main__":

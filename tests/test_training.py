@@ -39,3 +39,33 @@ def test_a_few_steps_on_a_tiny_config_lower_the_loss(emoji32, tmp_path):
     live = next(trainer.unet.parameters())
     ema = next(trainer.ema_unet.parameters())
     assert not torch.equal(live, ema)
+
+
+def test_a_run_continued_from_a_finished_folder_keeps_its_vae_and_tokenizer_and_says_so(tmp_path):
+    """``--init``: the second stage starts from the first's shipped weights (not from scratch), keeps the
+    VAE and tokenizer byte for byte, and the card and report name both stages."""
+    import json
+    from pathlib import Path
+
+    from studio_core.training import main, train
+
+    cache = Path(__file__).resolve().parents[1] / ".cache"
+    first, second = tmp_path / "a", tmp_path / "b"
+    train(RECIPES["tiny"], first, cache, "cpu")
+    main(["--recipe", "tiny", "--init", str(first), "--out", str(second), "--cache-dir", str(cache),
+          "--device", "cpu"])
+    report = json.loads((second / "training_report.json").read_text())
+    assert report["continued_from"]["recipe"]["name"] == "tiny"
+    assert report["continued_from"]["timings"] == json.loads((first / "training_report.json").read_text())["timings"]
+    for name in ("vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert (first / "unet/diffusion_pytorch_model.safetensors").read_bytes() != \
+        (second / "unet/diffusion_pytorch_model.safetensors").read_bytes()
+    card = (second / "README.md").read_text()
+    assert "were **continued**" in card and "trained by the `tiny` stage, kept since" in card
+    try:
+        main(["--recipe", "tiny", "--init", str(second), "--out", str(second)])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("--init equal to --out was accepted")
