@@ -1,4 +1,4 @@
-"""Command line: ``python -m studio_core {run,sweep,export,frontier,knobs,runs}``.
+"""Command line: ``python -m studio_core {run,sweep,export,frontier,knobs,runs,bundle}``.
 
 Every command takes ``--data-dir`` (default ``STUDIO_DATA_DIR`` or ``<project>/data``). Bad input
 exits with status 2 and one line naming the field, the value and what is allowed.
@@ -20,6 +20,7 @@ COMMANDS = {
     "frontier": "print the Pareto-optimal runs for a quality metric against a cost",
     "runs": "print the run log",
     "knobs": "list the registered knobs, their settings, and the samplers",
+    "bundle": "pack the study (or some sweeps) into a folder the studio serves read-only",
 }
 
 
@@ -78,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=50)
 
     sub.add_parser("knobs", help=COMMANDS["knobs"])
+
+    b = sub.add_parser("bundle", help=COMMANDS["bundle"])
+    b.add_argument("out", metavar="OUT", help="a new (or empty) folder for the bundle")
+    b.add_argument("--sweep", type=int, action="extend", nargs="+", metavar="ID",
+                   help="only runs of these sweep ids (default: every run)")
+    b.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
+    b.add_argument("--keep-paths", action="store_true",
+                   help="keep host names, pids and model paths (by default they are scrubbed for sharing)")
     return p
 
 
@@ -213,17 +222,34 @@ def cmd_knobs(a, store) -> int:
     return 0
 
 
+def cmd_bundle(a, store) -> int:
+    from .bundle import bundle_study
+
+    info = bundle_study(store, a.out, a.sweep, archive=a.archive, keep_paths=a.keep_paths)
+    counts = ", ".join(f"{n} {what}" for what, n in info["counts"].items())
+    print(f"bundled {counts} ({_size(info['bytes'])}) into {info['path']}")
+    if a.archive:
+        print(f"archive: {info['archive']} ({_size(info['archive_bytes'])})")
+    return 0
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KiB"
+
+
 def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
+    from .safepaths import UnsafePath
     from .spec import SpecError
     from .store import RunStore, StoreError
     from .sweep import SweepBusy
 
     a = _parser().parse_args(argv)
     try:
-        store = RunStore(a.data_dir) if a.command != "knobs" else None
+        # bundle only reads its study: opened read-only, it neither migrates nor writes the source
+        store = RunStore(a.data_dir, read_only=a.command == "bundle") if a.command != "knobs" else None
         return globals()[f"cmd_{a.command}"](a, store)
-    except (SpecError, ModelLoadError, StoreError, SweepBusy) as exc:
+    except (SpecError, ModelLoadError, StoreError, SweepBusy, UnsafePath) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

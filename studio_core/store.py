@@ -14,16 +14,21 @@ Rules the code keeps:
   it is ``running`` (to ``ok``, ``failed`` or ``interrupted``); references are insert-only; image
   files are content-addressed and written atomically.
 * All SQL takes parameters; no value is ever formatted into a statement.
+* ``RunStore(..., read_only=True)`` serves a finished study (a demo): the file is opened read-only,
+  nothing is created or migrated, and every write is refused with ``StoreReadOnly``.
+* Image files are reached only through ``safepaths.inside``: a linked file or folder is refused.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import io
 import json
 import os
 import socket
+import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,10 +38,13 @@ import numpy as np
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-__all__ = ["DEFAULT_DATA_DIR", "RunStore", "StoreError", "migrations", "now"]
+from .safepaths import UnsafePath, file_target, inside, replace_atomically
+
+__all__ = ["DEFAULT_DATA_DIR", "TABLES", "RunStore", "StoreError", "StoreReadOnly", "migrations", "now"]
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 RUN_STATUSES = ("running", "ok", "failed", "interrupted")
+TABLES = ("runs", "refs", "sweeps", "images")
 JSON_COLUMNS = ("prompts", "seeds", "knobs", "latencies_ms", "knob_report", "images", "config_json", "env_json")
 
 migrations = Migrations("studio")
@@ -44,6 +52,18 @@ migrations = Migrations("studio")
 
 class StoreError(RuntimeError):
     """A store operation that would lose or overwrite data, or a missing row/file."""
+
+
+class StoreReadOnly(StoreError):
+    """A write to a study opened with ``read_only=True``."""
+
+
+@contextmanager
+def _unsafe_as_store_error():
+    try:
+        yield
+    except UnsafePath as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def now() -> str:
@@ -97,29 +117,99 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-class RunStore:
-    """One study's runs, references, sweeps and images. Safe to share between threads."""
+def _writes(method):
+    """Refuse ``method`` on a read-only store before it touches anything."""
+    @functools.wraps(method)
+    def guarded(self: RunStore, *args, **kwargs):
+        self._check_writable(method.__name__)
+        return method(self, *args, **kwargs)
+    return guarded
 
-    def __init__(self, data_dir: str | Path | None = None):
+
+class RunStore:
+    """One study's runs, references, sweeps and images. Safe to share between threads.
+
+    ``read_only=True`` opens an existing study without writing to it (see :meth:`_connect_read_only`).
+    """
+
+    def __init__(self, data_dir: str | Path | None = None, read_only: bool = False):
         self.data_dir = Path(data_dir or os.environ.get("STUDIO_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
         self.images_dir = self.data_dir / "images"
-        self.images_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "studio.db"
-        import sqlite3
-
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        if read_only:
+            self.db = sqlite_utils.Database(self._connect_read_only())
+            try:
+                self._check_schema()
+            except BaseException:
+                self.close()
+                raise
+            return
+        self.images_dir.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
-        self._lock = threading.RLock()
         self.db.execute("PRAGMA busy_timeout = 30000")
         if self.db.journal_mode != "wal":
             self.db.enable_wal()
         with self._write():  # two processes opening a new study: one creates the schema, the other waits
             migrations.apply(self.db)
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A ``mode=ro`` connection; it reads a WAL study while a writer has it open. When SQLite cannot
+        create the WAL index beside a WAL-mode file (a folder this process cannot write) and no write-ahead
+        log holds data, the main file is the whole database and is opened ``immutable``."""
+        if not self.data_dir.is_dir():
+            raise StoreError(f"study folder {self.data_dir} does not exist")
+        if not self.path.is_file():
+            raise StoreError(f"study folder {self.data_dir} has no database {self.path.name}")
+
+        def connect(mode: str) -> sqlite3.Connection:
+            conn = sqlite3.connect(f"{self.path.as_uri()}?{mode}", uri=True, timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except BaseException:
+                conn.close()
+                raise
+
+        wal = self.path.with_name(self.path.name + "-wal")
+        wal_has_data = wal.exists() and wal.stat().st_size > 0
+        try:
+            try:
+                return connect("mode=ro")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY or wal_has_data:
+                    raise
+                return connect("immutable=1")
+        except sqlite3.DatabaseError as exc:
+            hint = "; its write-ahead log holds data only a process that may write the folder can read"
+            raise StoreError(f"cannot read {self.path} read-only: {exc}{hint if wal_has_data else ''}") from exc
+
+    def _check_schema(self) -> None:
+        """A read-only store cannot migrate: refuse a schema older or newer than this code's migrations."""
+        known = [m.name for m in migrations._migrations]
+        applied = [m.name for m in migrations.applied(self.db)]
+        newer = [name for name in applied if name not in known]
+        if newer:
+            raise StoreError(f"{self.path} was written by a newer studio (migrations {', '.join(newer)} are "
+                             "unknown here); update the studio to read it")
+        if len(applied) < len(known):
+            raise StoreError(f"{self.path} has schema version {len(applied)} and this studio expects "
+                             f"{len(known)}; open it once read-write to migrate it, then read it read-only")
+
+    def _check_writable(self, operation: str) -> None:
+        if self.read_only:
+            raise StoreReadOnly(f"the study at {self.data_dir} is open read-only (demo mode): "
+                                f"{operation} is refused")
+
     @contextmanager
     def _write(self):
         """One write transaction, taken with BEGIN IMMEDIATE so a busy store is waited for (busy_timeout)
         instead of failing when a read transaction would have to be upgraded; nested uses join it."""
+        self._check_writable("a write")
         with self._lock:
             if self.db.conn.in_transaction:
                 yield
@@ -146,6 +236,7 @@ class RunStore:
         self.db.conn.close()
 
     # ---------------------------------------------------------------- runs
+    @_writes
     def start_run(self, config: dict, *, config_hash: str, model_path: str = "", model_fingerprint: str = "",
                   pipeline_class: str = "", knobs_label: str = "", sweep_id: int | None = None,
                   sweep_index: int | None = None) -> int:
@@ -177,10 +268,12 @@ class RunStore:
                 raise StoreError(f"run {run_id} is already {row[0]}; a finished run is never overwritten")
             self.db["runs"].update(run_id, values, alter=True)
 
+    @_writes
     def finish_run(self, run_id: int, results: dict) -> None:
         """Record a run's results and mark it ``ok``."""
         self._update_running(run_id, {**results, "status": "ok", "finished_at": now()})
 
+    @_writes
     def fail_run(self, run_id: int, error: str, results: dict | None = None) -> None:
         """Record why a run failed (and whatever it had measured) and mark it ``failed``."""
         self._update_running(run_id, {**(results or {}), "status": "failed", "error": error, "finished_at": now()})
@@ -189,7 +282,10 @@ class RunStore:
         """Mark ``running`` rows whose process is gone (on this host) as ``interrupted``.
 
         With ``run_ids``, those rows are marked whatever their process (used on Ctrl-C and cancel).
+        A read-only store marks nothing and returns ``[]``.
         """
+        if self.read_only:
+            return []
         import psutil
 
         host, marked = socket.gethostname(), []
@@ -218,9 +314,15 @@ class RunStore:
         """All columns of one of the store's own tables (never a caller's name), oldest first."""
         return f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "") + " ORDER BY rowid"
 
-    def _select(self, table: str, where: str | None = None, params: Iterable | dict | None = None) -> list[dict]:
+    def raw_rows(self, table: str, where: str | None = None, params: Iterable | dict | None = None) -> list[dict]:
+        """Rows of one of ``TABLES`` exactly as stored (JSON left as text), oldest first."""
+        if table not in TABLES:
+            raise StoreError(f"{table!r} is not one of the store's tables ({', '.join(TABLES)})")
         with self._lock:
-            return [self._decode(r) for r in self.db.query(self._select_sql(table, where), params or [])]
+            return list(self.db.query(self._select_sql(table, where), params or []))
+
+    def _select(self, table: str, where: str | None = None, params: Iterable | dict | None = None) -> list[dict]:
+        return [self._decode(r) for r in self.raw_rows(table, where, params)]
 
     def _get(self, table: str, key: str, value: Any, what: str) -> dict:
         rows = self._select(table, f"{key} = ?", [value])
@@ -254,15 +356,22 @@ class RunStore:
             return pd.read_sql_query(self._select_sql("runs", where), self.db.conn, params=params)
 
     def export_csv(self, path: str | Path, where: str | None = None, params: Iterable | dict | None = None) -> int:
-        """Write every column of the selected runs to CSV (atomically); returns the number of rows."""
+        """Write every column of the selected runs to CSV (atomically); returns the number of rows.
+
+        Not a study write, so a read-only store does it too. Refuses a NUL byte, an over-long name, a link
+        or folder as the target, and the study's own database file.
+        """
+        with _unsafe_as_store_error():
+            path = file_target(path, "CSV file")
+        if path.exists() and path.samefile(self.path):
+            raise StoreError(f"{path} is the study's database; export the CSV somewhere else")
         frame = self.runs_frame(where, params)
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with replace_atomically(path) as tmp:
+            frame.to_csv(tmp, index=False)
         return len(frame)
 
     # ---------------------------------------------------------------- images
+    @_writes
     def put_image(self, image: np.ndarray) -> str:
         """Store one (H, W, 3) uint8 image as PNG named by its content hash; returns the hash."""
         from PIL import Image
@@ -277,31 +386,50 @@ class RunStore:
         target = self.image_path(digest)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            with replace_atomically(target) as tmp:
+                tmp.write_bytes(data)
         with self._write():
             self.db["images"].insert({"hash": digest, "width": image.shape[1], "height": image.shape[0],
                                       "n_bytes": len(data), "created_at": now()}, ignore=True)
         return digest
 
+    @_writes
     def put_images(self, images: Iterable[np.ndarray]) -> list[str]:
         return [self.put_image(im) for im in images]
 
-    def image_path(self, digest: str) -> Path:
-        """The file of an image hash; refuses anything that is not a 64-hex-digit hash."""
+    @staticmethod
+    def image_name(digest: str) -> str:
+        """Where an image hash lives in a study folder, ``images/ab/abcdef....png``; refuses anything that
+        is not a 64-hex-digit hash."""
         if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
             raise StoreError(f"not an image hash: {str(digest)[:80]!r}")
-        return self.images_dir / digest[:2] / f"{digest}.png"
+        return f"images/{digest[:2]}/{digest}.png"
+
+    def image_path(self, digest: str) -> Path:
+        """The file of an image hash (see ``image_name``); refuses a file or folder on the way to it that is
+        a symbolic link."""
+        with _unsafe_as_store_error():
+            return inside(self.data_dir, self.image_name(digest), "image file")
+
+    def _existing_image(self, digest: str) -> Path:
+        path = self.image_path(digest)
+        if not path.is_file():
+            raise StoreError(f"image {digest} is missing from {self.images_dir}")
+        return path
 
     def load_image(self, digest: str) -> np.ndarray:
         from PIL import Image
 
-        path = self.image_path(digest)
-        if not path.is_file():
-            raise StoreError(f"image {digest} is missing from {self.images_dir}")
-        with Image.open(path) as im:
+        with Image.open(self._existing_image(digest)) as im:
             return np.asarray(im.convert("RGB"))
+
+    def image_bytes(self, digest: str) -> bytes:
+        """The PNG bytes of an image, checked against the SHA-256 that names them."""
+        data = self._existing_image(digest).read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise StoreError(f"image {digest} is corrupt: the SHA-256 of {self.image_path(digest)} is {actual}")
+        return data
 
     def load_images(self, digests: Iterable[str]) -> np.ndarray:
         return np.stack([self.load_image(d) for d in digests])
@@ -311,6 +439,7 @@ class RunStore:
         rows = self._select("refs", "ref_key = ?", [ref_key])
         return rows[0] if rows else None
 
+    @_writes
     def put_reference(self, ref_key: str, *, config: dict, images: list[str], model_fingerprint: str,
                       generate_ms: float, env: dict | None = None) -> int:
         """Keep a reference once; a second one for the same key is refused, never overwrites."""
@@ -325,6 +454,7 @@ class RunStore:
             }).last_pk
 
     # ---------------------------------------------------------------- sweeps
+    @_writes
     def create_sweep(self, *, sweep_key: str, name: str, preset: str, question: str, config: dict,
                      n_total: int) -> int:
         with self._write():
@@ -341,12 +471,14 @@ class RunStore:
     def get_sweep(self, sweep_id: int) -> dict:
         return self._get("sweeps", "id", sweep_id, "sweep")
 
+    @_writes
     def claim_sweep(self, sweep_id: int) -> None:
         """Take over an unfinished sweep in this process (after its previous process died)."""
         with self._write():
             self.db.execute("UPDATE sweeps SET pid = ?, status = 'running', finished_at = NULL WHERE id = ?",
                             [os.getpid(), sweep_id])
 
+    @_writes
     def finish_sweep(self, sweep_id: int, status: str = "done") -> None:
         if status not in ("done", "cancelled", "failed"):
             raise StoreError(f"sweep status {status!r} is not one of done, cancelled, failed")

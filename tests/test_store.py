@@ -1,13 +1,19 @@
-"""The run store on a real SQLite file: migrations, lifecycle, no overwrites, images, references, CSV."""
+"""The run store on a real SQLite file: migrations, lifecycle, no overwrites, images, references, CSV,
+read-only (demo) mode, and paths from outside."""
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from studio_core.store import RunStore, StoreError, migrations
+from studio_core.store import RunStore, StoreError, StoreReadOnly, migrations
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = {"model": "emoji-sd", "prompts": ["sun", "pizza"], "seeds": [0, 1], "steps": 4, "sampler": "DDIM",
           "guidance": 3.0, "knobs": {}, "precision": "fp32"}
@@ -21,6 +27,7 @@ def store(tmp_path):
 
 
 def test_fresh_store_has_schema_wal_and_busy_timeout(store):
+    assert store.read_only is False
     assert store.schema_version == len(migrations._migrations) >= 1
     assert not migrations.pending(store.db)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -123,3 +130,191 @@ def test_two_processes_write_the_same_store(tmp_path):
     s = RunStore(tmp_path)
     assert s.db.execute("SELECT count(*), count(DISTINCT id) FROM runs WHERE status = 'ok'").fetchone() == (120, 120)
     assert s.integrity_check() == "ok"
+
+
+# ---------------------------------------------------------------- read-only (demo) mode
+def _small_study(path) -> tuple[RunStore, dict]:
+    """A study with one finished run (with an image and a reference), one running run and one sweep."""
+    s = RunStore(path)
+    img = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    digest = s.put_image(img)
+    ref = s.put_reference("k1", config={"steps": 50}, images=[digest], model_fingerprint="f", generate_ms=1.0)
+    sweep = s.create_sweep(sweep_key="sk", name="ladder", preset="p.yaml", question="q", config={}, n_total=1)
+    done = s.start_run(CONFIG, config_hash="a", sweep_id=sweep, sweep_index=0)
+    s.finish_run(done, {"images": [digest], "reference_id": ref, "psnr": 31.0})
+    running = s.start_run(CONFIG, config_hash="b")
+    return s, {"img": img, "digest": digest, "ref": ref, "sweep": sweep, "done": done, "running": running}
+
+
+def test_read_only_refuses_every_write_and_leaves_the_file_unchanged(tmp_path):
+    s, ids = _small_study(tmp_path / "study")
+    s.close()
+    before = (tmp_path / "study" / "studio.db").read_bytes()
+    ro = RunStore(tmp_path / "study", read_only=True)
+    assert ro.read_only is True
+    writes = {
+        "start_run": lambda: ro.start_run(CONFIG, config_hash="c"),
+        "finish_run": lambda: ro.finish_run(ids["running"], {"psnr": 1.0}),
+        "fail_run": lambda: ro.fail_run(ids["running"], "boom"),
+        "put_image": lambda: ro.put_image(ids["img"]),
+        "put_images": lambda: ro.put_images([ids["img"]]),
+        "put_reference": lambda: ro.put_reference("k2", config={}, images=[], model_fingerprint="f", generate_ms=1.0),
+        "create_sweep": lambda: ro.create_sweep(sweep_key="s2", name="n", preset="p", question="", config={},
+                                                n_total=1),
+        "claim_sweep": lambda: ro.claim_sweep(ids["sweep"]),
+        "finish_sweep": lambda: ro.finish_sweep(ids["sweep"]),
+    }
+    for name, write in writes.items():
+        with pytest.raises(StoreReadOnly, match=rf"open read-only \(demo mode\): {name} is refused"):
+            write()
+    assert ro.mark_interrupted() == [] and ro.mark_interrupted([ids["running"]]) == []
+    # reading, and the CSV (not a study write), still work
+    assert ro.get_run(ids["done"])["psnr"] == 31.0 and ro.get_run(ids["running"])["status"] == "running"
+    assert np.array_equal(ro.load_image(ids["digest"]), ids["img"])
+    assert ro.get_reference("k1")["id"] == ids["ref"] and ro.get_sweep(ids["sweep"])["status"] == "running"
+    assert ro.export_csv(tmp_path / "runs.csv") == 2 and len(pd.read_csv(tmp_path / "runs.csv")) == 2
+    assert ro.integrity_check() == "ok" and ro.schema_version == len(migrations._migrations)
+    ro.close()
+    assert (tmp_path / "study" / "studio.db").read_bytes() == before
+
+
+def test_read_only_reads_a_wal_study_while_its_writer_is_open(tmp_path):
+    writer, ids = _small_study(tmp_path)
+    assert (tmp_path / "studio.db-wal").stat().st_size > 0  # the runs are still in the write-ahead log
+    ro = RunStore(tmp_path, read_only=True)
+    assert [r["id"] for r in ro.runs()] == [ids["done"], ids["running"]]
+    writer.finish_run(ids["running"], {"psnr": 20.0})
+    assert ro.get_run(ids["running"])["status"] == "ok"  # each read sees the latest commit
+    ro.close()
+    writer.close()
+
+
+def test_read_only_missing_folder_or_database_is_named_and_nothing_is_created(tmp_path):
+    with pytest.raises(StoreError, match=f"study folder {tmp_path / 'nope'} does not exist"):
+        RunStore(tmp_path / "nope", read_only=True)
+    assert not (tmp_path / "nope").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match=f"study folder {tmp_path / 'empty'} has no database studio.db"):
+        RunStore(tmp_path / "empty", read_only=True)
+    assert list((tmp_path / "empty").iterdir()) == []
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "studio.db").write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(StoreError, match="cannot read .*studio.db read-only: file is not a database"):
+        RunStore(tmp_path / "junk", read_only=True)
+
+
+def test_read_only_refuses_an_older_or_newer_schema(tmp_path):
+    import sqlite_utils
+
+    (tmp_path / "old").mkdir()
+    old = sqlite_utils.Database(tmp_path / "old" / "studio.db")  # a study from before the first migration
+    old["runs"].insert({"id": 1})
+    old.close()
+    with pytest.raises(StoreError, match="has schema version 0 and this studio expects 1; open it once read-write"):
+        RunStore(tmp_path / "old", read_only=True)
+    RunStore(tmp_path / "new").close()
+    new = sqlite_utils.Database(tmp_path / "new" / "studio.db")
+    new["_sqlite_migrations"].insert({"migration_set": "studio", "name": "m999_future", "applied_at": "x"})
+    new.close()
+    with pytest.raises(StoreError, match="written by a newer studio \\(migrations m999_future are unknown here\\)"):
+        RunStore(tmp_path / "new", read_only=True)
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder that other users can enter (pytest's own is private to us)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="studio-ro-"))
+    path.chmod(0o755)
+    yield path
+    for p in [path, *path.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod(0o755)
+    shutil.rmtree(path)
+
+
+def _run_without_write_access(folder: Path, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` (with ``folder`` as argv[1]) in a Python that may not write ``folder``: as user nobody
+    when we are root (root writes anywhere), else after taking the write bits off."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("setpriv is needed to drop root for this test")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    folder.chmod(0o555)
+    for f in folder.iterdir():
+        f.chmod(0o444)
+    probe = "import os, sys; assert not os.access(sys.argv[1], os.W_OK), 'folder is writable'\n"
+    return subprocess.run(prefix + [sys.executable, "-c", probe + code, str(folder)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=120)
+
+
+READ_AS_DEMO = """
+from studio_core.store import RunStore, StoreReadOnly
+s = RunStore(sys.argv[1], read_only=True)
+print(len(s.runs()), s.integrity_check())
+try:
+    s.start_run({}, config_hash="x")
+except StoreReadOnly as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("writer_open", [False, True], ids=["closed-no-wal-files", "writer-open-wal-files"])
+def test_read_only_opens_a_wal_study_in_a_folder_it_cannot_write(open_tmp, writer_open):
+    study = open_tmp / "study"
+    writer, _ = _small_study(study)
+    if not writer_open:
+        writer.close()
+        assert sorted(p.name for p in study.iterdir()) == ["images", "studio.db"]
+    files = sorted(p.name for p in study.iterdir())
+    out = _run_without_write_access(study, READ_AS_DEMO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "2 ok" and "start_run is refused" in out.stdout
+    assert sorted(p.name for p in study.iterdir()) == files
+    if writer_open:
+        writer.close()
+
+
+def test_read_only_names_an_unreadable_write_ahead_log(open_tmp):
+    """A writer that died left data in the -wal but no -shm; only a process that may write can recover it."""
+    crash = ("import os, sys; from studio_core.store import RunStore; s = RunStore(sys.argv[1]);"
+             "s.db.execute('PRAGMA wal_autocheckpoint = 0'); s.start_run({'steps': 1}, config_hash='x'); os._exit(0)")
+    subprocess.run([sys.executable, "-c", crash, str(open_tmp / "study")], check=True, cwd=ROOT, timeout=120)
+    (open_tmp / "study" / "studio.db-shm").unlink()
+    out = _run_without_write_access(open_tmp / "study", READ_AS_DEMO)
+    assert out.returncode != 0 and "write-ahead log holds data" in out.stderr
+
+
+# ---------------------------------------------------------------- paths from outside
+def test_linked_image_file_or_folder_is_refused(store, tmp_path):
+    img = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    digest = store.put_image(img)
+    path = store.image_path(digest)
+    elsewhere = tmp_path / "elsewhere.png"
+    shutil.move(path, elsewhere)
+    path.symlink_to(elsewhere)  # same bytes, but a link: never followed
+    with pytest.raises(StoreError, match="is a symbolic link"):
+        store.load_image(digest)
+    path.unlink()
+    shutil.move(path.parent, tmp_path / "folder")
+    path.parent.symlink_to(tmp_path / "folder")
+    shutil.move(elsewhere, tmp_path / "folder" / path.name)
+    with pytest.raises(StoreError, match=f"{path.parent} is a symbolic link"):
+        store.image_path(digest)
+
+
+def test_export_csv_refuses_unsafe_targets(store, tmp_path):
+    store.start_run(CONFIG, config_hash="a")
+    (tmp_path / "real.csv").write_text("keep me")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    (tmp_path / "folder.csv").mkdir()
+    for target, why in [(tmp_path / "a\x00b.csv", "NUL byte"), (tmp_path / ("x" * 300 + ".csv"), "304 bytes"),
+                        (tmp_path / "link.csv", "is a symbolic link"), (tmp_path / "folder.csv", "is a folder"),
+                        (store.path, "is the study's database")]:
+        with pytest.raises(StoreError, match=why):
+            store.export_csv(target)
+    assert (tmp_path / "real.csv").read_text() == "keep me" and store.integrity_check() == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.csv", "link.csv", "real.csv", "study"]
