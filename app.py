@@ -1,24 +1,139 @@
-"""Start the Diffusion Efficiency Studio: ``python app.py [--model M] [--data-dir D] [--host H] [--port P]``."""
+"""Start the Diffusion Efficiency Studio.
+
+    python app.py [--model M] [--data-dir D] [--host H] [--port P] [--max-waiting N] [--auth | --auth-file F]
+    python app.py --demo STUDY_DIR [--host H] [--port P] [--auth | --auth-file F]
+
+The first form is the studio: generate, sweep and browse one study folder. ``--demo`` serves an
+existing study (a data folder, or one packed by ``python -m studio_core --data-dir SRC bundle OUT``)
+read-only: frontier, sweep grids, compare, runs, details and CSV, with generation and sweeps off
+and nothing in the folder ever written.
+
+Before it serves, it checks, in this order: the login (``--auth`` takes its users from
+``$STUDIO_AUTH``, ``--auth-file`` from a private file; a password given on the command line is
+refused), the address (loopback by default; a warning when another address has no login), and the
+study (``PRAGMA integrity_check`` of ``studio.db``; a damaged database is refused by name). Files
+are served only from a private gradio cache; see ``app/serve.py``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
+import sys
+from pathlib import Path
 
-from app.ui import build_demo
-from studio_core.models import EMBEDDED_MODEL_NAME
+from app import serve
+from studio_core.models import EMBEDDED_MODEL_NAME  # none of these imports gradio or torch: bad flags fail fast
+from studio_core.store import DEFAULT_DATA_DIR, StoreError
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Diffusion Efficiency Studio")
+class _Help(argparse.HelpFormatter):
+    """``--auth`` reads as the flag it is; it takes a value only so that a password given to it is
+    caught and refused instead of being echoed back by argparse."""
+
+    def _format_args(self, action, default_metavar):
+        return "" if action.dest == "auth" else super()._format_args(action, default_metavar)
+
+    def _format_action_invocation(self, action):
+        return "--auth" if action.dest == "auth" else super()._format_action_invocation(action)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    p = argparse.ArgumentParser(description="Diffusion Efficiency Studio", formatter_class=_Help)
     p.add_argument("--model", default=EMBEDDED_MODEL_NAME,
                    help="embedded model name, diffusers folder or cached repo id")
     p.add_argument("--data-dir", help="study folder with studio.db and images/ "
                                       "(default: $STUDIO_DATA_DIR or <project>/data)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=7860)
+    env = os.environ
+    p.add_argument("--demo", metavar="STUDY_DIR", default=env.get("STUDIO_DEMO") or None,
+                   help="serve this existing study read-only: no generation, no sweeps, no writes "
+                        "(default: $STUDIO_DEMO, how a hosted Space names its study)")
+    p.add_argument("--host", default=env.get("STUDIO_HOST") or env.get("GRADIO_SERVER_NAME") or "127.0.0.1",
+                   help="address to bind (default: $STUDIO_HOST, else $GRADIO_SERVER_NAME, which Hugging Face "
+                        "Spaces set, else 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT") or 7860))
+    p.add_argument("--root-path", default=None, metavar="/PREFIX",
+                   help="the path prefix a reverse proxy serves the studio under (e.g. /studio)")
+    p.add_argument("--auth", nargs="?", const=True, default=None,
+                   help=f"require a login; users from ${serve.AUTH_ENV} ('user:password', several separated by "
+                        "newlines or commas). Takes no value: never put a password on the command line")
+    p.add_argument("--auth-file", metavar="PATH", help="require a login; users from this file, one "
+                                                       "'user:password' a line, '#' comments (chmod 600)")
+    p.add_argument("--max-waiting", type=int, default=4, metavar="N",
+                   help="generations and sweeps admitted at once (one runs, the rest wait); more are "
+                        "refused with a 'busy' message (default 4)")
     args = p.parse_args(argv)
-    demo = build_demo(args.model, args.data_dir)
-    demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+    if args.auth is None and args.auth_file is None and env.get(serve.AUTH_ENV):
+        args.auth = True  # users in the environment (a Space secret) turn the login on by themselves
+    if args.demo and args.data_dir:
+        p.error("--demo STUDY_DIR names the study to show; leave out --data-dir")
+    if args.max_waiting < 1:
+        p.error(f"--max-waiting {args.max_waiting}: at least 1 (the run on the device counts)")
+    return p, args
+
+
+def main(argv: list[str] | None = None, *, block: bool = True):
+    """Check, build and serve; with ``block=False`` return the launched Blocks (tests close it)."""
+    p, args = parse_args(argv)
+
+    # 1. who may log in (before anything heavy is imported)
+    try:
+        users = serve.read_users(args.auth, args.auth_file)
+    except serve.AuthError as exc:
+        p.error(str(exc))
+
+    # 2. where it listens
+    if users is None and not serve.is_loopback(args.host):
+        reach = "browse this study" if args.demo else "run generations and sweeps on this machine"
+        print(f"warning: listening on {args.host} without --auth: anyone who can reach this address can {reach}. "
+              f"Set ${serve.AUTH_ENV} and add --auth, or give --auth-file PATH.", file=sys.stderr)
+
+    # 3. the study: it must exist for a demo, and its database must be sound
+    data_dir = Path(args.demo or args.data_dir or os.environ.get("STUDIO_DATA_DIR") or DEFAULT_DATA_DIR)
+    data_dir = data_dir.expanduser().resolve()
+    db_path = data_dir / "studio.db"
+    if args.demo and not db_path.is_file():
+        p.error(f"--demo {args.demo}: no study there ({db_path} does not exist)")
+    if not args.demo:
+        result = serve.check_database(db_path)
+        if result not in ("ok", "new study"):
+            p.error(f"{db_path} failed SQLite's integrity check ({result}). Refusing to start on a damaged study: "
+                    "restore it from a copy, or start with another --data-dir")
+        print(f"study {data_dir}: integrity check {result}", file=sys.stderr)
+
+    # 4. the page, over a private gradio cache
+    temp = serve.private_temp_dir()
+    from app.ui import build_demo
+
+    try:
+        demo = build_demo(args.model, data_dir, read_only=bool(args.demo), max_waiting=args.max_waiting)
+    except StoreError as exc:
+        p.error(str(exc))
+    except sqlite3.Error as exc:
+        p.error(f"cannot open {db_path}: {exc}")
+    store = demo.studio.store
+    if args.demo:
+        try:
+            result = store.integrity_check()
+        except sqlite3.Error as exc:
+            result = str(exc)
+        if result != "ok":
+            store.close()
+            p.error(f"{db_path} failed SQLite's integrity check ({result}); refusing to serve it")
+        print(f"demo of study {data_dir.name} ({data_dir}), read-only: integrity check ok, "
+              f"{store.db['runs'].count} runs", file=sys.stderr)
+    print(f"gradio cache (the only files served): {temp}; login: "
+          f"{f'{len(users)} user(s)' if users else 'none'}", file=sys.stderr)
+    if os.environ.get("GRADIO_ALLOWED_PATHS"):
+        print(f"warning: GRADIO_ALLOWED_PATHS is set: gradio also serves every file under "
+              f"{os.environ['GRADIO_ALLOWED_PATHS']}", file=sys.stderr)
+
+    # 5. serve
+    demo.launch(**serve.launch_options(host=args.host, port=args.port, users=users, data_dir=data_dir,
+                                       demo=bool(args.demo)),
+                root_path=args.root_path, prevent_thread_lock=not block)
+    return demo
 
 
 if __name__ == "__main__":

@@ -5,20 +5,39 @@ values into a run-spec dict (``app.controls``), call the engine once, and read p
 the store (``app.data``); figures come from ``app.plots`` and text from ``app.cards``. The UI itself
 never imports torch or diffusers.
 
-Concurrency: Generate and Sweep share ``concurrency_id="gpu"`` with a limit of 1 (and a lock around
-the engine), so one measurement runs at a time and timings are not disturbed by another; reads
-(frontier, tables, compare) run beside them.
+Load: generations and sweeps pass a ``DeviceQueue``. At most ``max_waiting`` of them are admitted at a
+time (one on the device, the rest waiting in line, with progress text naming what they wait for);
+one more is refused at once with "The studio is busy ..." instead of hanging. Their gradio events
+have no concurrency limit so a request reaches that check at once; the device lock, not gradio's
+queue, puts them in line, so a measurement is never timed beside another. Reads (frontier, tables,
+compare, details, CSV) never pass the device queue and answer while a run goes on; gradio's queue
+holds at most ``queue_size`` events in all.
+
+Sweep grids are drawn from the store (a sweep's recorded axes and its runs), so any recorded sweep's
+grid can be shown without running anything: the Sweep tab's picker, ``/sweep_grid``.
+
+Demo mode (``read_only=True``): the study is opened read-only and no engine is made. Frontier, sweep
+grids, Compare, Runs, details and CSV work; under a banner ("Read-only demo of <study>: generation
+and sweeps are off") the Generate form and the sweep builder are hidden and disabled, and every
+endpoint that would run or write (``/build_spec``, ``/generate``, ``/build_sweep``, ``/sweep``,
+``/cancel_sweep``) answers with the banner's message. The page names the study by its folder,
+never by its path on the server.
+
+Ids typed into the page or sent to the API (``/run_details``, ``/compare_runs``, ``/sweep_grid``) are
+checked by ``parse_id``: anything but a whole number in SQLite's range gets a message, not a traceback.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import logging
 import queue
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import pandas as pd
@@ -33,7 +52,7 @@ from studio_core.sweep import SweepBusy, run_sweep, sweep_from_dict
 
 from . import cards, controls, data, plots
 
-__all__ = ["FRONTIER_CLICK_JS", "Studio", "build_demo"]
+__all__ = ["BUSY_MESSAGE", "FRONTIER_CLICK_JS", "DeviceQueue", "Studio", "build_demo", "parse_id"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +61,10 @@ COLOR_COLUMNS = ["sampler", "steps", "precision", "guidance", "knobs_label", "he
                  "prompt_set", "device_name"]
 STATUSES = [data.ALL, "ok", "failed", "running", "interrupted"]
 NO_AXIS = "(none)"
+MAX_ID = 2**63 - 1  # SQLite's largest INTEGER
+BUSY_MESSAGE = ("The studio is busy: {n} generations or sweeps are already running or waiting for the device "
+                "(limit {limit}). Try again in a minute; frontier, compare and runs still work.")
+DEMO_MESSAGE = "Read-only demo of {study}: generation and sweeps are off"
 
 # Plotly has no click event in gradio: on page load, hook every plotly chart in #frontier-plot and
 # write the clicked point's run id (its customdata) into the hidden #frontier-click box.
@@ -74,12 +97,39 @@ FRONTIER_CLICK_JS = """
 """
 
 
-def _user_error(exc: BaseException) -> gr.Error:
-    """A readable message for the page: the reason, never a traceback."""
-    if isinstance(exc, USER_ERRORS):
-        return gr.Error(str(exc), title="Cannot run this", print_exception=False)
-    log.exception("unexpected error in the studio UI")
-    return gr.Error(f"{type(exc).__name__}: {exc}", title="Something went wrong", print_exception=False)
+def _user_error(exc: BaseException, hide: tuple[str, str] | None = None) -> gr.Error:
+    """A readable message for the page: the reason, never a traceback. ``hide`` is (text, shown
+    instead): a demo puts its study's folder name where the server path would be."""
+    if isinstance(exc, gr.Error):
+        return exc
+    known = isinstance(exc, USER_ERRORS)
+    if not known:
+        log.exception("unexpected error in the studio UI")
+    text = str(exc) if known else f"{type(exc).__name__}: {exc}"
+    if hide:
+        text = text.replace(*hide)
+    return gr.Error(text, title="Cannot run this" if known else "Something went wrong", print_exception=False)
+
+
+def parse_id(value: Any, what: str = "run") -> int | None:
+    """A row id from a widget or an API caller: ``None`` when blank, else a whole number from 1 to
+    SQLite's largest; anything else (text, fractions, NUL bytes, huge numbers) is a ``gr.Error``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:36] + "...'"
+    number = None
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 20:
+        number = int(value.strip())
+    if number is None or not 1 <= number <= MAX_ID:
+        raise gr.Error(f"{shown} is not a {what} id: {what} ids are whole numbers from 1 up", title="No such "
+                       f"{what}", print_exception=False)
+    return number
 
 
 def _stage_fraction(stage: str) -> float:
@@ -93,15 +143,87 @@ def _stage_fraction(stage: str) -> float:
     return {"loading": 0.05, "warm-up": 0.15, "scoring": 0.85}.get(stage, 0.0)
 
 
-class Studio:
-    """The handlers: one engine and store per app, shared by every browser session."""
+class DeviceQueue:
+    """Generations and sweeps in line for the device: at most ``limit`` admitted (one running, the rest
+    waiting); one more is refused at once with ``BUSY_MESSAGE`` rather than left to hang."""
 
-    def __init__(self, engine: Engine, reference: dict | None = None):
-        self.engine, self.store = engine, engine.store
+    def __init__(self, limit: int = 4):
+        if limit < 1:
+            raise ValueError(f"max_waiting={limit}: at least 1 (the run on the device counts)")
+        self.limit = limit
+        self.admitted = 0
+        self.holder = ""  # what is on the device now, for the progress text of those waiting
+        self._count = threading.Lock()
+        self._device = threading.Lock()
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        with self._count:
+            if self.admitted >= self.limit:
+                raise gr.Error(BUSY_MESSAGE.format(n=self.admitted, limit=self.limit), title="Studio busy",
+                               print_exception=False)
+            self.admitted += 1
+        try:
+            yield
+        finally:
+            with self._count:
+                self.admitted -= 1
+
+    @contextmanager
+    def hold(self, what: str, waiting: Callable[[str], None] | None = None,
+             stop: Callable[[], bool] | None = None) -> Iterator["DeviceQueue"]:
+        """The device for ``what``; while another run has it, ``waiting(holder)`` every half second.
+        ``stop`` returning True while waiting gives up (``DeviceWaitStopped``)."""
+        while not self._device.acquire(timeout=0.5):
+            if stop is not None and stop():
+                raise DeviceWaitStopped(what)
+            if waiting is not None:
+                waiting(self.holder or "another run")
+        self.holder = what
+        try:
+            yield self
+        finally:
+            self.holder = ""
+            self._device.release()
+
+
+class DeviceWaitStopped(RuntimeError):
+    """A sweep was cancelled while it still waited for the device: nothing ran."""
+
+
+def _describe(spec: dict) -> str:
+    """A generation in a few words, for the progress text of runs waiting behind it."""
+    n = len(spec.get("prompts") or []) * len(spec.get("seeds") or [0])
+    what = [f"{n} image{'s' if n != 1 else ''}" if n else f"prompt set {spec.get('prompt_set')}"]
+    if spec.get("steps"):
+        what.append(f"{spec['steps']} steps")
+    return f"a generation ({', '.join(what)})"
+
+
+class Studio:
+    """The handlers: one store (and, unless it is a read-only demo, one engine) per app, shared by
+    every browser session."""
+
+    def __init__(self, store: RunStore, engine: Engine | None = None, reference: dict | None = None, *,
+                 max_waiting: int = 4):
+        self.store, self.engine = store, engine
+        self.read_only = engine is None
         self.reference = reference
-        self._gpu = threading.Lock()  # one measurement at a time, whatever the queue does
+        self.device = DeviceQueue(max_waiting)
         self._stops: dict[str, threading.Event] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="studio-"))
+        # a demo names its study by folder; the server's path stays on the server
+        self.where = store.data_dir.name if self.read_only else str(store.path)
+        self.demo_message = DEMO_MESSAGE.format(study=store.data_dir.name)
+        self._hide = (str(store.data_dir), store.data_dir.name) if self.read_only else None
+
+    def error(self, exc: BaseException) -> gr.Error:
+        return _user_error(exc, self._hide)
+
+    def refuse_in_demo(self) -> None:
+        """Every handler that would run or write starts here: a demo answers with its banner."""
+        if self.read_only:
+            raise gr.Error(self.demo_message, title="Read-only demo", print_exception=False)
 
     # ------------------------------------------------------------------ widgets -> specs
     def spec_from(self, parts: dict, force_knobs: set[str] = frozenset()) -> dict:
@@ -115,7 +237,7 @@ class Studio:
         try:
             resolve(RunSpec.from_dict(spec))
         except (SpecError, ModelLoadError, TypeError) as exc:
-            raise _user_error(exc if not isinstance(exc, TypeError) else SpecError("spec", spec, str(exc))) from None
+            raise self.error(exc if not isinstance(exc, TypeError) else SpecError("spec", spec, str(exc))) from None
         return spec
 
     # ------------------------------------------------------------------ Generate
@@ -139,19 +261,25 @@ class Studio:
         return updates + [text] + [_knob_availability(knob, info) for knob in knobs]
 
     def generate(self, spec: dict, progress=gr.Progress()):
-        """Run one spec through the engine; the images (pixel-upscaled) and the metrics card."""
+        """Run one spec through the engine; the images (pixel-upscaled) and the metrics card. Waits in
+        line for the device (saying behind what), or is refused at once when the line is full."""
+        self.refuse_in_demo()
         if not isinstance(spec, dict):
             raise gr.Error("no run spec: press Generate", print_exception=False)
 
         def on_stage(stage: str) -> None:
             progress(_stage_fraction(stage), desc=stage)
 
-        progress(0.0, desc="waiting for the engine")
-        try:
-            with self._gpu:
-                result = self.engine.run(spec, reference=self.reference, on_stage=on_stage)
-        except Exception as exc:
-            raise _user_error(exc) from None
+        def waiting(holder: str) -> None:
+            progress(0.0, desc=f"waiting for the device: {holder} is running")
+
+        with self.device.admit():
+            progress(0.0, desc="waiting for the device")
+            try:
+                with self.device.hold(_describe(spec), waiting):
+                    result = self.engine.run(spec, reference=self.reference, on_stage=on_stage)
+            except Exception as exc:
+                raise self.error(exc) from None
         row = self.store.get_run(result.run_id)
         if result.status != "ok":
             raise gr.Error(f"run {result.run_id} failed: {row.get('error')}", title="Run failed",
@@ -194,25 +322,40 @@ class Studio:
         return self._stops.setdefault(key, threading.Event())
 
     def cancel(self, request: gr.Request):
+        self.refuse_in_demo()
         self._stop_event(request).set()
         return "Cancelling: the sweep stops after the run in progress (runs are never cut in half)."
 
     def run_sweep(self, sweep: dict, rerun: bool, request: gr.Request, progress=gr.Progress()):
-        """Run (or resume) a sweep, updating the grid after every run; Cancel stops between runs."""
+        """Run (or resume) a sweep, updating the grid after every run; Cancel stops between runs. Like a
+        generation, it waits in line for the device or is refused when the line is full."""
+        self.refuse_in_demo()
         try:
             s = sweep_from_dict(sweep, "ui")
         except Exception as exc:
-            raise _user_error(exc) from None
-        stop = self._stop_event(request)
+            raise self.error(exc) from None
+        with self.device.admit():
+            yield from self._run_sweep(s, bool(rerun), self._stop_event(request), progress)
+
+    def _run_sweep(self, s, rerun: bool, stop: threading.Event, progress):
         stop.clear()
         events: queue.Queue = queue.Queue()
         outcome: dict = {}
+        device = self.device
+
+        def waiting(holder: str) -> None:
+            events.put(("wait", holder))
+
+        def ran(done: int, total: int, row: dict) -> None:
+            device.holder = f"sweep '{s.name}' ({done} of {total} runs done)"
+            events.put(("run", done, total, row))
 
         def work() -> None:
             try:
-                with self._gpu:
-                    outcome["result"] = run_sweep(self.engine, s, new=bool(rerun), should_stop=stop.is_set,
-                                                  progress=lambda done, total, row: events.put((done, total, row)))
+                with device.hold(f"sweep '{s.name}' (starting)", waiting, stop=stop.is_set):
+                    outcome["result"] = run_sweep(self.engine, s, new=rerun, should_stop=stop.is_set, progress=ran)
+            except DeviceWaitStopped:
+                outcome["stopped"] = True
             except BaseException as exc:  # reported to the page below
                 outcome["error"] = exc
             finally:
@@ -221,43 +364,69 @@ class Studio:
         worker = threading.Thread(target=work, name="studio-sweep", daemon=True)
         worker.start()
         progress((0, len(s)), desc=f"{s.name}: starting", unit="runs")
+        shown = None
         try:
             while (item := events.get()) is not None:
-                done, total, row = item
+                if item[0] == "wait":
+                    text = f"waiting for the device: {item[1]} is running"
+                    progress((0, len(s)), desc=f"{s.name}: {text}", unit="runs")
+                    if text != shown:
+                        shown = text
+                        yield gr.skip(), f"**Waiting** for the device: {item[1]} is running."
+                    continue
+                _, done, total, row = item
                 status = f"run {done} of {total} done ({row.get('status')})"
                 progress((done, total), desc=f"{s.name}: {status}", unit="runs")
-                yield self.grid(s, row.get("sweep_id")), f"**Running** {s.name}: {status}."
+                yield self.grid(row.get("sweep_id")), f"**Running** {s.name}: {status}."
         finally:  # the page went away: stop between runs and wait, so runs never overlap
             if worker.is_alive():
                 stop.set()
                 worker.join()
         if "error" in outcome:
-            raise _user_error(outcome["error"])
+            raise self.error(outcome["error"])
+        if outcome.get("stopped"):
+            yield gr.skip(), f"**Cancelled** {s.name} before it started: nothing ran."
+            return
         res = outcome["result"]
         text = {"done": "finished", "cancelled": "cancelled"}.get(res["status"], res["status"])
         msg = (f"**Sweep {res['sweep_id']} {text}**: {res['ran']} runs now, {res['skipped']} already done "
                "(kept from an earlier start).")
         if res.get("note"):
             msg += f" {res['note']}"
-        yield self.grid(s, res["sweep_id"]), msg
+        yield self.grid(res["sweep_id"]), msg
 
-    def grid(self, s, sweep_id: int | None) -> str:
+    def grid(self, sweep_id: int | None) -> str:
+        """The annotated grid of a sweep in the store (running or finished), from its recorded axes."""
         if sweep_id is None:
             return ""
+        sweep = self.store.get_sweep(sweep_id)
+        axes = [(a, tuple(v)) for a, v in (sweep.get("config_json") or {}).get("axes") or []]
+        if not axes:
+            return f"<p>Sweep {sweep_id} has no recorded axes to lay out a grid.</p>"
         latest: dict[int, dict] = {}
         for row in self.store.sweep_runs(sweep_id):  # oldest first: a later finished run replaces earlier ones
             i = row.get("sweep_index")
             if i is not None and (row["status"] in ("ok", "failed") or i not in latest):
                 latest[int(i)] = row
-        return cards.sweep_grid_html(s.axes, latest, self.store.load_images,
-                                     title=f"Sweep {sweep_id}: {s.name}")
+        return cards.sweep_grid_html(axes, latest, self.store.load_images,
+                                     title=f"Sweep {sweep_id}: {sweep['name']} ({sweep['status']})")
+
+    def sweep_grid(self, sweep_id: Any) -> str:
+        """The grid of a sweep picked by id (the Sweep tab's picker, ``/sweep_grid``): a read."""
+        sid = parse_id(sweep_id, "sweep")
+        if sid is None:
+            return "<p>Pick a sweep to see its grid.</p>"
+        try:
+            return self.grid(sid)
+        except StoreError as exc:
+            raise self.error(exc) from None
 
     # ------------------------------------------------------------------ Frontier
     def frontier(self, quality: str, cost: str, color: str, symbol: str, model: str, prompt_set: str,
                  sweep_id: Any, selected: list | None, log_x: bool = False):
-        frame = data.load_runs(self.store, status="ok", model=model, prompt_set=prompt_set,
-                               sweep_id=None if sweep_id in (None, "", data.ALL) else sweep_id)
-        sel = [int(i) for i in (selected or [])]
+        sid = None if sweep_id in (None, "", data.ALL) else parse_id(sweep_id, "sweep")
+        frame = data.load_runs(self.store, status="ok", model=model, prompt_set=prompt_set, sweep_id=sid)
+        sel = [i for i in (parse_id(v) for v in (selected or [])) if i is not None]
         fig = plots.make_frontier_plot(frame, quality, cost, None if color == NO_AXIS else color,
                                        None if symbol == NO_AXIS else symbol, sel, log_x=bool(log_x))
         return fig
@@ -276,11 +445,11 @@ class Studio:
     def clicked(self, token: str, selected: list | None):
         """A plotly click (``"<id>@<time>"`` from the page hook): show that run, add it to the selection."""
         try:
-            run_id = int(str(token).split("@")[0])
+            run_id = parse_id(str(token).split("@")[0])
             row = self.store.get_run(run_id)
-        except (ValueError, StoreError):
+            sel = [i for i in (parse_id(v) for v in (selected or [])) if i is not None]
+        except (gr.Error, StoreError):
             return gr.skip(), gr.skip(), gr.skip()
-        sel = [int(i) for i in (selected or [])]
         if run_id not in sel:
             sel = (sel + [run_id])[-4:]
         return (self.gallery(row, limit=8), self.point_text(row),
@@ -292,16 +461,23 @@ class Studio:
                           *[f"- {k}" for k in cards.knob_lines(row)]])
 
     # ------------------------------------------------------------------ Compare
-    def compare(self, ids: list | None):
-        ids = [int(i) for i in (ids or [])][:4]
-        if len(ids) < 2:
+    def compare(self, ids: Any):
+        """Two to four runs side by side; ``ids`` come raw from the page or an API caller."""
+        if not isinstance(ids, (list, tuple)):
+            ids = [] if ids is None else [ids]
+        if len(ids) > 4:
+            raise gr.Error(f"{len(ids)} runs given: compare two to four", print_exception=False)
+        parsed = [parse_id(i) for i in ids]
+        if None in parsed:
+            raise gr.Error("a blank run id: give two to four run ids", print_exception=False)
+        if len(parsed) < 2:
             return ("<p>Select two to four runs to compare (the first is the baseline).</p>",
                     pd.DataFrame(columns=["setting"]), pd.DataFrame(columns=["metric"]))
         try:
-            rows = [self.store.get_run(i) for i in ids]
+            rows = [self.store.get_run(i) for i in parsed]
+            images = {int(r["id"]): self.store.load_images(r["images"]) for r in rows if r.get("images")}
         except StoreError as exc:
-            raise _user_error(exc) from None
-        images = {int(r["id"]): self.store.load_images(r["images"]) for r in rows if r.get("images")}
+            raise self.error(exc) from None
         return (cards.compare_html(rows, images), data.differing_settings(rows), data.metric_deltas(rows))
 
     # ------------------------------------------------------------------ Runs
@@ -318,12 +494,15 @@ class Studio:
         return str(path)
 
     def details(self, run_id: Any):
-        if run_id in (None, "") or (isinstance(run_id, (int, float)) and run_id <= 0):
+        """One run's card, images and full configuration; ``run_id`` comes raw from the page or the API."""
+        rid = parse_id(run_id)
+        if rid is None:
             return "Pick a run in the table (or type its id).", [], None
         try:
-            row = self.store.get_run(int(run_id))
-        except (StoreError, ValueError, TypeError):
-            raise gr.Error(f"run {run_id} does not exist in {self.store.path}", print_exception=False) from None
+            row = self.store.get_run(rid)
+        except StoreError:
+            raise gr.Error(f"run {rid} does not exist in {self.where}", title="No such run",
+                           print_exception=False) from None
         card = cards.metrics_card(row, data.reference_config(self.store, row.get("reference_id")))
         config = row.get("config_json") or {}
         return card, (self.gallery(row) if row.get("images") else []), config
@@ -391,37 +570,61 @@ def _lines(knobs: list, per_line: int = 3) -> list[list]:
     return lines
 
 
+def _banner(studio: Studio) -> str:
+    return ('<div style="background:#fff8e1;border:1px solid #e0b24a;border-radius:8px;padding:10px 14px;'
+            f'font-size:15px;color:#4a3800"><b>{html.escape(studio.demo_message)}.</b> Frontier, sweep grids, '
+            "Compare and Runs (details, CSV) show the study as it was recorded.</div>")
+
+
 def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = None, *,
-               reference: dict | None = None, timer_s: float = 2.0) -> gr.Blocks:
+               reference: dict | None = None, timer_s: float = 2.0, read_only: bool = False,
+               max_waiting: int = 4, queue_size: int = 32) -> gr.Blocks:
     """The studio for one study folder. ``reference`` overrides the reference solver (tests use a
-    cheap one); ``timer_s`` is how often the Frontier polls the store for new runs."""
-    store = RunStore(data_dir)
-    studio = Studio(Engine(store), reference)
-    try:
-        info = model_info(model)
-        defaults = {"steps": info.defaults["num_inference_steps"], "guidance": info.defaults["guidance_scale"],
-                    "height": info.defaults.get("height") or info.sample_size,
-                    "width": info.defaults.get("width") or info.sample_size}
-    except SpecError:
-        defaults = {}
+    cheap one); ``timer_s`` is how often the Frontier polls the store for new runs.
+
+    ``read_only`` serves an existing study as a demo: no engine, no writes, generation and sweeps off.
+    ``max_waiting`` generations and sweeps may be admitted at once (one runs, the rest wait for the
+    device); ``queue_size`` bounds the events gradio's queue holds."""
+    if read_only:
+        store = RunStore(data_dir, read_only=True)  # StoreError naming the path when there is no study
+        studio = Studio(store, None, reference, max_waiting=max_waiting)
+    else:
+        store = RunStore(data_dir)
+        studio = Studio(store, Engine(store), reference, max_waiting=max_waiting)
+    defaults: dict = {}
+    if not read_only:  # a demo's model may not even be on this server: its page never loads it
+        try:
+            info = model_info(model)
+            defaults = {"steps": info.defaults["num_inference_steps"], "guidance": info.defaults["guidance_scale"],
+                        "height": info.defaults.get("height") or info.sample_size,
+                        "width": info.defaults.get("width") or info.sample_size}
+        except (SpecError, ModelLoadError):
+            pass
     knobs = controls.registry_knobs()
     builtin_knobs = [k for k in knobs if k.builtin_field]
     extra_knobs = [k for k in knobs if not k.builtin_field]
     settings = [s for k in builtin_knobs + extra_knobs for s in controls.knob_settings(k)]  # widget order
     knob_names = [k.name for k in extra_knobs]
     axes = list(controls.axis_choices())
-    models = [EMBEDDED_MODEL_NAME] + [repo for repo, _ in list_cached_pipelines()]
+    models = [model] if read_only else [EMBEDDED_MODEL_NAME] + [repo for repo, _ in list_cached_pipelines()]
     if model not in models:
         models.insert(0, model)
+    off = not read_only  # the Generate and Sweep controls work
 
     with gr.Blocks(title="Diffusion Efficiency Studio") as demo:
         gr.Markdown("# Diffusion Efficiency Studio\nFind the fastest configuration that still looks right: every "
                     "run is timed (median of repeats, with spread), scored against a same-seed reference, and "
-                    f"kept in `{store.path}`.")
-        with gr.Tabs() as tabs:
+                    f"kept in `{studio.where}`.", elem_id="studio-header")
+        if read_only:
+            gr.HTML(_banner(studio), elem_id="demo-banner")
+        with gr.Tabs(selected="frontier" if read_only else "generate") as tabs:
             # ---------------------------------------------------------------- 1. Generate
             with gr.Tab("Generate", id="generate"):
-                with gr.Row():
+                if read_only:  # the banner above says why the form is gone
+                    gr.Markdown("This page shows a study recorded with the studio. To time your own configurations, "
+                                "run the studio yourself: `python app.py` (see the README).",
+                                elem_id="demo-generate-note")
+                with gr.Row(visible=off):  # kept (hidden) in a demo: its endpoints answer with the banner
                     with gr.Column(scale=2, min_width=360):
                         model_box = gr.Dropdown(models, value=model, allow_custom_value=True, label="Model",
                                                 info="'emoji-sd' (embedded), a diffusers folder, or a cached repo id",
@@ -458,7 +661,8 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                 device = gr.Dropdown(list(DEVICES), value="auto", label="Device")
                                 batch = gr.Number(None, precision=0, label="Batch size",
                                                   placeholder="all images in one call")
-                        generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                        generate_btn = gr.Button("Generate" if off else "Generate (off in this read-only demo)",
+                                                 variant="primary", elem_id="generate-btn", interactive=off)
                         with gr.Accordion("Run spec (what the engine receives)", open=False):
                             spec_json = gr.JSON(label="run spec", elem_id="spec-json")
                     with gr.Column(scale=3):
@@ -472,28 +676,33 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
 
             # ---------------------------------------------------------------- 2. Sweep
             with gr.Tab("Sweep", id="sweep") as sweep_tab:
-                gr.Markdown("Runs a grid over the **Generate tab's settings** as the base: pick up to three axes "
-                            "(X across, Y down, Z one table each) and comma-separated values.")
-                axis_rows = []
-                for name, axis, vals in (("X", "steps", "4, 8"), ("Y", "sampler", "DDIM, DPM++ 2M"),
-                                         ("Z", NO_AXIS, "")):
+                with gr.Column(visible=off):  # a demo shows recorded grids only
+                    gr.Markdown("Runs a grid over the **Generate tab's settings** as the base: pick up to three axes "
+                                "(X across, Y down, Z one table each) and comma-separated values.")
+                    axis_rows = []
+                    for name, axis, vals in (("X", "steps", "4, 8"), ("Y", "sampler", "DDIM, DPM++ 2M"),
+                                             ("Z", NO_AXIS, "")):
+                        with gr.Row():
+                            a = gr.Dropdown([NO_AXIS, *axes] if name != "X" else axes, value=axis, label=f"{name} axis",
+                                            elem_id=f"axis-{name.lower()}", scale=1)
+                            v = gr.Textbox(vals, label=f"{name} values", elem_id=f"values-{name.lower()}", scale=2,
+                                           info=controls.axis_hint(axis) if axis != NO_AXIS else "")
+                        axis_rows += [a, v]
                     with gr.Row():
-                        a = gr.Dropdown([NO_AXIS, *axes] if name != "X" else axes, value=axis, label=f"{name} axis",
-                                        elem_id=f"axis-{name.lower()}", scale=1)
-                        v = gr.Textbox(vals, label=f"{name} values", elem_id=f"values-{name.lower()}", scale=2,
-                                       info=controls.axis_hint(axis) if axis != NO_AXIS else "")
-                    axis_rows += [a, v]
+                        sweep_name = gr.Textbox("", label="Name", placeholder="ui sweep: <axes>", scale=1)
+                        question = gr.Textbox("", label="Question it answers", scale=2)
+                        rerun = gr.Checkbox(False, label="run again even if this sweep already finished", scale=1)
+                    estimate_md = gr.Markdown(elem_id="sweep-estimate")
+                    with gr.Row():
+                        start_btn = gr.Button("Start sweep" if off else "Start sweep (off in this read-only demo)",
+                                              variant="primary", elem_id="start-sweep", interactive=off)
+                        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-sweep", visible=off)
+                    sweep_status = gr.Markdown(elem_id="sweep-status")
                 with gr.Row():
-                    sweep_name = gr.Textbox("", label="Name", placeholder="ui sweep: <axes>", scale=1)
-                    question = gr.Textbox("", label="Question it answers", scale=2)
-                    rerun = gr.Checkbox(False, label="run again even if this sweep already finished", scale=1)
-                estimate_md = gr.Markdown(elem_id="sweep-estimate")
-                with gr.Row():
-                    start_btn = gr.Button("Start sweep", variant="primary", elem_id="start-sweep")
-                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-sweep")
-                sweep_status = gr.Markdown(elem_id="sweep-status")
+                    sweep_pick = gr.Dropdown([], value=None, label="Show the grid of a recorded sweep",
+                                             elem_id="sweep-pick", scale=3)
                 grid_html = gr.HTML(elem_id="sweep-grid")
-                with gr.Accordion("Sweep spec (the YAML preset equivalent)", open=False):
+                with gr.Accordion("Sweep spec (the YAML preset equivalent)", open=False, visible=off):
                     sweep_json = gr.JSON(label="sweep")
 
             # ---------------------------------------------------------------- 3. Frontier
@@ -522,7 +731,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                             label="Runs to compare (2-4; the first is the baseline)",
                                             elem_id="frontier-selection")
                     to_compare = gr.Button("Compare these", scale=1, elem_id="to-compare")
-                timer = gr.Timer(timer_s)
+                timer = gr.Timer(timer_s, active=off)  # a demo's study never changes
                 version = gr.State(None)
 
             # ---------------------------------------------------------------- 4. Compare
@@ -559,23 +768,29 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                         detail_gallery = gr.Gallery(label="Images", format="png", columns=4, height=320,
                                                     object_fit="contain", fit_columns=False)
 
+        if read_only:  # every Generate and Sweep control is shown as it would be, greyed out
+            for comp in [*gen_inputs, *axis_rows, sweep_name, question, rerun]:
+                comp.interactive = False
+
         # ==================================================================== event wiring
         n_settings, n_gen = len(settings), len(gen_inputs)
 
         def build_spec(*values):
+            studio.refuse_in_demo()
             try:
                 return studio.check_spec(studio.spec_from(controls.split_values(values, settings, knob_names)))
             except SpecError as exc:
-                raise _user_error(exc) from None
+                raise studio.error(exc) from None
 
         def build_sweep(*values):
+            studio.refuse_in_demo()
             parts = controls.split_values(values[:n_gen], settings, knob_names)
             xa, xv, ya, yv, za, zv, name, q = values[n_gen:]
             try:
                 sweep = studio.sweep_dict(parts, [(xa, xv), (ya, yv), (za, zv)], name, q)
                 return sweep, studio.estimate(sweep)
             except Exception as exc:
-                raise _user_error(exc) from None
+                raise studio.error(exc) from None
 
         def estimate(*values):
             try:
@@ -586,26 +801,31 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         def model_changed(m):
             return studio.model_changed(m, settings, extra_knobs)
 
-        # Generate: check the spec at once (outside the GPU queue), then measure it
-        model_box.change(model_changed, model_box, [*widgets[:n_settings], model_text, *enables],
-                         api_visibility="private", trigger_mode="always_last")
+        # Generate: check the spec at once (outside the device queue), then measure it. No gradio limit:
+        # the handler admits or refuses at once, and the device lock puts admitted runs in line.
+        if not read_only:
+            model_box.change(model_changed, model_box, [*widgets[:n_settings], model_text, *enables],
+                             api_visibility="private", trigger_mode="always_last")
         generate_btn.click(build_spec, gen_inputs, spec_json, api_name="build_spec").success(
             studio.generate, spec_json, [gallery, card], api_name="generate", concurrency_id="gpu",
-            concurrency_limit=1)
+            concurrency_limit=None)
 
         # Sweep: number of runs and estimate before starting; grid after every run; Cancel between runs
         sweep_inputs = gen_inputs + axis_rows + [sweep_name, question]
-        for comp in axis_rows:
-            comp.change(estimate, sweep_inputs, estimate_md, api_visibility="private", trigger_mode="always_last",
-                        show_progress="hidden")
-        for a, v in zip(axis_rows[::2], axis_rows[1::2]):
-            a.change(lambda axis: gr.update(info=controls.axis_hint(axis) if axis != NO_AXIS else ""), a, v,
-                     api_visibility="private", show_progress="hidden")
-        sweep_tab.select(estimate, sweep_inputs, estimate_md, api_visibility="private", show_progress="hidden")
+        if not read_only:
+            for comp in axis_rows:
+                comp.change(estimate, sweep_inputs, estimate_md, api_visibility="private",
+                            trigger_mode="always_last", show_progress="hidden")
+            for a, v in zip(axis_rows[::2], axis_rows[1::2]):
+                a.change(lambda axis: gr.update(info=controls.axis_hint(axis) if axis != NO_AXIS else ""), a, v,
+                         api_visibility="private", show_progress="hidden")
+            sweep_tab.select(estimate, sweep_inputs, estimate_md, api_visibility="private", show_progress="hidden")
         start_btn.click(build_sweep, sweep_inputs, [sweep_json, estimate_md], api_name="build_sweep").success(
             studio.run_sweep, [sweep_json, rerun], [grid_html, sweep_status], api_name="sweep",
-            concurrency_id="gpu", concurrency_limit=1)
+            concurrency_id="gpu", concurrency_limit=None)
         cancel_btn.click(studio.cancel, None, sweep_status, api_name="cancel_sweep", concurrency_limit=None)
+        # any recorded sweep's grid, without running anything (ids come raw: parse_id checks them)
+        sweep_pick.change(studio.sweep_grid, sweep_pick, grid_html, api_name="sweep_grid", preprocess=False)
 
         # Frontier: redraw on any control, and when the store changes (polled; also during a sweep)
         f_inputs = [quality, cost, color, symbol, f_model, f_set, f_sweep, selection, log_x]
@@ -613,14 +833,20 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         def refresh_filters():
             models_, sets_, sweeps_, _runs = studio.filter_choices()
             return (gr.update(choices=models_), gr.update(choices=sets_), gr.update(choices=sweeps_),
-                    gr.update(choices=sweeps_), gr.update(choices=models_), data.store_version(store))
+                    gr.update(choices=sweeps_), gr.update(choices=models_),
+                    gr.update(choices=data.sweep_choices(store)), data.store_version(store))
+
+        def newest_sweep(current):
+            """A demo opens the Sweep tab on its newest sweep's grid."""
+            choices = data.sweep_choices(store)
+            return gr.update(choices=choices, value=current or (choices[0][1] if choices else None))
 
         def run_choices():
             return gr.update(choices=studio.filter_choices()[3])
 
         # the timer never writes the run pickers: an update racing a click could undo it. They refresh
         # their choices when focused, and a click sets choices and value together.
-        filter_outputs = [f_model, f_set, f_sweep, r_sweep, r_model, version]
+        filter_outputs = [f_model, f_set, f_sweep, r_sweep, r_model, sweep_pick, version]
 
         def tick(ver, *f_values):
             if data.store_version(store) == ver:
@@ -642,7 +868,8 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         gr.Button(visible=False).click(studio.frontier, f_inputs, plot, api_name="plot_frontier")
 
         # Compare
-        compare_btn.click(studio.compare, compare_ids, [compare_view, settings_df, deltas_df], api_name="compare_runs")
+        compare_btn.click(studio.compare, compare_ids, [compare_view, settings_df, deltas_df], api_name="compare_runs",
+                          preprocess=False)
 
         # Runs: table and CSV follow the filters; a row click shows that run
         r_inputs = [r_status, r_sweep, r_model]
@@ -653,11 +880,17 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         gr.Button(visible=False).click(studio.export_csv, r_inputs, gr.File(visible=False), api_name="export_csv")
         table.select(studio.selected_row, None, run_id, api_visibility="private").then(
             studio.details, run_id, [detail_card, detail_gallery, detail_json], api_visibility="private")
-        show_btn.click(studio.details, run_id, [detail_card, detail_gallery, detail_json], api_name="run_details")
-        run_id.submit(studio.details, run_id, [detail_card, detail_gallery, detail_json], api_visibility="private")
+        show_btn.click(studio.details, run_id, [detail_card, detail_gallery, detail_json], api_name="run_details",
+                       preprocess=False)
+        run_id.submit(studio.details, run_id, [detail_card, detail_gallery, detail_json], api_visibility="private",
+                      preprocess=False)
 
         # on load: model line, filters, the frontier, the runs table, and the plotly click hook
-        demo.load(model_changed, model_box, [*widgets[:n_settings], model_text, *enables], api_visibility="private")
+        if not read_only:
+            demo.load(model_changed, model_box, [*widgets[:n_settings], model_text, *enables],
+                      api_visibility="private")
+        else:
+            demo.load(newest_sweep, sweep_pick, sweep_pick, api_visibility="private")
         demo.load(refresh_filters, None, filter_outputs, api_visibility="private").then(
             run_choices, None, selection, api_visibility="private").then(
             run_choices, None, compare_ids, api_visibility="private").then(
@@ -666,5 +899,5 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         demo.load(None, None, None, js=FRONTIER_CLICK_JS, api_visibility="private")
 
     demo.studio = studio  # for tests and scripts: the engine and store behind this page
-    demo.queue(max_size=32, default_concurrency_limit=4)
+    demo.queue(max_size=queue_size, default_concurrency_limit=4)
     return demo

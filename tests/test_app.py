@@ -11,7 +11,7 @@ from app.ui import build_demo
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}
 ENDPOINTS = {"build_spec", "generate", "build_sweep", "sweep", "cancel_sweep", "plot_frontier", "compare_runs", "runs",
-             "export_csv", "run_details"}
+             "export_csv", "run_details", "sweep_grid"}
 
 
 def _fn(demo, api_name):
@@ -30,12 +30,13 @@ def tiny_demo(tmp_path, tiny_pipeline_dir):
     demo.studio.store.close()
 
 
-def test_endpoints_are_named_and_measurements_share_one_gpu_slot(tiny_demo):
+def test_endpoints_are_named_and_measurements_pass_the_device_queue(tiny_demo):
     named = {f.api_name for f in tiny_demo.fns.values() if f.api_visibility == "public"}
     assert named == ENDPOINTS
-    for name in ("generate", "sweep"):
+    for name in ("generate", "sweep"):  # no gradio limit: the handler admits or refuses at once
         fn = _fn(tiny_demo, name)
-        assert fn.concurrency_id == "gpu" and fn.concurrency_limit == 1
+        assert fn.concurrency_id == "gpu" and fn.concurrency_limit is None
+    assert tiny_demo.studio.device.limit == 4  # then one at a time on the device lock (tests/test_serving.py)
     assert tiny_demo._queue.max_size == 32  # reads queue beside a measurement instead of waiting forever
 
 

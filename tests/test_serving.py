@@ -1,0 +1,411 @@
+"""Serving the studio for real, started through ``app.py``'s own ``main``: what it refuses to hand out,
+who may log in, how it stays up under load, and the checks it runs before it starts.
+
+Live servers are driven with httpx (raw requests where the path must reach the server unnormalised)
+and ``gradio_client``; flags that stop the start are run as ``python app.py`` in a subprocess.
+"""
+
+import contextlib
+import hashlib
+import http.client
+import importlib.util
+import io
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app import serve
+from app.ui import BUSY_MESSAGE
+from studio_core.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = {"sampler": "DPM++ 2M", "steps": 6}
+SECRET = "TOP-SECRET-" + hashlib.sha256(b"studio serving test").hexdigest()[:16]
+MAX_WAITING = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_app_main():
+    """``app.py`` as a module (the ``app`` package shadows its name)."""
+    spec = importlib.util.spec_from_file_location("studio_app_main", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def started(argv: list[str]):
+    """``app.py``'s ``main`` serving in this process (its stderr captured); closed after, and
+    GRADIO_TEMP_DIR (which main sets) put back."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    saved = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ.pop("GRADIO_TEMP_DIR", None)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        demo = load_app_main().main([*argv, "--port", str(port := free_port())], block=False)
+    try:
+        yield demo, f"http://127.0.0.1:{port}/", err.getvalue()
+    finally:
+        demo.close()
+        demo.studio.store.close()
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+def run_app(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})})
+
+
+def _spec(model, **kw):
+    return {"model": model, "prompts": ["grinning face"], "seeds": [0, 1], "steps": 2, "guidance": 2.0,
+            "repeats": 1, **kw}
+
+
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("outside") / "secret.txt"
+    path.write_text(SECRET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_pipeline_dir):
+    """The writable studio as ``python app.py --data-dir D --max-waiting 2`` would serve it, with one run made
+    through the API; yields (demo, url, client, model, stderr of the start)."""
+    from gradio_client import Client
+
+    data_dir = tmp_path_factory.mktemp("study")
+    with started(["--data-dir", str(data_dir), "--model", str(tiny_pipeline_dir),
+                  "--max-waiting", str(MAX_WAITING)]) as (demo, url, err):
+        demo.studio.reference = REF  # a cheap reference for the tiny model
+        client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+        client.predict(_spec(str(tiny_pipeline_dir)), api_name="/generate")
+        yield demo, url, client, str(tiny_pipeline_dir), err
+
+
+# ------------------------------------------------------------------------------------------ files
+def raw_get(url: str, target: str) -> tuple[int, bytes]:
+    """GET ``target`` exactly as written (httpx would resolve ``..`` before sending)."""
+    host, port = url.split("//")[1].strip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("GET", target, skip_accept_encoding=True)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_start_checks_the_database_and_serves_from_a_private_cache(served):
+    demo, _url, _client, _model, err = served
+    assert "integrity check new study" in err and "gradio cache (the only files served)" in err
+    cache = Path(os.environ["GRADIO_TEMP_DIR"])
+    assert cache.name.startswith("studio-gradio-") and (cache.stat().st_mode & 0o077) == 0
+    assert demo.blocked_paths == [str(demo.studio.store.data_dir)] and not demo.allowed_paths
+    assert demo.max_file_size == 1024 * 1024 and demo.run_history is False
+
+
+def test_only_files_the_studio_produced_are_served(served, secret, tmp_path_factory):
+    demo, url, _client, model, _err = served
+    from gradio_client import Client
+
+    # the control: a gallery image the studio made is served from its private cache
+    raw_client = Client(url, verbose=False, download_files=False)
+    gallery, _card = raw_client.predict(_spec(model, seeds=[3]), api_name="/generate")
+    image = gallery[0]["image"]
+    cache = Path(os.environ["GRADIO_TEMP_DIR"]).resolve()
+    assert Path(image["path"]).resolve().is_relative_to(cache)
+    ok = httpx.get(image["url"], timeout=30)
+    assert ok.status_code == 200 and ok.content.startswith(b"\x89PNG")
+
+    store = demo.studio.store
+    images = store.images_dir
+    (images / "ab").mkdir(parents=True, exist_ok=True)
+    (images / "ab" / "planted.png").symlink_to(secret)  # a symlink planted in the study's images
+    (cache / "planted.png").symlink_to(secret)  # and one in the served cache itself
+    up = "../" * 12
+    attempts = [
+        "/gradio_api/file=/etc/passwd",
+        f"/gradio_api/file={secret}",
+        f"/gradio_api/file={store.path}",
+        f"/gradio_api/file={images / 'ab' / 'planted.png'}",
+        f"/gradio_api/file={cache / 'planted.png'}",
+        f"/gradio_api/file={cache}/{up}{str(secret).lstrip('/')}",
+        f"/gradio_api/file={cache}/{up.replace('..', '%2e%2e')}{str(secret).lstrip('/')}",
+        f"/gradio_api/file={cache}/{up.replace('/', '%2f')}{str(secret).lstrip('/')}",
+        f"/gradio_api/file={up}{str(secret).lstrip('/')}",
+        f"/gradio_api/file={secret}%00.png",
+        f"/gradio_api/file={cache}/{'a' * 5000}",
+        f"/gradio_api/file=file://{secret}",
+        f"/file={secret}",
+    ]
+    for target in attempts:
+        status, body = raw_get(url, target)
+        assert status in (400, 403, 404), (target[:120], status)
+        assert SECRET.encode() not in body and b"root:" not in body, target[:120]
+    for target in (f"/gradio_api/file={secret}", f"/gradio_api/file={store.path}"):  # and through httpx
+        resp = httpx.get(url.rstrip("/") + target, timeout=30)
+        assert resp.status_code == 403 and SECRET not in resp.text
+
+
+def test_an_upload_over_the_size_cap_is_refused(served):
+    _demo, url, _client, _model, _err = served
+    big = httpx.post(url + "gradio_api/upload", files={"files": ("big.bin", b"\0" * (2 * 1024 * 1024))}, timeout=60)
+    assert big.status_code == 413
+    small = httpx.post(url + "gradio_api/upload", files={"files": ("small.txt", b"hello")}, timeout=60)
+    assert small.status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ crafted ids
+CRAFTED = ["../1", "1; DROP TABLE runs", -1, 10**30, "1\x00", 1.5, "9" * 5000, "1e3", True, 0]
+
+
+def _snapshot(store: RunStore) -> tuple:
+    tables = store.db.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    return tables, store.runs(), store.sweeps()
+
+
+@pytest.mark.parametrize("value", CRAFTED, ids=lambda v: repr(v)[:20])
+def test_crafted_run_ids_get_a_message_and_change_nothing(served, value):
+    demo, _url, client, _model, _err = served
+    before = _snapshot(demo.studio.store)
+    for api_name, args in (("/run_details", (value,)), ("/compare_runs", ([1, value],))):
+        with pytest.raises(Exception, match="is not a run id: run ids are whole numbers from 1 up") as err:
+            client.predict(*args, api_name=api_name)
+        assert "Traceback" not in str(err.value) and len(str(err.value)) < 300
+    assert _snapshot(demo.studio.store) == before
+
+
+def test_blank_and_unknown_run_ids_get_a_message(served):
+    demo, _url, client, _model, _err = served
+    for blank in ("", None):
+        card, gallery, config = client.predict(blank, api_name="/run_details")
+        assert card == "Pick a run in the table (or type its id)." and not gallery
+    with pytest.raises(Exception, match="run 999999 does not exist in .*studio.db"):
+        client.predict(999999, api_name="/run_details")
+    with pytest.raises(Exception, match="run 999999 does not exist"):
+        client.predict([1, 999999], api_name="/compare_runs")
+    with pytest.raises(Exception, match="5 runs given: compare two to four"):
+        client.predict([1, 1, 1, 1, 1], api_name="/compare_runs")
+    with pytest.raises(Exception, match="'x' is not a sweep id"):
+        client.predict("x", api_name="/sweep_grid")
+    card, _gallery, config = client.predict(1.0, api_name="/run_details")  # a whole float is that run
+    assert "Run 1: ok" in card and config["steps"] == 2
+
+
+# ------------------------------------------------------------------------------------------ load
+@contextlib.contextmanager
+def gated(studio):
+    """Hold every run at the door of the engine until the gate opens (the device stays taken)."""
+    gate, real = threading.Event(), studio.engine.run
+
+    def run(*args, **kwargs):
+        gate.wait(300)
+        return real(*args, **kwargs)
+
+    studio.engine.run = run
+    try:
+        yield gate
+    finally:
+        gate.set()
+        studio.engine.run = real
+
+
+def _wait_for(condition, timeout=120.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _desc(job) -> str:
+    return " ".join(p.desc or "" for p in (job.status().progress_data or []))
+
+
+def test_a_full_line_is_refused_at_once_and_reads_go_on(served):
+    demo, _url, client, model, _err = served
+    studio, store = demo.studio, demo.studio.store
+    before = store.db["runs"].count
+    with gated(studio) as gate:
+        jobs = [client.submit(_spec(model, seeds=[10 + i]), api_name="/generate") for i in range(MAX_WAITING + 3)]
+        _wait_for(lambda: studio.device.admitted == MAX_WAITING and sum(j.done() for j in jobs) == 3,
+                  what="two admitted and three refused")
+        refused = [j for j in jobs if j.done()]
+        waiting = [j for j in jobs if not j.done()]
+        for job in refused:
+            with pytest.raises(Exception) as err:
+                job.result()
+            assert BUSY_MESSAGE.format(n=MAX_WAITING, limit=MAX_WAITING) in str(err.value)
+        # a read answers while the device is taken and both admitted generations are still in line
+        table, _csv = client.predict("(all)", "(all)", "(all)", api_name="/runs")
+        assert len(table["data"]) == before
+        assert not any(j.done() for j in waiting)
+        _wait_for(lambda: any("waiting for the device: a generation (1 image, 2 steps) is running" in _desc(j)
+                              for j in waiting), what="the waiting generation to say what it waits for")
+        gate.set()
+        for job in waiting:
+            gallery, card = job.result(timeout=300)
+            assert len(gallery) == 1 and "Run " in card
+    assert store.db["runs"].count == before + MAX_WAITING
+    assert {r["status"] for r in store.runs()[before:]} == {"ok"} and studio.device.admitted == 0
+
+
+def test_a_generation_waiting_behind_a_sweep_says_so(served):
+    demo, _url, client, model, _err = served
+    studio, store = demo.studio, demo.studio.store
+    sweep = {"name": "holds the device", "base": _spec(model, seeds=[0]), "grid": {"steps": [2, 3]},
+             "reference": REF}
+    with gated(studio) as gate:
+        sweep_job = client.submit(sweep, False, api_name="/sweep")
+        _wait_for(lambda: studio.device.holder.startswith("sweep 'holds the device'"), what="the sweep to start")
+        job = client.submit(_spec(model, seeds=[20]), api_name="/generate")
+        _wait_for(lambda: "waiting for the device: sweep 'holds the device'" in _desc(job),
+                  what="the generation to name the sweep it waits for")
+        gate.set()
+        _grid, status = sweep_job.result(timeout=300)
+        assert "finished" in status and "2 runs now" in status
+        gallery, _card = job.result(timeout=300)
+    assert len(gallery) == 1 and store.runs()[-1]["seeds"] == [20]  # it ran after the sweep, not beside it
+
+
+# ------------------------------------------------------------------------------------------ login
+@pytest.fixture(scope="module")
+def auth_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "users"
+    path.write_text("# who may log in\nalice:wonder land\n\nbob:builder\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_with_a_login_nothing_is_served_to_a_stranger(tmp_path, auth_file, tiny_pipeline_dir):
+    from gradio_client import Client
+
+    with started(["--data-dir", str(tmp_path / "study"), "--model", str(tiny_pipeline_dir),
+                  "--auth-file", str(auth_file)]) as (_demo, url, err):
+        assert "login: 2 user(s)" in err
+        for path in ("config", "gradio_api/info", "gradio_api/openapi.json"):
+            assert httpx.get(url + path, timeout=30).status_code == 401, path
+        join = httpx.post(url + "gradio_api/queue/join", json={"data": [], "fn_index": 0, "session_hash": "x"},
+                          timeout=30)
+        assert join.status_code == 401
+        client = Client(url, auth=("alice", "wonder land"), verbose=False, download_files=str(tmp_path / "dl"))
+        table, _csv = client.predict("(all)", "(all)", "(all)", api_name="/runs")
+        assert "id" in table["headers"]
+        with pytest.raises(Exception):
+            Client(url, auth=("alice", "wrong"), verbose=False, download_files=str(tmp_path / "dl"))
+        assert httpx.post(url + "login", data={"username": "bob", "password": "nope"}, timeout=30).status_code == 400
+
+
+@pytest.mark.parametrize("text, message", [
+    ("alice:pw\n# comment\nbob\n", "line 3 is not user:password (no ':')"),
+    ("alice:pw\n:secret\n", "line 2 has an empty user name"),
+    ("alice:\n", "line 1 has an empty password"),
+    ("alice:a\nalice:b\n", "line 2: user 'alice' is already given at"),
+    ("# nobody\n\n", "names no users"),
+])
+def test_malformed_auth_files_are_refused_by_line(tmp_path, text, message):
+    path = tmp_path / "users"
+    path.write_text(text)
+    path.chmod(0o600)
+    with pytest.raises(serve.AuthError, match=re.escape(f"auth file {path}, ") + re.escape(message)
+                       if "line" in message else message) as err:
+        serve.read_users(None, path)
+    assert "secret" not in str(err.value)
+
+
+def test_studio_auth_takes_newlines_and_commas():
+    users = serve.read_users(True, None, {"STUDIO_AUTH": "alice:a:b, bob:x\ncarol:y"})
+    assert users == [("alice", "a:b"), ("bob", "x"), ("carol", "y")]
+    with pytest.raises(serve.AuthError, match=r"\$STUDIO_AUTH, line 1, entry 2 is empty"):
+        serve.read_users(True, None, {"STUDIO_AUTH": "alice:a,,bob:b"})
+    check = serve.auth_checker(users)
+    assert check("alice", "a:b") and not check("alice", "a") and not check("dave", "x")
+
+
+def test_a_password_on_the_command_line_is_refused_without_echoing_it():
+    res = run_app("--auth", "alice:hunter2")
+    assert res.returncode == 2
+    assert "--auth takes no value" in res.stderr and "STUDIO_AUTH" in res.stderr and "--auth-file" in res.stderr
+    assert "hunter2" not in res.stderr + res.stdout
+
+
+def test_an_auth_file_others_can_read_is_refused(tmp_path):
+    path = tmp_path / "users"
+    path.write_text("alice:pw\n")
+    path.chmod(0o644)
+    res = run_app("--auth-file", str(path))
+    assert res.returncode == 2 and f"auth file {path} is open to group or others (mode 0644)" in res.stderr
+    assert f"chmod 600 {path}" in res.stderr and "alice:pw" not in res.stderr
+
+
+def test_another_address_without_a_login_is_warned_about(tmp_path):
+    res = run_app("--host", "0.0.0.0", "--demo", str(tmp_path / "nothing"))
+    assert "warning: listening on 0.0.0.0 without --auth" in res.stderr
+    assert res.returncode == 2 and f"no study there ({tmp_path / 'nothing' / 'studio.db'} does not exist)" in res.stderr
+    assert serve.is_loopback("127.0.0.1") and serve.is_loopback("::1") and serve.is_loopback("localhost")
+    assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("example.org")
+
+
+# ------------------------------------------------------------------------------------------ startup
+def test_a_damaged_database_is_refused_by_name(tmp_path):
+    store = RunStore(tmp_path)
+    for steps in (2, 3, 4):
+        store.start_run({"model": "m", "prompts": ["a"], "seeds": [0], "steps": steps}, config_hash=str(steps))
+    store.close()
+    db = tmp_path / "studio.db"
+    with sqlite3.connect(db) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'idx_runs_status'").fetchone()[0]
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    raw = bytearray(db.read_bytes())  # one index entry no longer matches its row
+    at = raw.index(b"running", (root - 1) * page, root * page)
+    raw[at:at + 7] = b"runnins"
+    db.write_bytes(bytes(raw))
+    assert serve.check_database(db).startswith("row ") and "missing from index idx_runs_status" in \
+        serve.check_database(db)
+    res = run_app("--data-dir", str(tmp_path))
+    assert res.returncode == 2
+    assert f"{db} failed SQLite's integrity check (row " in res.stderr and "Refusing to start" in res.stderr
+    res = run_app("--demo", str(tmp_path))  # nor is it served as a demo
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{db} failed SQLite's integrity check (row " in res.stderr and "refusing to serve it" in res.stderr
+
+
+def test_a_hosted_space_is_configured_from_the_environment(monkeypatch, tmp_path):
+    """A Space runs ``app.py`` with no arguments: the study, the address, the port and the login come from
+    its variables and secrets; flags still win, and without them nothing changes."""
+    from app.serve import read_users
+
+    parse_args = load_app_main().parse_args
+    for name in ("STUDIO_DEMO", "STUDIO_HOST", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "STUDIO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    _p, a = parse_args([])
+    assert (a.demo, a.host, a.port, a.auth, a.root_path) == (None, "127.0.0.1", 7860, None, None)
+    monkeypatch.setenv("STUDIO_DEMO", "study")
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7861")
+    monkeypatch.setenv("STUDIO_AUTH", "alice:correct-horse")
+    _p, a = parse_args([])
+    assert (a.demo, a.host, a.port, a.auth) == ("study", "0.0.0.0", 7861, True)
+    assert read_users(a.auth, a.auth_file) == [("alice", "correct-horse")]
+    _p, a = parse_args(["--demo", "other", "--host", "127.0.0.1", "--root-path", "/studio"])
+    assert (a.demo, a.host, a.root_path) == ("other", "127.0.0.1", "/studio")
