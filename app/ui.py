@@ -33,8 +33,10 @@ import hashlib
 import html
 import logging
 import queue
+import shutil
 import tempfile
 import threading
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -211,7 +213,8 @@ class Studio:
         self.reference = reference
         self.device = DeviceQueue(max_waiting)
         self._stops: dict[str, threading.Event] = {}
-        self.tmp = Path(tempfile.mkdtemp(prefix="studio-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix="studio-"))  # CSV exports; removed with the Studio or at exit
+        weakref.finalize(self, shutil.rmtree, self.tmp, True)
         # a demo names its study by folder; the server's path stays on the server
         self.where = store.data_dir.name if self.read_only else str(store.path)
         self.demo_message = DEMO_MESSAGE.format(study=store.data_dir.name)

@@ -2,9 +2,12 @@
 
 ``Engine.run(spec)`` reads as numbered steps:
 
-1. Resolve and check the spec (raises ``SpecError`` before any work; nothing is recorded).
+1. Resolve and check the spec (raises ``SpecError`` before any work; nothing is recorded). One
+   exception: a model this engine already ran in this session that no longer resolves (its folder
+   was moved, deleted or broken since) is a failed run with that reason, not an input error.
 2. Insert a ``running`` row in the store.
-3. Load the pipeline (cached per model, device and load options) and apply every knob, in order.
+3. Load the pipeline (cached per model files, device and load options; a pipeline of files that have
+   changed since is dropped, never reused) and apply every knob, in order.
 4. Warm up (the first call is kept as the cold time), then time ``repeats`` passes over all images,
    with a breakdown into text encoding, the denoising loop and VAE decode. CUDA work is timed with
    CUDA events after a synchronise; CPU work with ``perf_counter``. Peak memory is
@@ -15,21 +18,30 @@
    kept: PSNR and SSIM (torchmetrics), LPIPS only when its backbone weights are on disk, and prompt
    fidelity for the embedded model.
 7. Finish the row (``ok``), or record ``failed`` with the reason; Ctrl-C marks it ``interrupted``.
+   An allocation the device refuses is ``failed`` with a reason that starts "out of memory" and says
+   what to make smaller; the loaded pipelines are dropped so the memory comes back.
+
+A process killed mid-run (``kill -9``, a crash, a power cut) leaves its row ``running``; the next
+``Engine`` on the study marks it ``interrupted`` (``mark_dead_runs``), also when a newer process has
+taken over the dead one's pid, as a restarted server in a container often does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import gc
 import hashlib
 import json
 import os
 import platform
+import re
+import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,10 +50,11 @@ import torch
 
 from .generate import to_uint8
 from .knobs import Applied, KnobReport, knobs_in
+from .models import ModelLoadError
 from .spec import ModelInfo, RunSpec, SpecError, config_hash, resolve
 from .store import RunStore, StoreError
 
-__all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "reference_spec"]
+__all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "pid_taken_over", "reference_spec"]
 
 ROOT = Path(__file__).resolve().parents[1]
 # the reference every run is scored against: a high-step multistep solver, fp32, no knobs
@@ -235,6 +248,95 @@ def environment(device: str) -> dict:
             "git_commit": _git_commit(), "python_version": platform.python_version()}
 
 
+# ------------------------------------------------------------------------------------------ failures
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation the device refused: CUDA's ``OutOfMemoryError``, Python's ``MemoryError``, or the
+    ``RuntimeError`` of PyTorch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or ("defaultcpuallocator" in text and "allocate" in text)
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def _out_of_memory_reason(exc: BaseException, spec: RunSpec, device: str) -> str:
+    """Starts "out of memory"; says how much was asked for, at what size, and what to make smaller."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[enforce fail at [^\]]*\] err == 0\. ", "", text)  # the CPU allocator's C++ prefix
+    asked = re.search(r"tried to allocate (\d+) bytes", text, re.IGNORECASE)
+    asked_cuda = re.search(r"tried to allocate ([\d.]+ [KMGT]iB)", text, re.IGNORECASE)
+    size = _gib(int(asked[1])) if asked else asked_cuda[1] if asked_cuda else None
+    batch = spec.batch_size or spec.n_images
+    what = (f"{spec.n_images} image{'s' if spec.n_images != 1 else ''} of {spec.height}x{spec.width} px, "
+            f"{batch} per pipeline call")
+    hint = ("Try a smaller height/width, a smaller batch_size (images per pipeline call) or fewer prompts x "
+            "seeds, or fp16/bf16 precision")
+    if (spec.knobs.get("attention_backend") or {}).get("backend") == "math":
+        hint += "; the 'math' attention kernel holds the whole attention matrix, the default kernel does not"
+    where = "GPU memory" if device.startswith("cuda") else "RAM"
+    asked_text = f"a single allocation of {size} was refused" if size else "an allocation was refused"
+    return f"out of memory ({where}): {asked_text} for {what}. {hint}. [{text}]"
+
+
+def _load_failure_reason(exc: ModelLoadError, model_path: str) -> str:
+    """What failed to load, which file, why, and what to do. Loaders wrap the real cause (a truncated
+    safetensors header, say) in generic errors; the reason named is the innermost one."""
+    chain, seen = [], set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    root = next((c for c in reversed(chain) if not isinstance(c, UnicodeDecodeError)), exc)
+    files = re.findall(re.escape(model_path.rstrip("/")) + r"/[^'\"\s]+", " ".join(map(str, chain)))
+    if root is exc:
+        return f"{exc}. Check the model's files, or choose another model"
+    broken = f"{files[0]} cannot be read" if files else "a file cannot be read"
+    return (f"could not load the pipeline in {model_path}: {broken} ({type(root).__name__}: {root}). "
+            f"Restore or re-copy {'that file' if files else 'the folder'}, or choose another model")
+
+
+def _model_problem(model: str) -> str | None:
+    """Why ``model`` does not resolve to a pipeline folder now, or None when it does."""
+    from .models import check_pipeline_folder, resolve_model
+
+    try:
+        check_pipeline_folder(resolve_model(model))
+    except ModelLoadError as exc:
+        return str(exc)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ processes
+PID_CLOCK_SLACK_S = 2.0  # psutil's process start times rest on a boot time kept in whole seconds
+
+
+def pid_taken_over(pid: int, since: str) -> bool:
+    """Whether ``pid`` now belongs to a process started after ``since`` (the ISO time a row was
+    written): the process that wrote the row has ended and another one got its number."""
+    import psutil
+
+    try:
+        started = psutil.Process(pid).create_time()
+        written = _dt.datetime.fromisoformat(since).timestamp()
+    except (psutil.Error, TypeError, ValueError):  # gone (the store's own check covers it), or no time
+        return False
+    return started > written + PID_CLOCK_SLACK_S
+
+
+def _pid_is_zombie(pid: int) -> bool:
+    """An ended process its parent has not reaped yet: ``pid_exists`` still sees it, yet it runs nothing."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 # ------------------------------------------------------------------------------------------ reference
 def reference_spec(spec: RunSpec, info: ModelInfo, reference: dict | None = None) -> RunSpec:
     """The reference configuration of a resolved spec: same model, prompts, seeds and resolution;
@@ -269,6 +371,10 @@ def _resolve_device(device: str) -> str:
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _knobs_label(spec: RunSpec) -> str:
+    return ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(spec.knobs.items()))
+
+
 class Engine:
     """Runs specs against one store. Keeps up to ``max_pipelines`` loaded pipelines between runs."""
 
@@ -277,17 +383,43 @@ class Engine:
         self.max_pipelines = max_pipelines
         self._pipes: OrderedDict[tuple, object] = OrderedDict()
         self._fidelity = {}
-        self.store.mark_interrupted()
+        self._models_run: dict[str, str] = {}  # model as given -> its folder, for every model run so far
+        self.mark_dead_runs()
+
+    def mark_dead_runs(self) -> list[int]:
+        """Mark ``running`` rows of this host whose process has ended as ``interrupted``; returns their ids.
+
+        The store marks rows whose pid no longer exists. A pid can also live on in another process: a
+        restarted server in a container often gets its old pid back, and on a busy host the kernel hands
+        a freed pid to anything. Such a process started after the row was written, so it is not the one
+        running it; nor is a zombie (ended, not yet reaped by its parent)."""
+        marked = self.store.mark_interrupted()
+        for row in self.store.runs("status = 'running' AND host = ?", [socket.gethostname()]):
+            pid = row["pid"]
+            if not pid:
+                continue
+            if pid_taken_over(pid, row["created_at"]):
+                why = (f"process {pid} ended during the run (killed or crashed); pid {pid} now belongs to a "
+                       "process started after the run")
+            elif _pid_is_zombie(pid):
+                why = f"process {pid} ended during the run (killed or crashed; a zombie not yet reaped)"
+            else:
+                continue
+            marked += self.store.mark_interrupted([row["id"]], why)
+        return marked
 
     # ---- pipelines
     def pipeline(self, info: ModelInfo, device: str, options: dict):
-        """A loaded pipeline for (model, device, load options), from the cache when possible."""
+        """A loaded pipeline for (model, device, load options), from the cache when possible. The key
+        holds the model files' fingerprint: once they change, pipelines of the old files are dropped."""
         from .models import load_pipeline
 
         key = (info.path, info.fingerprint, device, tuple(sorted(options.items())))
         if key in self._pipes:
             self._pipes.move_to_end(key)
             return self._pipes[key], 0.0
+        for old in [k for k in self._pipes if k[0] == info.path and k[1] != info.fingerprint]:
+            del self._pipes[old]
         t0 = time.perf_counter()
         parts = {role: _DTYPES[p] for role, p in options.get("component_dtypes", ())}  # component_precision knob
         pipe = load_pipeline(info.path, device=device, dtype=_DTYPES[options.get("dtype", "fp32")],
@@ -425,14 +557,19 @@ class Engine:
         # 1. check inputs: raise before any work
         if isinstance(spec, dict):
             spec = RunSpec.from_dict(spec)
-        spec, info = resolve(spec)
+        try:
+            spec, info = resolve(spec)
+        except SpecError as exc:
+            if exc.field != "model" or spec.model not in self._models_run:
+                raise  # input validation: nothing is recorded
+            return self._record_lost_model(spec, sweep_id, sweep_index)
         device = _resolve_device(spec.device)
-        knobs_label = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(spec.knobs.items()))
         # 2. record the run before doing anything that can fail
         run_id = self.store.start_run(
             spec.to_dict(), config_hash=config_hash(spec), model_path=info.path,
-            model_fingerprint=info.fingerprint, pipeline_class=info.pipeline_class, knobs_label=knobs_label,
+            model_fingerprint=info.fingerprint, pipeline_class=info.pipeline_class, knobs_label=_knobs_label(spec),
             sweep_id=sweep_id, sweep_index=sweep_index)
+        self._models_run[spec.model] = info.path
         results: dict = {}
         try:
             images, reports = self._measure(spec, info, device, results, stage)
@@ -448,14 +585,36 @@ class Engine:
             self.store.mark_interrupted([run_id], "stopped by the user (Ctrl-C or cancel)")
             raise
         except Exception as exc:  # recorded with its reason; the caller decides whether to go on
-            msg = str(exc) if isinstance(exc, (SpecError, KnobUnsupported)) else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-                msg = f"out of memory: {exc}"
-                self._pipes.clear()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            self.store.fail_run(run_id, msg, results)
-            return RunResult(run_id, "failed", self.store.get_run(run_id), None, [])
+            oom = _is_out_of_memory(exc)
+            if oom:
+                msg = _out_of_memory_reason(exc, spec, device)
+            elif isinstance(exc, ModelLoadError):
+                msg = _load_failure_reason(exc, info.path)
+            elif isinstance(exc, (SpecError, KnobUnsupported)):
+                msg = str(exc)
+            else:
+                msg = f"{type(exc).__name__}: {exc}"
+        # out of the except block, the failed call's frames (and the tensors they held) are released
+        if oom:  # give the memory back: no pipeline is kept, whatever state the failure left it in
+            self._pipes.clear()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.store.fail_run(run_id, msg, results)
+        return RunResult(run_id, "failed", self.store.get_run(run_id), None, [])
+
+    def _record_lost_model(self, spec: RunSpec, sweep_id: int | None, sweep_index: int | None) -> RunResult:
+        """A model this engine ran earlier in the session no longer resolves: its folder was moved,
+        deleted or broken since. That is a failed run (the row is written from the unresolved spec),
+        where a model that never resolved is an input error."""
+        path = self._models_run[spec.model]
+        problem = _model_problem(spec.model) or f"{path} is no longer a pipeline folder"
+        run_id = self.store.start_run(spec.to_dict(), config_hash=config_hash(spec), model_path=path,
+                                      knobs_label=_knobs_label(spec), sweep_id=sweep_id, sweep_index=sweep_index)
+        self.store.fail_run(run_id, f"model {spec.model} failed to load: {problem}. It ran earlier in this "
+                                    "session, so its folder was moved, deleted or changed since: restore it, or "
+                                    "choose another model")
+        return RunResult(run_id, "failed", self.store.get_run(run_id), None, [])
 
     def _measure(self, spec: RunSpec, info: ModelInfo, device: str, results: dict, stage) -> tuple[np.ndarray, list]:
         # 3. load and apply knobs

@@ -35,6 +35,7 @@ __all__ = [
 MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
 MAX_IMAGES = 256
+MAX_PROMPT_CHARS = 1000
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -135,6 +136,11 @@ def validate(spec: RunSpec) -> None:
     for p in spec.prompts:
         if not isinstance(p, str) or not p.strip():
             raise SpecError("prompts", p, "non-empty text")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise SpecError("prompts", p[:40] + "...", f"at most {MAX_PROMPT_CHARS} characters per prompt "
+                            f"(this one has {len(p)}; the text encoder reads only its first tokens anyway)")
+        if any(ord(c) < 32 and c not in "\t" or ord(c) == 127 for c in p):
+            raise SpecError("prompts", p[:40], "text without control characters (NUL, newlines, escapes)")
     # 2. seeds
     if not spec.seeds:
         raise SpecError("seeds", [], "at least one seed")
@@ -232,7 +238,7 @@ def model_info(model: str) -> ModelInfo:
 
     scheduler_class = sched.get("_class_name", "")
     fingerprint_src = json.dumps([index, den_cfg, sched], sort_keys=True) + "".join(
-        f"{p.relative_to(path)}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+        f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
         for p in sorted(path.rglob("*.safetensors")))
     return ModelInfo(
         path=str(path), pipeline_class=index.get("_class_name", ""), scheduler_class=scheduler_class,

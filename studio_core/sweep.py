@@ -17,7 +17,8 @@ Grid axes are run-spec fields (``steps``, ``sampler``, ``precision`` ...) or kno
 Resuming: a sweep is identified by a hash of its resolved configurations. Started again, it finds
 its unfinished sweep, marks runs whose process died as ``interrupted``, and runs only the grid cells
 that have no ``ok`` or ``failed`` run yet. So a sweep killed with ``kill -9`` finishes on restart
-without duplicating or losing a row.
+without duplicating or losing a row. A sweep stopped by an error (not a failed run: those are
+recorded and the sweep goes on) is left ``failed`` and resumes the same way.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def sweep_from_dict(data: dict, source: str = "<dict>") -> Sweep:
     if unknown:
         raise SpecError(f"preset.{unknown[0]}", data[unknown[0]], f"keys are {', '.join(PRESET_KEYS)}")
     base, grid = data.get("base") or {}, data.get("grid") or {}
+    if not isinstance(base, dict):
+        raise SpecError("base", base, "a mapping of run-spec fields (the configuration every cell starts from)")
     if not isinstance(grid, dict) or not grid:
         raise SpecError("grid", grid, "a mapping of axis -> list of values (at least one axis)")
     axes = []
@@ -129,6 +132,20 @@ def load_preset(path: str | Path) -> Sweep:
     return sweep_from_dict(data, str(path))
 
 
+def _run_by_another_process(store, row: dict) -> bool:
+    """Whether another live process is running this unfinished sweep: the pid recorded on it exists,
+    and that process started before the sweep's latest run was written (a later one only reuses the pid)."""
+    import psutil
+
+    from .engine import pid_taken_over
+
+    pid = row["pid"]
+    if row["status"] != "running" or not pid or pid == os.getpid() or not psutil.pid_exists(pid):
+        return False
+    latest = max([row["created_at"]] + [r["created_at"] for r in store.sweep_runs(row["id"])])
+    return not pid_taken_over(pid, latest)
+
+
 def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Callable = True,
               should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) a sweep; returns ``{"sweep_id", "ran", "skipped", "interrupted", "status"}``
@@ -136,8 +153,6 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
 
     ``progress`` is True for a tqdm bar on stderr, or a callback ``(done, total, row)`` for the UI.
     """
-    import psutil
-
     store = engine.store
     # 1. find the unfinished sweep with the same configurations, or start one
     same = store.sweeps(sweep.key)
@@ -145,7 +160,7 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
     done_sweeps = [s for s in same if s["status"] == "done"]
     if open_sweeps and not new:
         row = open_sweeps[-1]
-        if row["pid"] != os.getpid() and row["pid"] and psutil.pid_exists(row["pid"]) and row["status"] == "running":
+        if _run_by_another_process(store, row):
             raise SweepBusy(f"sweep {row['id']} ({sweep.name}) is running in process {row['pid']}")
         sweep_id = row["id"]
         store.claim_sweep(sweep_id)
@@ -160,7 +175,7 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
                                       config={"axes": [[a, list(v)] for a, v in sweep.axes],
                                               "reference": sweep.reference})
     # 2. runs whose process died are interrupted; finished cells are skipped
-    store.mark_interrupted()
+    engine.mark_dead_runs()
     earlier = store.sweep_runs(sweep_id)
     interrupted = [r["id"] for r in earlier if r["status"] == "interrupted"]
     finished = {r["sweep_index"] for r in earlier if r["status"] in ("ok", "failed")}
@@ -189,6 +204,9 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
                 progress(len(finished) + ran, len(sweep), result.row)
     except KeyboardInterrupt:
         status = "cancelled"
+        raise
+    except BaseException:  # not a failed run (engine.run records those): the sweep stops, resumable
+        status = "failed"
         raise
     finally:
         if bar is not None:

@@ -424,7 +424,7 @@ Builder: `studio_core/emoji_data.py`.
 {_continued_text(report) or reproduce}
 ## Compute
 These weights were produced by the **{r['name']}** recipe on **{report['device']}** ({report['threads']} threads,
-torch {report['torch']}): VAE {t['vae_s'] / 60:.1f} min, text encoder + UNet {t['denoiser_s'] / 60:.1f} min,
+torch {report['torch']}): VAE {'kept (latents encoded) ' if chain else ''}{t['vae_s'] / 60:.1f} min, text encoder + UNet {t['denoiser_s'] / 60:.1f} min,
 evaluation and saving {t['eval_s'] / 60:.1f} min; {t['total_s'] / 60:.1f} min in all{_chain_total(report)}. Final training loss
 {report['final_loss']:.4f} (Min-SNR-weighted), VAE loss {report['vae_final_loss']:.4f}.
 
@@ -588,6 +588,10 @@ def train(recipe: Recipe, out: Path, cache_dir: Path, device: str | None = None,
     if init is not None:  # the tokenizer files as the first stage wrote them (save_pretrained drops vocab/merges)
         shutil.rmtree(out / "tokenizer")
         shutil.copytree(Path(init) / "tokenizer", out / "tokenizer")
+        for cfg in (out / "unet" / "config.json", out / "vae" / "config.json"):  # no path of this machine
+            data = json.loads(cfg.read_text())
+            if data.pop("_name_or_path", None) is not None:
+                cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     pipe.set_progress_bar_config(disable=True)
     metrics = evaluate(pipe, ds, recipe)
     write_gallery(pipe, out / "gallery.png", metrics["guidance"], recipe.eval_steps)

@@ -71,3 +71,34 @@ class DummySettings:
     interval: int = 2
     mode: Literal["fast", "exact"] = "fast"
     note: str | None = None
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two shared cores: OpenMP threads spinning against other processes make tiny models 10-100x slower,
+    so modules of tiny-model tests run torch on one thread (``pytest.mark.usefixtures``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def bad_inputs():
+    """Collects (surface, input, message) from the bad-input tests; with ``STUDIO_BAD_INPUTS_TABLE=PATH``
+    the session writes them as a markdown table there (``scripts/bad_inputs_table.sh``)."""
+    import os
+
+    rows: list[tuple[str, str, str]] = []
+    yield rows
+    target = os.environ.get("STUDIO_BAD_INPUTS_TABLE")
+    if target and rows:
+        def cell(text: str) -> str:
+            text = " ".join(str(text).split())
+            return (text[:300] + " ...") if len(text) > 300 else text.replace("|", "\\|")
+
+        lines = ["| # | where | input | what the user gets |", "|---|---|---|---|"]
+        lines += [f"| {i} | {cell(s)} | `{cell(x)}` | {cell(m)} |" for i, (s, x, m) in enumerate(rows, 1)]
+        Path(target).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -179,15 +179,21 @@ def test_runs_table_csv_download_and_details(page, app_url, tmp_path):
 @pytest.mark.parametrize("elem_id, value, message", [
     ("setting-steps", 0, "steps=0 is not allowed"),
     ("prompts", "", "prompts=[] is not allowed"),
+    ("seeds", "7-2", "seeds='7-2' is not allowed: a range low-high"),
+    ("seeds", "lucky", "seeds='lucky' is not allowed"),
+    ("setting-height", 33, "height=33 is not allowed: a multiple of"),
 ])
-def test_bad_input_shows_a_readable_message_in_the_page(page, elem_id, value, message):
+def test_bad_input_shows_a_readable_message_in_the_page(page, elem_id, value, message, bad_inputs):
     _tab(page, "Generate")
     _set(page, "setting-steps", 10)
+    _set(page, "setting-height", 32)
+    _set(page, "seeds", "0")
     _set(page, "prompts", "grinning face")
     _set(page, elem_id, value)
     page.click("#generate-btn")
     toast = page.get_by_text(message).first
     toast.wait_for()
+    bad_inputs.append(("UI Generate tab", f"{elem_id} = {value!r}", toast.inner_text()))
     assert "Traceback" not in page.inner_text("body")
     if elem_id == "setting-steps":
         page.screenshot(path=str(SHOTS / "6-bad-input.png"), full_page=True)

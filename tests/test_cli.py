@@ -42,9 +42,10 @@ def test_run_export_frontier_runs(tmp_path, tiny_pipeline_dir, capsys):
     (["sweep", "presets/none.yaml"], "an existing YAML file"),
     (["frontier", "--metric", "beauty"], "--metric='beauty' is not allowed"),
 ])
-def test_bad_input_exits_2_with_the_reason(tmp_path, args, message, capsys):
+def test_bad_input_exits_2_with_the_reason(tmp_path, args, message, capsys, bad_inputs):
     assert main(["--data-dir", str(tmp_path)] + args) == 2
     err = capsys.readouterr().err
+    bad_inputs.append(("CLI " + args[0], " ".join(args[1:]) or "(no prompt)", err.strip()))
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 

@@ -29,13 +29,7 @@ CP, COMPILE, ATTN, MEM = (KNOBS[n] for n in ("component_precision", "compile", "
 REF = {"sampler": "DDIM", "steps": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: OpenMP threads spinning against other processes make tiny models 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

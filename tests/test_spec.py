@@ -56,7 +56,12 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
 def test_resolve_fills_model_defaults_and_prompt_set():
     spec, info = resolve(RunSpec.from_dict({"prompt_set": "emoji-4"}))
     assert info.is_embedded and info.pipeline_class == "StableDiffusionPipeline"
-    assert (spec.steps, spec.guidance, spec.height, spec.width) == (50, 3.0, 32, 32)
+    import json
+
+    from studio_core.models import EMBEDDED_MODEL_DIR
+
+    documented = json.loads((EMBEDDED_MODEL_DIR / "studio_defaults.json").read_text())  # the card's defaults
+    assert (spec.steps, spec.guidance, spec.height, spec.width) == (50, documented["guidance_scale"], 32, 32)
     assert spec.prompts[0] == "grinning face" and spec.n_images == 4
     assert "DPMSolverMultistepScheduler" in info.compatible_schedulers
     assert resolve(spec)[0] == spec  # resolving is idempotent (sweeps resolve, then the engine again)

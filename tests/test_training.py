@@ -62,6 +62,7 @@ def test_a_run_continued_from_a_finished_folder_keeps_its_vae_and_tokenizer_and_
     assert (first / "unet/diffusion_pytorch_model.safetensors").read_bytes() != \
         (second / "unet/diffusion_pytorch_model.safetensors").read_bytes()
     card = (second / "README.md").read_text()
+    assert "_name_or_path" not in (second / "unet" / "config.json").read_text()
     assert "were **continued**" in card and "trained by the `tiny` stage, kept since" in card
     try:
         main(["--recipe", "tiny", "--init", str(second), "--out", str(second)])
