@@ -146,7 +146,13 @@ class RunStore:
                 self.close()
                 raise
             return
-        self.images_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(f"study folder {self.data_dir} cannot be used: it, or a part of its path, is a file "
+                             "and not a folder") from None
+        except OSError as exc:
+            raise StoreError(f"study folder {self.data_dir} cannot be created: {exc.strerror}") from None
         conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA busy_timeout = 30000")
