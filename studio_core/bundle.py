@@ -29,7 +29,6 @@ import re
 import secrets
 import shutil
 import socket
-import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,6 +37,7 @@ import sqlite_utils
 
 from .safepaths import check_path, file_target, replace_atomically
 from .models import EMBEDDED_MODEL_NAME
+from .provenance import git_commit
 from .store import JSON_COLUMNS, RunStore, StoreError, migrations, now
 
 __all__ = ["bundle_study"]
@@ -81,7 +81,7 @@ def bundle_study(src: RunStore | str | Path, out: str | Path, sweep_ids: Iterabl
             (staging / files[-1]).parent.mkdir(parents=True, exist_ok=True)
             (staging / files[-1]).write_bytes(data)
         info = {
-            "created_at": now(), "source": store.data_dir.name, "git_commit": _git_commit(),
+            "created_at": now(), "source": store.data_dir.name, "git_commit": git_commit(),
             "schema_version": store.schema_version,
             "sweep_ids": None if sweep_ids is None else [r["id"] for r in tables["sweeps"]],
             "counts": {"runs": len(tables["runs"]), "refs": len(tables["refs"]), "sweeps": len(tables["sweeps"]),
@@ -265,13 +265,3 @@ def _write_archive(folder: Path, files: list[str], target: Path, top: str) -> in
                 with open(folder / name, "rb") as fh:
                     tar.addfile(entry, fh)
     return target.stat().st_size
-
-
-def _git_commit() -> str | None:
-    """The studio's commit, when it runs from a git checkout."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head or None

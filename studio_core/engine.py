@@ -38,7 +38,6 @@ import platform
 import re
 import socket
 import statistics
-import subprocess
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ import torch
 from .generate import to_uint8
 from .knobs import Applied, KnobReport, knobs_in
 from .models import ModelLoadError
+from .provenance import git_commit
 from .spec import ModelInfo, RunSpec, SpecError, config_hash, resolve
 from .store import RunStore, StoreError
 
@@ -211,21 +211,6 @@ def _lpips(images: np.ndarray, reference: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------ env
-_GIT: str | None = None
-
-
-def _git_commit() -> str:
-    global _GIT
-    if _GIT is None:
-        try:
-            head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
-            _GIT = (head + ("-dirty" if dirty else "")) if head else "unknown"
-        except (OSError, subprocess.SubprocessError):
-            _GIT = "unknown"
-    return _GIT
 
 
 def _device_name(device: str) -> str:
@@ -245,7 +230,7 @@ def environment(device: str) -> dict:
 
     return {"device_name": _device_name(device), "torch_version": torch.__version__,
             "diffusers_version": diffusers.__version__, "threads": torch.get_num_threads(),
-            "git_commit": _git_commit(), "python_version": platform.python_version()}
+            "git_commit": git_commit(), "python_version": platform.python_version()}
 
 
 # ------------------------------------------------------------------------------------------ failures
