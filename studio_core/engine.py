@@ -22,21 +22,19 @@
    what to make smaller; the loaded pipelines are dropped so the memory comes back.
 
 A process killed mid-run (``kill -9``, a crash, a power cut) leaves its row ``running``; the next
-``Engine`` on the study marks it ``interrupted`` (``mark_dead_runs``), also when a newer process has
+``Engine`` on the study marks it ``interrupted`` (``RunStore.mark_interrupted``), also when a newer process has
 taken over the dead one's pid, as a restarted server in a container often does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import gc
 import hashlib
 import json
 import os
 import platform
 import re
-import socket
 import statistics
 import time
 from collections import OrderedDict
@@ -54,7 +52,7 @@ from .provenance import git_commit
 from .spec import ModelInfo, RunSpec, SpecError, config_hash, resolve
 from .store import RunStore, StoreError
 
-__all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "pid_taken_over", "reference_spec"]
+__all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "reference_spec"]
 
 ROOT = Path(__file__).resolve().parents[1]
 # the reference every run is scored against: a high-step multistep solver, fp32, no knobs
@@ -295,33 +293,6 @@ def _model_problem(model: str) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------------------------------ processes
-PID_CLOCK_SLACK_S = 2.0  # psutil's process start times rest on a boot time kept in whole seconds
-
-
-def pid_taken_over(pid: int, since: str) -> bool:
-    """Whether ``pid`` now belongs to a process started after ``since`` (the ISO time a row was
-    written): the process that wrote the row has ended and another one got its number."""
-    import psutil
-
-    try:
-        started = psutil.Process(pid).create_time()
-        written = _dt.datetime.fromisoformat(since).timestamp()
-    except (psutil.Error, TypeError, ValueError):  # gone (the store's own check covers it), or no time
-        return False
-    return started > written + PID_CLOCK_SLACK_S
-
-
-def _pid_is_zombie(pid: int) -> bool:
-    """An ended process its parent has not reaped yet: ``pid_exists`` still sees it, yet it runs nothing."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 # ------------------------------------------------------------------------------------------ reference
 def reference_spec(spec: RunSpec, info: ModelInfo, reference: dict | None = None) -> RunSpec:
     """The reference configuration of a resolved spec: same model, prompts, seeds and resolution;
@@ -369,29 +340,7 @@ class Engine:
         self._pipes: OrderedDict[tuple, object] = OrderedDict()
         self._fidelity = {}
         self._models_run: dict[str, str] = {}  # model as given -> its folder, for every model run so far
-        self.mark_dead_runs()
-
-    def mark_dead_runs(self) -> list[int]:
-        """Mark ``running`` rows of this host whose process has ended as ``interrupted``; returns their ids.
-
-        The store marks rows whose pid no longer exists. A pid can also live on in another process: a
-        restarted server in a container often gets its old pid back, and on a busy host the kernel hands
-        a freed pid to anything. Such a process started after the row was written, so it is not the one
-        running it; nor is a zombie (ended, not yet reaped by its parent)."""
-        marked = self.store.mark_interrupted()
-        for row in self.store.runs("status = 'running' AND host = ?", [socket.gethostname()]):
-            pid = row["pid"]
-            if not pid:
-                continue
-            if pid_taken_over(pid, row["created_at"]):
-                why = (f"process {pid} ended during the run (killed or crashed); pid {pid} now belongs to a "
-                       "process started after the run")
-            elif _pid_is_zombie(pid):
-                why = f"process {pid} ended during the run (killed or crashed; a zombie not yet reaped)"
-            else:
-                continue
-            marked += self.store.mark_interrupted([row["id"]], why)
-        return marked
+        self.store.mark_interrupted()
 
     # ---- pipelines
     def pipeline(self, info: ModelInfo, device: str, options: dict):

@@ -40,7 +40,7 @@ from sqlite_utils.migrations import Migrations
 
 from .safepaths import UnsafePath, file_target, inside, replace_atomically
 
-__all__ = ["DEFAULT_DATA_DIR", "TABLES", "RunStore", "StoreError", "StoreReadOnly", "migrations", "now"]
+__all__ = ["DEFAULT_DATA_DIR", "TABLES", "RunStore", "StoreError", "StoreReadOnly", "migrations", "now", "pid_taken_over"]
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 RUN_STATUSES = ("running", "ok", "failed", "interrupted")
@@ -111,6 +111,39 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     }, pk="id")
     db["sweeps"].create_index(["sweep_key"])
     db["images"].create({"hash": str, "width": int, "height": int, "n_bytes": int, "created_at": str}, pk="hash")
+
+
+PID_CLOCK_SLACK_S = 2.0  # psutil's process start times rest on a boot time kept in whole seconds
+
+
+def pid_taken_over(pid: int, since: str) -> bool:
+    """Whether ``pid`` now belongs to a process started after ``since`` (the ISO time a row was
+    written): the process that wrote the row has ended and another one got its number."""
+    import psutil
+
+    try:
+        started = psutil.Process(pid).create_time()
+        written = _dt.datetime.fromisoformat(since).timestamp()
+    except (psutil.Error, TypeError, ValueError):  # gone (callers check that first), or no time
+        return False
+    return started > written + PID_CLOCK_SLACK_S
+
+
+def _run_process_ended(pid: int | None, created_at: str | None) -> str | None:
+    """Why the process that wrote a ``running`` row (at ``created_at``) no longer runs it, or None."""
+    import psutil
+
+    ended = f"process {pid} ended during the run (killed or crashed"
+    if not (pid and psutil.pid_exists(pid)):
+        return ended + ")"
+    if pid_taken_over(pid, created_at):
+        return f"{ended}); pid {pid} now belongs to a process started after the run"
+    try:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return ended + "; a zombie not yet reaped)"
+    except psutil.Error:
+        pass
+    return None
 
 
 def _dumps(value: Any) -> str:
@@ -285,26 +318,26 @@ class RunStore:
         self._update_running(run_id, {**(results or {}), "status": "failed", "error": error, "finished_at": now()})
 
     def mark_interrupted(self, run_ids: Iterable[int] | None = None, reason: str | None = None) -> list[int]:
-        """Mark ``running`` rows whose process is gone (on this host) as ``interrupted``.
+        """Mark ``running`` rows whose process is gone (on this host) as ``interrupted``: the pid no longer
+        exists, is a zombie, or now belongs to a process started after the row was written (a restarted
+        server in a container often gets its old pid back; a busy host hands a freed pid to anything).
 
         With ``run_ids``, those rows are marked whatever their process (used on Ctrl-C and cancel).
         A read-only store marks nothing and returns ``[]``.
         """
         if self.read_only:
             return []
-        import psutil
-
         host, marked = socket.gethostname(), []
         with self._lock:
-            rows = self.db.execute("SELECT id, pid, host FROM runs WHERE status = 'running'").fetchall()
+            rows = self.db.execute("SELECT id, pid, host, created_at FROM runs WHERE status = 'running'").fetchall()
             wanted = set(run_ids) if run_ids is not None else None
-            for rid, pid, rhost in rows:
+            for rid, pid, rhost, created in rows:
                 if wanted is not None:
                     if rid not in wanted:
                         continue
                     why = reason or "stopped before it finished"
-                elif rhost == host and not (pid and psutil.pid_exists(pid) and pid != 0):
-                    why = reason or f"process {pid} ended during the run (killed or crashed)"
+                elif rhost == host and (ended := _run_process_ended(pid, created)):
+                    why = reason or ended
                 else:
                     continue
                 with self._write():

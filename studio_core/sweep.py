@@ -35,6 +35,7 @@ from typing import Any, Callable
 import yaml
 
 from .spec import RunSpec, SpecError, resolve
+from .store import pid_taken_over
 
 __all__ = ["Sweep", "SweepBusy", "load_preset", "run_sweep", "sweep_from_dict"]
 
@@ -137,8 +138,6 @@ def _run_by_another_process(store, row: dict) -> bool:
     and that process started before the sweep's latest run was written (a later one only reuses the pid)."""
     import psutil
 
-    from .engine import pid_taken_over
-
     pid = row["pid"]
     if row["status"] != "running" or not pid or pid == os.getpid() or not psutil.pid_exists(pid):
         return False
@@ -175,7 +174,7 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
                                       config={"axes": [[a, list(v)] for a, v in sweep.axes],
                                               "reference": sweep.reference})
     # 2. runs whose process died are interrupted; finished cells are skipped
-    engine.mark_dead_runs()
+    store.mark_interrupted()
     earlier = store.sweep_runs(sweep_id)
     interrupted = [r["id"] for r in earlier if r["status"] == "interrupted"]
     finished = {r["sweep_index"] for r in earlier if r["status"] in ("ok", "failed")}

@@ -1,21 +1,15 @@
 """The studio served for real and driven through its named API with ``gradio_client``."""
 
 import os
-import socket
 import time
 
 import pandas as pd
 import pytest
 
 from studio_core.store import RunStore
+from live import free_port
 
 REF = {"sampler": "DPM++ 2M", "steps": 6}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

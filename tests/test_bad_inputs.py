@@ -9,7 +9,6 @@ message seen to ``docs/bad-inputs.md``.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +17,10 @@ import pytest
 
 from studio_core.cli import main as cli
 from studio_core.store import RunStore
+from live import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(data_dir, model, **kw):

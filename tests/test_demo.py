@@ -8,11 +8,9 @@ hashed before and after). The page is checked in Chromium too: banner, disabled 
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,26 +22,13 @@ import pytest
 
 from app.ui import build_demo
 from studio_core.store import RunStore, StoreError
+from live import free_port, load_app_main
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}
 STUDY = "emoji-study"
 BANNER = f"Read-only demo of {STUDY}: generation and sweeps are off"
 WRITES = ["/build_spec", "/generate", "/build_sweep", "/sweep", "/cancel_sweep"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def load_app_main():
-    """``app.py`` as a module (the ``app`` package shadows its name)."""
-    spec = importlib.util.spec_from_file_location("studio_app_main", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _spec(model, **kw):

@@ -8,11 +8,9 @@ and ``gradio_client``; flags that stop the start are run as ``python app.py`` in
 import contextlib
 import hashlib
 import http.client
-import importlib.util
 import io
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,25 +24,12 @@ import pytest
 from app import serve
 from app.ui import BUSY_MESSAGE
 from studio_core.store import RunStore
+from live import free_port, load_app_main
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}
 SECRET = "TOP-SECRET-" + hashlib.sha256(b"studio serving test").hexdigest()[:16]
 MAX_WAITING = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def load_app_main():
-    """``app.py`` as a module (the ``app`` package shadows its name)."""
-    spec = importlib.util.spec_from_file_location("studio_app_main", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @contextlib.contextmanager
