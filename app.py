@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 from app import serve
+from studio_core.errors import StoreError
 from studio_core.models import EMBEDDED_MODEL_NAME  # none of these imports gradio or torch: bad flags fail fast
-from studio_core.store import DEFAULT_DATA_DIR, StoreError
+from studio_core.store.store import DEFAULT_DATA_DIR
 
 
 class _Help(argparse.HelpFormatter):
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None, *, block: bool = True):
 
     # 4. the page, over a private gradio cache
     temp = serve.private_temp_dir()
-    from app.ui import build_demo
+    from app.layout import build_demo
 
     try:
         demo = build_demo(args.model, data_dir, read_only=bool(args.demo), max_waiting=args.max_waiting)

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from studio_core.store import RunStore
+from studio_core.store.store import RunStore
 
 __all__ = [
     "ALL",

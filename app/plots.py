@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from studio_core.frontier import COSTS, QUALITIES, pareto_front
+from studio_core.study.frontier import COSTS, QUALITIES, pareto_front
 
 __all__ = [
     "QUALITY_LABELS",

@@ -41,13 +41,13 @@ CONFIGS = [
 
 def main() -> None:
     import torch
+    from architectures import sd15_pipeline
 
-    from studio_core.architectures import sd15_pipeline
-    from studio_core.engine import Engine, environment, image_metrics
-    from studio_core.generate import to_uint8
     from studio_core.knobs import KNOBS
+    from studio_core.measure.engine import Engine, environment, image_metrics
+    from studio_core.measure.generation import to_uint8
     from studio_core.spec import RunSpec, resolve
-    from studio_core.store import RunStore
+    from studio_core.store.store import RunStore
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)

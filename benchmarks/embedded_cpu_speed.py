@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from studio_core.generate import generate, model_defaults  # noqa: E402
-from studio_core.models import EMBEDDED_MODEL_DIR, load_pipeline  # noqa: E402
+from studio_core.measure.generation import generate  # noqa: E402
+from studio_core.models import EMBEDDED_MODEL_DIR, load_pipeline, model_defaults  # noqa: E402
 
 PROMPTS = ["grinning face", "red heart", "rocket", "flag: France"]
 
@@ -40,7 +40,7 @@ def main() -> None:
 
     def once() -> float:
         t0 = time.perf_counter()
-        generate(pipe, PROMPTS, seeds, args.steps, d["guidance_scale"])
+        generate(pipe, list(zip(PROMPTS, seeds)), num_inference_steps=args.steps, guidance_scale=d["guidance_scale"])
         return time.perf_counter() - t0
 
     for _ in range(args.warmup):

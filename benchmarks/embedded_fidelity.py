@@ -18,10 +18,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler  # noqa: E402
 
-from studio_core.emoji_data import load_or_build  # noqa: E402
-from studio_core.metrics.prompt_fidelity import PromptFidelityIndex  # noqa: E402
+from studio_core.embedded.training.data import load_or_build  # noqa: E402
+from studio_core.embedded.training.train import fidelity_captions, score_captions  # noqa: E402
+from studio_core.measure.fidelity import PromptFidelityIndex  # noqa: E402
 from studio_core.models import load_pipeline  # noqa: E402
-from studio_core.training import fidelity_captions, score_captions  # noqa: E402
 
 SAMPLERS = {"DDIM": DDIMScheduler, "DPM++ 2M": DPMSolverMultistepScheduler, "Euler": EulerDiscreteScheduler,
             "UniPC": UniPCMultistepScheduler}

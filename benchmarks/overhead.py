@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     import torch
 
-    from studio_core.engine import Engine, environment
+    from studio_core.measure.engine import Engine, environment
     from studio_core.spec import RunSpec, resolve
-    from studio_core.store import RunStore
+    from studio_core.store.store import RunStore
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=40)
@@ -61,7 +61,7 @@ def main() -> None:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1000
 
-    from studio_core.engine import _Clock
+    from studio_core.measure.engine import _Clock
 
     # (a) paired calls: the engine's timed pass (probes on: text-encode / denoise / decode marks, NFE
     # count) against a bare call, alternating A B A B so both see the same machine state

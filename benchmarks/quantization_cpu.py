@@ -45,14 +45,15 @@ MIB = 2**20
 def main() -> None:
     import torch
 
-    from studio_core.engine import _DTYPES, Engine, environment, image_metrics
-    from studio_core.generate import to_uint8
+    from studio_core.errors import SpecError
     from studio_core.knobs import KNOBS
     from studio_core.knobs._hooks import denoiser_of
     from studio_core.knobs.quantization import component_modules, weight_bytes
+    from studio_core.measure.engine import _DTYPES, Engine, environment, image_metrics
+    from studio_core.measure.generation import to_uint8
     from studio_core.models import load_pipeline
-    from studio_core.spec import RunSpec, SpecError, resolve
-    from studio_core.store import RunStore
+    from studio_core.spec import RunSpec, resolve
+    from studio_core.store.store import RunStore
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)

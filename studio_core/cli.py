@@ -95,7 +95,7 @@ def _spec_from_args(a) -> dict:
     for item in a.knob:
         name, _, value = item.partition("=")
         if "." not in name or not _:
-            from .spec import SpecError
+            from studio_core.errors import SpecError
 
             raise SpecError("--knob", item, "NAME.SETTING=VALUE, e.g. deepcache.interval=3")
         knob, setting = name.split(".", 1)
@@ -125,7 +125,7 @@ def _table(frame, columns=SUMMARY) -> str:
 
 
 def cmd_run(a, store) -> int:
-    from .engine import Engine
+    from studio_core.measure.engine import Engine
 
     result = Engine(store).run(_spec_from_args(a), on_stage=lambda s: print(f"  {s}...", file=sys.stderr))
     row = result.row
@@ -146,7 +146,7 @@ def cmd_run(a, store) -> int:
 
 
 def cmd_sweep(a, store) -> int:
-    from .sweep import load_preset, run_sweep
+    from studio_core.study.sweep import load_preset, run_sweep
 
     sweep = load_preset(a.preset)
     print(f"{sweep.name}: {len(sweep)} configurations" + (f" - {sweep.question}" if sweep.question else ""),
@@ -155,7 +155,7 @@ def cmd_sweep(a, store) -> int:
         for cell in sweep.cells:
             print("  " + ", ".join(f"{k}={v}" for k, v in cell.items()))
         return 0
-    from .engine import Engine
+    from studio_core.measure.engine import Engine
 
     out = run_sweep(Engine(store), sweep, new=a.new)
     if out.get("note"):
@@ -182,8 +182,8 @@ def cmd_export(a, store) -> int:
 
 
 def cmd_frontier(a, store) -> int:
-    from .frontier import COSTS, QUALITIES, frontier_table
-    from .spec import SpecError
+    from studio_core.errors import SpecError
+    from studio_core.study.frontier import COSTS, QUALITIES, frontier_table
 
     if a.metric not in QUALITIES:
         raise SpecError("--metric", a.metric, f"one of {', '.join(QUALITIES)}")
@@ -211,8 +211,8 @@ def cmd_runs(a, store) -> int:
 def cmd_knobs(a, store) -> int:
     from dataclasses import fields
 
-    from .knobs import KNOBS
-    from .knobs.sampler import SAMPLERS
+    from studio_core.knobs import KNOBS
+    from studio_core.knobs.sampler import SAMPLERS
 
     for knob in sorted(KNOBS.values(), key=lambda k: k.order):
         settings = ", ".join(f.name for f in fields(knob.Settings))
@@ -223,7 +223,7 @@ def cmd_knobs(a, store) -> int:
 
 
 def cmd_bundle(a, store) -> int:
-    from .bundle import bundle_study
+    from studio_core.store.bundle import bundle_study
 
     info = bundle_study(store, a.out, a.sweep, archive=a.archive, keep_paths=a.keep_paths)
     counts = ", ".join(f"{n} {what}" for what, n in info["counts"].items())
@@ -238,11 +238,8 @@ def _size(n_bytes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models import ModelLoadError
-    from .safepaths import UnsafePath
-    from .spec import SpecError
-    from .store import RunStore, StoreError
-    from .sweep import SweepBusy
+    from studio_core.errors import ModelLoadError, SpecError, StoreError, SweepBusy, UnsafePath
+    from studio_core.store.store import RunStore
 
     a = _parser().parse_args(argv)
     try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from studio_core.errors import ModelLoadError
+
 __all__ = [
     "EMBEDDED_MODEL_DIR",
     "EMBEDDED_MODEL_NAME",
@@ -18,6 +20,7 @@ __all__ = [
     "check_pipeline_folder",
     "list_cached_pipelines",
     "load_pipeline",
+    "model_defaults",
     "resolve_model",
 ]
 
@@ -26,8 +29,6 @@ EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / EMBEDDED_MOD
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 
 
-class ModelLoadError(ValueError):
-    """A model could not be found or loaded; the message names the path and the reason."""
 
 
 def check_pipeline_folder(folder: str | Path) -> dict:
@@ -67,6 +68,15 @@ def check_pipeline_folder(folder: str | Path) -> dict:
         if spec[0] in ("diffusers", "transformers") and not any(f.endswith(_WEIGHT_SUFFIXES) for f in files):
             raise ModelLoadError(f"{sub} has no weights file ({', '.join(_WEIGHT_SUFFIXES)})")
     return index
+
+
+def model_defaults(folder: str | Path) -> dict:
+    """The model's documented defaults (``studio_defaults.json``), or SD's own when it has none."""
+    path = Path(folder) / "studio_defaults.json"
+    base = {"guidance_scale": 7.5, "num_inference_steps": 50, "height": None, "width": None}
+    if path.is_file():
+        base.update(json.loads(path.read_text(encoding="utf-8")))
+    return base
 
 
 def resolve_model(model: str | Path) -> str:

@@ -19,13 +19,18 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from studio_core.errors import ModelLoadError, SpecError
+from studio_core.knobs import KNOBS, knobs_in
+from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS, compatible_names
+from studio_core.models import EMBEDDED_MODEL_DIR, check_pipeline_folder, model_defaults, resolve_model
+from studio_core.prompts import PROMPT_SETS
+
 __all__ = [
     "DEVICES",
     "MAX_STEPS",
     "PRECISIONS",
     "ModelInfo",
     "RunSpec",
-    "SpecError",
     "config_hash",
     "model_info",
     "resolve",
@@ -40,12 +45,6 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class SpecError(ValueError):
-    """An invalid run specification: names the field, the value given and what is allowed."""
-
-    def __init__(self, field_name: str, value: Any, allowed: str):
-        self.field, self.value, self.allowed = field_name, value, allowed
-        super().__init__(f"{field_name}={value!r} is not allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -119,9 +118,6 @@ def _check_int(name: str, v: Any, lo: int, hi: int, none_ok: bool = False) -> No
 
 def validate(spec: RunSpec) -> None:
     """Field-by-field checks that need no model; raises ``SpecError`` at the first problem."""
-    from .knobs import KNOBS
-    from .knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS
-    from .prompts import PROMPT_SETS
 
     if not isinstance(spec.model, str) or not spec.model.strip():
         raise SpecError("model", spec.model, "'emoji-sd' (embedded), a diffusers pipeline folder, or a cached repo id")
@@ -198,8 +194,6 @@ class ModelInfo:
 
     @property
     def is_embedded(self) -> bool:
-        from .models import EMBEDDED_MODEL_DIR
-
         return Path(self.path).resolve() == EMBEDDED_MODEL_DIR.resolve()
 
 
@@ -212,8 +206,6 @@ def _read_json(path: Path) -> dict:
 
 def model_info(model: str) -> ModelInfo:
     """Read a pipeline folder's configs; ``SpecError`` on field ``model`` when it is not a pipeline."""
-    from .generate import model_defaults
-    from .models import ModelLoadError, check_pipeline_folder, resolve_model
 
     try:
         path = Path(resolve_model(model))
@@ -234,8 +226,6 @@ def model_info(model: str) -> ModelInfo:
         multiple = vae_scale * int(den_cfg.get("patch_size", 2) or 1) * packed
     sample = den_cfg.get("sample_size")
     sample_px = int(sample) * vae_scale if isinstance(sample, int) else None
-    from .knobs.sampler import compatible_names
-
     scheduler_class = sched.get("_class_name", "")
     fingerprint_src = json.dumps([index, den_cfg, sched], sort_keys=True) + "".join(
         f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
@@ -251,8 +241,6 @@ def model_info(model: str) -> ModelInfo:
 
 def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, ModelInfo]:
     """A fully concrete spec (model defaults and prompt set filled in), checked against the model."""
-    from .knobs import knobs_in
-    from .prompts import PROMPT_SETS
 
     validate(spec)
     info = info or model_info(spec.model)
@@ -268,8 +256,6 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
     )
     if spec.steps > info.num_train_timesteps:
         raise SpecError("steps", spec.steps, f"at most the model's {info.num_train_timesteps} training timesteps")
-    from .knobs.sampler import SAMPLERS
-
     if spec.sampler in SAMPLERS and spec.steps < SAMPLERS[spec.sampler].min_steps:
         raise SpecError("steps", spec.steps, f"at least {SAMPLERS[spec.sampler].min_steps} for {spec.sampler} "
                                              "(its Runge-Kutta warm start needs them)")

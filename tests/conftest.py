@@ -15,7 +15,7 @@ TINY_CAPTIONS = ["grinning face", "red heart", "man scientist: dark skin tone", 
 @pytest.fixture(scope="session")
 def emoji32():
     """The full rendered data set at the embedded model's resolution (cached under .cache)."""
-    from studio_core.emoji_data import load_or_build
+    from studio_core.embedded.training.data import load_or_build
 
     return load_or_build(ROOT / ".cache", 32)
 
@@ -25,8 +25,8 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """A StableDiffusionPipeline folder with tiny random components (the 'tiny' training recipe's shapes)."""
     import torch
 
-    from studio_core.tokenizer import build_caption_tokenizer
-    from studio_core.training import RECIPES, build_components, save_pipeline
+    from studio_core.embedded.training.tokenizer import build_caption_tokenizer
+    from studio_core.embedded.training.train import RECIPES, build_components, save_pipeline
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny") / "pipe"

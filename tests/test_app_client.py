@@ -5,9 +5,9 @@ import time
 
 import pandas as pd
 import pytest
-
-from studio_core.store import RunStore
 from live import free_port
+
+from studio_core.store.store import RunStore
 
 REF = {"sampler": "DPM++ 2M", "steps": 6}
 
@@ -18,7 +18,7 @@ def served(tmp_path_factory, tiny_pipeline_dir):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from gradio_client import Client
 
-    from app.ui import build_demo
+    from app.layout import build_demo
 
     data_dir = tmp_path_factory.mktemp("study")
     demo = build_demo(str(tiny_pipeline_dir), data_dir, reference=REF)

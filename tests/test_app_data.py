@@ -5,16 +5,16 @@ import json
 import pandas as pd
 import pytest
 
-from app import controls, data
+from app import data, widgets
+from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
 from studio_core.knobs.sampler import SAMPLERS
-from studio_core.spec import SpecError
-from studio_core.store import RunStore
+from studio_core.store.store import RunStore
 
 
-# ------------------------------------------------------------------------------------------ controls
+# ------------------------------------------------------------------------------------------ widgets
 def _settings(name):
-    return {s.name: s for s in controls.knob_settings(KNOBS[name])}
+    return {s.name: s for s in widgets.knob_settings(KNOBS[name])}
 
 
 def test_builtin_knobs_map_to_spec_fields_with_types_and_choices():
@@ -32,27 +32,27 @@ def test_a_new_knob_gets_widgets_spec_entries_and_sweep_axes_without_ui_code(dum
     s = _settings("dummy")
     assert (s["interval"].kind, s["interval"].default, s["interval"].axis) == (int, 2, "knobs.dummy.interval")
     assert s["mode"].choices == ("fast", "exact") and s["note"].optional and not s["note"].builtin
-    axes = controls.axis_choices()
+    axes = widgets.axis_choices()
     assert axes["knobs.dummy.interval"] == (int, False) and axes["steps"] == (int, False) and "seeds" in axes
     values = {"steps": 4, "knobs.dummy.interval": 3.0, "knobs.dummy.mode": "exact", "knobs.dummy.note": ""}
-    on = controls.build_spec("emoji-sd", "red heart", None, "0", values, {"dummy": True})
+    on = widgets.build_spec("emoji-sd", "red heart", None, "0", values, {"dummy": True})
     assert on["knobs"] == {"dummy": {"interval": 3, "mode": "exact", "note": None}}
-    off = controls.build_spec("emoji-sd", "red heart", None, "0", values, {"dummy": False})
+    off = widgets.build_spec("emoji-sd", "red heart", None, "0", values, {"dummy": False})
     assert off["knobs"] == {}  # every knob is off until the user turns it on
-    sweep = controls.build_sweep(off, [("knobs.dummy.interval", "2, 4")])
+    sweep = widgets.build_sweep(off, [("knobs.dummy.interval", "2, 4")])
     assert sweep["grid"] == {"knobs.dummy.interval": [2, 4]}
 
 
 def test_build_spec_from_widget_values():
     values = {"precision": "fp16", "steps": 10.0, "guidance": 3, "height": 32, "width": 32, "sampler": "Euler",
               "timestep_spacing": ""}
-    spec = controls.build_spec(" emoji-sd ", "grinning face\n\n red heart ", controls.NO_PROMPT_SET, "0, 1", values,
+    spec = widgets.build_spec(" emoji-sd ", "grinning face\n\n red heart ", widgets.NO_PROMPT_SET, "0, 1", values,
                                {}, warmup=1, repeats=2.0, batch_size=0)
     assert spec == {"model": "emoji-sd", "prompts": ["grinning face", "red heart"], "seeds": [0, 1],
                     "precision": "fp16", "steps": 10, "guidance": 3.0, "height": 32, "width": 32, "sampler": "Euler",
                     "timestep_spacing": None, "knobs": {}, "warmup": 1, "repeats": 2, "device": "auto",
                     "batch_size": None}
-    by_set = controls.build_spec("emoji-sd", "ignored", "emoji-4", "0", {"sampler": None, "steps": None}, {})
+    by_set = widgets.build_spec("emoji-sd", "ignored", "emoji-4", "0", {"sampler": None, "steps": None}, {})
     assert by_set["prompt_set"] == "emoji-4" and "prompts" not in by_set
     assert by_set["sampler"] == "default" and by_set["steps"] is None and by_set["precision"] == "fp32"
 
@@ -60,48 +60,48 @@ def test_build_spec_from_widget_values():
 @pytest.mark.parametrize("text, seeds", [("0", [0]), ("0, 1 2", [0, 1, 2]), ("3-5", [3, 4, 5]), ("", []),
                                          (7.0, [7])])
 def test_parse_seeds(text, seeds):
-    assert controls.parse_seeds(text) == seeds
+    assert widgets.parse_seeds(text) == seeds
 
 
 @pytest.mark.parametrize("text, message", [("a", "seeds='a'"), ("1.5", "seeds='1.5'"), ("5-1", "seeds='5-1'")])
 def test_bad_seeds_name_the_field(text, message):
     with pytest.raises(SpecError, match=message):
-        controls.parse_seeds(text)
+        widgets.parse_seeds(text)
 
 
 def test_parse_axis_values_types_none_and_errors():
-    assert controls.parse_axis_values("steps", "10, 20 ,", int) == [10, 20]
-    assert controls.parse_axis_values("guidance", "1, 7.5", float) == [1.0, 7.5]
-    assert controls.parse_axis_values("sampler", "DDIM, DPM++ 2M Karras", str) == ["DDIM", "DPM++ 2M Karras"]
-    assert controls.parse_axis_values("timestep_spacing", "none, trailing", str, True) == [None, "trailing"]
+    assert widgets.parse_axis_values("steps", "10, 20 ,", int) == [10, 20]
+    assert widgets.parse_axis_values("guidance", "1, 7.5", float) == [1.0, 7.5]
+    assert widgets.parse_axis_values("sampler", "DDIM, DPM++ 2M Karras", str) == ["DDIM", "DPM++ 2M Karras"]
+    assert widgets.parse_axis_values("timestep_spacing", "none, trailing", str, True) == [None, "trailing"]
     with pytest.raises(SpecError, match="grid.steps='ten'"):
-        controls.parse_axis_values("steps", "10, ten", int)
+        widgets.parse_axis_values("steps", "10, ten", int)
     with pytest.raises(SpecError, match="distinct values"):
-        controls.parse_axis_values("steps", "10, 10", int)
+        widgets.parse_axis_values("steps", "10, 10", int)
     with pytest.raises(SpecError, match="comma-separated values"):
-        controls.parse_axis_values("steps", " , ", int)
+        widgets.parse_axis_values("steps", " , ", int)
 
 
 def test_build_sweep_overrides_the_base_and_checks_axes():
     base = {"model": "emoji-sd", "prompts": ["sun"], "seeds": [0], "steps": 50, "sampler": "default", "knobs": {}}
-    sweep = controls.build_sweep(base, [("steps", "4, 8"), (None, ""), ("seeds", "0, 1")], name="", question="q?",
+    sweep = widgets.build_sweep(base, [("steps", "4, 8"), (None, ""), ("seeds", "0, 1")], name="", question="q?",
                                  reference={"sampler": "DPM++ 2M", "steps": 10})
     assert sweep["grid"] == {"steps": [4, 8], "seeds": [0, 1]}
     assert "steps" not in sweep["base"] and "seeds" not in sweep["base"] and sweep["base"]["sampler"] == "default"
     assert sweep["name"] == "ui sweep: steps x seeds" and sweep["question"] == "q?"
     assert sweep["reference"] == {"sampler": "DPM++ 2M", "steps": 10}
     with pytest.raises(SpecError, match="axis='nope'"):
-        controls.build_sweep(base, [("nope", "1")])
+        widgets.build_sweep(base, [("nope", "1")])
     with pytest.raises(SpecError, match="each axis at most once"):
-        controls.build_sweep(base, [("steps", "1"), ("steps", "2")])
+        widgets.build_sweep(base, [("steps", "1"), ("steps", "2")])
     with pytest.raises(SpecError, match="at least one axis"):
-        controls.build_sweep(base, [(None, "")])
+        widgets.build_sweep(base, [(None, "")])
 
 
 def test_axis_hints_say_what_values_an_axis_takes():
-    assert "DPM++ 2M" in controls.axis_hint("sampler")
-    assert controls.axis_hint("steps").startswith("whole numbers")
-    assert "none =" in controls.axis_hint("timestep_spacing")
+    assert "DPM++ 2M" in widgets.axis_hint("sampler")
+    assert widgets.axis_hint("steps").startswith("whole numbers")
+    assert "none =" in widgets.axis_hint("timestep_spacing")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -197,26 +197,26 @@ def test_store_readers_on_a_real_store(tmp_path):
 
 
 def test_split_values_reads_the_generate_widgets_in_order(dummy_knob):
-    settings = [s for k in controls.registry_knobs() for s in controls.knob_settings(k)]
+    settings = [s for k in widgets.registry_knobs() for s in widgets.knob_settings(k)]
     values = ["emoji-sd", "sun", None, "0", 1, 3, "auto", None, *range(len(settings)), True]
-    parts = controls.split_values(values, settings, ["dummy"])
+    parts = widgets.split_values(values, settings, ["dummy"])
     assert parts["model"] == "emoji-sd" and parts["batch_size"] is None and parts["enabled"] == {"dummy": True}
     assert list(parts["values"]) == [s.axis for s in settings]
     assert parts["values"][settings[-1].axis] == len(settings) - 1
     with pytest.raises(ValueError, match="widget values"):
-        controls.split_values(values[:-1], settings, ["dummy"])
+        widgets.split_values(values[:-1], settings, ["dummy"])
 
 
 def test_optional_knob_settings_blank_means_the_knobs_own_and_bool_text_is_parsed():
     """Optional numbers are text boxes (blank = None, never 0) and optional booleans three-state dropdowns."""
     tc = _settings("transformer_cache")
     assert tc["threshold"].optional and tc["threshold"].kind is float
-    assert controls.coerce(tc["threshold"], "") is None and controls.coerce(tc["threshold"], "0.2") == 0.2
+    assert widgets.coerce(tc["threshold"], "") is None and widgets.coerce(tc["threshold"], "0.2") == 0.2
     ca = _settings("cross_attention_cache")
-    assert controls.coerce(ca["drop_cfg"], "false") is False and controls.coerce(ca["drop_cfg"], True) is True
+    assert widgets.coerce(ca["drop_cfg"], "false") is False and widgets.coerce(ca["drop_cfg"], True) is True
     with pytest.raises(SpecError):
-        controls.coerce(ca["drop_cfg"], "maybe")
-    spec = controls.build_spec("emoji-sd", "red heart", None, "0",
+        widgets.coerce(ca["drop_cfg"], "maybe")
+    spec = widgets.build_spec("emoji-sd", "red heart", None, "0",
                                {"knobs.transformer_cache.method": "first_block", "knobs.transformer_cache.threshold": ""},
                                {"transformer_cache": True})
     assert spec["knobs"]["transformer_cache"]["threshold"] is None

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from live import free_port
 
 from studio_core.cli import main as cli
-from studio_core.store import RunStore
-from live import free_port
+from studio_core.store.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}
@@ -26,7 +26,7 @@ REF = {"sampler": "DPM++ 2M", "steps": 6}
 def _serve(data_dir, model, **kw):
     from gradio_client import Client
 
-    from app.ui import build_demo
+    from app.layout import build_demo
 
     demo = build_demo(model, data_dir, reference=REF, **kw)
     port = free_port()

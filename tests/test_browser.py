@@ -28,7 +28,7 @@ TIMINGS: dict = {}
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from app.ui import build_demo
+    from app.layout import build_demo
 
     demo = build_demo("emoji-sd", tmp_path_factory.mktemp("study"), reference=REF, timer_s=1.0)
     with socket.socket() as s:

@@ -9,10 +9,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from studio_core.bundle import bundle_study
 from studio_core.cli import main
-from studio_core.safepaths import UnsafePath
-from studio_core.store import RunStore, StoreError
+from studio_core.errors import StoreError, UnsafePath
+from studio_core.store.bundle import bundle_study
+from studio_core.store.store import RunStore
 
 CONFIG = {"model": "emoji-sd", "prompts": ["sun"], "seeds": [0, 1], "steps": 4, "sampler": "DDIM", "knobs": {}}
 HOST = "lab-gpu-7f3a.example.internal"  # the real host name may be as short as "vm": too short to look for

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from studio_core.engine import Engine
+from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
-from studio_core.knobs._hooks import LayerCounter
-from studio_core.knobs.deepcache import DeepCacheSettings, down_layers, full_steps, skipped_modules
 from studio_core.knobs.cross_attention_cache import CrossAttentionCacheSettings, cross_attention_modules
-from studio_core.spec import SpecError, model_info
-from studio_core.store import RunStore
+from studio_core.knobs.deepcache import DeepCacheSettings, down_layers, full_steps, skipped_modules
+from studio_core.measure.engine import Engine
+from studio_core.spec import model_info
+from studio_core.store.store import RunStore
 
 DC, CA = KNOBS["deepcache"], KNOBS["cross_attention_cache"]
 REF = {"sampler": "DDIM", "steps": 4}
@@ -96,9 +96,8 @@ def test_non_uniform_schedule_has_the_same_budget_and_is_denser_near_the_center(
 def test_skip_set_for_the_sd15_unet_layout():
     """SD 1.5's UNet (built on the meta device: no weights): keeping branch 0 skips everything below the
     first down layer, and in the last up block only the layer whose skip input is the skipped down layer."""
+    from architectures import SD15_UNET
     from diffusers import UNet2DConditionModel
-
-    from studio_core.architectures import SD15_UNET
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET)
@@ -213,7 +212,7 @@ def test_engine_stores_reports_flags_inactive_and_chains_callbacks(tiny_pipeline
 
 
 def test_ui_greys_out_knobs_the_model_cannot_take(tiny_pipeline_dir, tmp_path):
-    from app.ui import _knob_availability
+    from app.layout import _knob_availability
 
     info = model_info(str(tiny_pipeline_dir))
     ok = _knob_availability(DC, info)

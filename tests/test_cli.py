@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from studio_core.cli import COMMANDS, main
 from studio_core.knobs import KNOBS

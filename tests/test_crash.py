@@ -20,11 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-from studio_core.engine import Engine
-from studio_core.store import RunStore, now
-from studio_core.sweep import SweepBusy, run_sweep, sweep_from_dict
 from live import free_port
+
+from studio_core.errors import SweepBusy
+from studio_core.measure.engine import Engine
+from studio_core.store.store import RunStore, now
+from studio_core.study.sweep import run_sweep, sweep_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}

@@ -19,10 +19,11 @@ import gradio as gr
 import httpx
 import pandas as pd
 import pytest
-
-from app.ui import build_demo
-from studio_core.store import RunStore, StoreError
 from live import free_port, load_app_main
+
+from app.layout import build_demo
+from studio_core.errors import StoreError
+from studio_core.store.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}
@@ -50,8 +51,8 @@ def fingerprint(folder: Path) -> dict:
 def recorded(tmp_path_factory, tiny_pipeline_dir) -> Path:
     """A study folder as the studio leaves it (WAL database): two runs and a finished 2x1 sweep,
     recorded by the engine; the store closed after."""
-    from studio_core.engine import Engine
-    from studio_core.sweep import run_sweep, sweep_from_dict
+    from studio_core.measure.engine import Engine
+    from studio_core.study.sweep import run_sweep, sweep_from_dict
 
     data_dir = tmp_path_factory.mktemp("recorded") / STUDY
     store = RunStore(data_dir)

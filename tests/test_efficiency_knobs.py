@@ -16,14 +16,15 @@ import studio_core.knobs.attention  # noqa: F401 - registers the knobs
 import studio_core.knobs.compile  # noqa: F401
 import studio_core.knobs.component_precision  # noqa: F401
 import studio_core.knobs.memory_layout  # noqa: F401
-from studio_core.engine import Engine
+from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
 from studio_core.knobs.attention import sdpa_probe_reason
 from studio_core.knobs.compile import COMPILE_CONFLICTS, FULLGRAPH_CONFLICTS, inductor_reason
 from studio_core.knobs.component_precision import dtype_probe_reason
+from studio_core.measure.engine import Engine
 from studio_core.models import load_pipeline
-from studio_core.spec import RunSpec, SpecError, resolve
-from studio_core.store import RunStore
+from studio_core.spec import RunSpec, resolve
+from studio_core.store.store import RunStore
 
 CP, COMPILE, ATTN, MEM = (KNOBS[n] for n in ("component_precision", "compile", "attention_backend", "memory"))
 REF = {"sampler": "DDIM", "steps": 4}
@@ -91,7 +92,7 @@ def test_bad_settings_name_the_field(knob, raw, field):
 
 
 def test_settings_have_defaults_and_ui_choices():
-    from app.controls import knob_settings
+    from app.widgets import knob_settings
 
     for knob in (CP, COMPILE, ATTN, MEM):
         knob.parse({})  # every field has a default

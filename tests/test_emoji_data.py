@@ -1,6 +1,6 @@
 import numpy as np
 
-from studio_core.emoji_data import build_dataset, caption_for, list_emoji, render_emoji
+from studio_core.embedded.training.data import build_dataset, caption_for, list_emoji, render_emoji
 
 
 def test_builder_on_a_subset_is_deterministic_and_clean():

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from studio_core.engine import Engine, image_metrics
-from studio_core.spec import SpecError
-from studio_core.store import RunStore
+from studio_core.errors import SpecError
+from studio_core.measure.engine import Engine, image_metrics
+from studio_core.store.store import RunStore
 
 REF = {"sampler": "DPM++ 2M", "steps": 12}
 

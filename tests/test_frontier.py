@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from studio_core.frontier import pareto_front
+from studio_core.study.frontier import pareto_front
 
 
 def _ids(front):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS, Applied, Knob, KnobReport, register
 from studio_core.knobs.sampler import SAMPLERS, SamplerSettings
-from studio_core.spec import RunSpec, SpecError, validate
+from studio_core.spec import RunSpec, validate
 
 
 @pytest.fixture(scope="module")

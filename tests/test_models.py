@@ -4,8 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from studio_core.generate import generate
-from studio_core.models import EMBEDDED_MODEL_DIR, ModelLoadError, check_pipeline_folder, load_pipeline, resolve_model
+from studio_core.errors import ModelLoadError
+from studio_core.measure.generation import generate
+from studio_core.models import EMBEDDED_MODEL_DIR, check_pipeline_folder, load_pipeline, resolve_model
 
 
 def test_tiny_pipeline_loads_through_from_pretrained(tiny_pipeline_dir):
@@ -13,7 +14,7 @@ def test_tiny_pipeline_loads_through_from_pretrained(tiny_pipeline_dir):
 
     pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_dir, local_files_only=True)
     assert isinstance(pipe, StableDiffusionPipeline)
-    img = generate(pipe, ["grinning face"], [0], steps=2, guidance=2.0)
+    img = generate(pipe, [("grinning face", 0)], num_inference_steps=2, guidance_scale=2.0)
     assert img.shape == (1, 32, 32, 3) and img.dtype == np.uint8
 
 
@@ -40,16 +41,16 @@ def test_embedded_model_components(embedded_pipe):
 
 
 def test_same_seed_same_image_other_seed_other_image(embedded_pipe):
-    a = generate(embedded_pipe, ["grinning face"], [7], steps=10, guidance=3.0)
-    b = generate(embedded_pipe, ["grinning face"], [7], steps=10, guidance=3.0)
-    c = generate(embedded_pipe, ["grinning face"], [8], steps=10, guidance=3.0)
+    a = generate(embedded_pipe, [("grinning face", 7)], num_inference_steps=10, guidance_scale=3.0)
+    b = generate(embedded_pipe, [("grinning face", 7)], num_inference_steps=10, guidance_scale=3.0)
+    c = generate(embedded_pipe, [("grinning face", 8)], num_inference_steps=10, guidance_scale=3.0)
     assert np.array_equal(a, b)
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 1.0
 
 
 def test_seed_is_per_image_not_per_batch(embedded_pipe):
-    alone = generate(embedded_pipe, ["red heart"], [3], steps=5, guidance=3.0)
-    batched = generate(embedded_pipe, ["grinning face", "red heart"], [1, 3], steps=5, guidance=3.0)
+    alone = generate(embedded_pipe, [("red heart", 3)], num_inference_steps=5, guidance_scale=3.0)
+    batched = generate(embedded_pipe, [("grinning face", 1), ("red heart", 3)], num_inference_steps=5, guidance_scale=3.0)
     assert np.abs(alone[0].astype(int) - batched[1].astype(int)).max() <= 1
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from studio_core.metrics.prompt_fidelity import PromptFidelityIndex, thumbnail_features
+from studio_core.measure.fidelity import PromptFidelityIndex, thumbnail_features
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

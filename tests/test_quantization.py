@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import studio_core.knobs.quantization as Q
-from studio_core.engine import Engine, image_metrics
+from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
 from studio_core.knobs.quantization import QuantizationSettings, tensor_bytes, weight_bytes
-from studio_core.spec import RunSpec, SpecError, model_info, resolve
-from studio_core.store import RunStore
+from studio_core.measure.engine import Engine, image_metrics
+from studio_core.spec import RunSpec, model_info, resolve
+from studio_core.store.store import RunStore
 
 KNOB = KNOBS["quantization"]
 REF = {"sampler": "DDIM", "steps": 4}

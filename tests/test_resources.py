@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from studio_core.engine import Engine
-from studio_core.spec import SpecError
-from studio_core.store import RunStore
+from studio_core.errors import SpecError
+from studio_core.measure.engine import Engine
+from studio_core.store.store import RunStore
 
 REF = {"sampler": "DPM++ 2M", "steps": 6}
 # the tiny recipe's UNet: 2 attention heads at full latent resolution, a VAE that halves each side
@@ -170,7 +170,7 @@ def test_a_model_deleted_mid_session_is_a_failed_run_and_a_typo_stays_an_input_e
 
 
 def test_a_sweep_stopped_by_a_model_that_is_gone_is_left_failed_and_resumes(engine, tiny_pipeline_dir, tmp_path):
-    from studio_core.sweep import run_sweep, sweep_from_dict
+    from studio_core.study.sweep import run_sweep, sweep_from_dict
 
     model, aside = tmp_path / "pipe", tmp_path / "aside"
     shutil.copytree(tiny_pipeline_dir, model)
@@ -192,7 +192,7 @@ def served(tmp_path_factory, wide_pipeline_dir):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from gradio_client import Client
 
-    from app.ui import build_demo
+    from app.layout import build_demo
 
     data_dir = tmp_path_factory.mktemp("study")
     demo = build_demo(str(wide_pipeline_dir), data_dir, reference=REF)

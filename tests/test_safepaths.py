@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from studio_core.safepaths import UnsafePath, check_name, check_path, file_target, inside, replace_atomically
+from studio_core.errors import UnsafePath
+from studio_core.store.safepaths import check_name, check_path, file_target, inside, replace_atomically
 
 
 @pytest.mark.parametrize("name", ["runs.csv", "sampler shootout (v2).png", "émoji 😀", "x" * 255, "é" * 127])

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live import free_port, load_app_main
 
 from app import serve
-from app.ui import BUSY_MESSAGE
-from studio_core.store import RunStore
-from live import free_port, load_app_main
+from app.layout import BUSY_MESSAGE
+from studio_core.store.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}

@@ -2,7 +2,8 @@
 
 import pytest
 
-from studio_core.spec import RunSpec, SpecError, resolve
+from studio_core.errors import SpecError
+from studio_core.spec import RunSpec, resolve
 
 
 def _err(**fields) -> SpecError:

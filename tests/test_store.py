@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from studio_core.store import RunStore, StoreError, StoreReadOnly, migrations
+from studio_core.errors import StoreError, StoreReadOnly
+from studio_core.store.store import RunStore, migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,7 +244,7 @@ def _run_without_write_access(folder: Path, code: str) -> subprocess.CompletedPr
         if not shutil.which("setpriv"):
             pytest.skip("setpriv is needed to drop root for this test")
         prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        reach = subprocess.run(prefix + [sys.executable, "-c", "import studio_core.store"], capture_output=True,
+        reach = subprocess.run(prefix + [sys.executable, "-c", "import studio_core.store.store"], capture_output=True,
                                text=True, env=env, cwd="/", timeout=120)
         if reach.returncode != 0:  # e.g. a checkout inside a folder only root may enter (mktemp -d is 0700)
             pytest.skip(f"user nobody cannot import the studio from {ROOT}: {reach.stderr.strip().splitlines()[-1]}")
@@ -256,7 +257,8 @@ def _run_without_write_access(folder: Path, code: str) -> subprocess.CompletedPr
 
 
 READ_AS_DEMO = """
-from studio_core.store import RunStore, StoreReadOnly
+from studio_core.store.store import RunStore
+from studio_core.errors import StoreReadOnly
 s = RunStore(sys.argv[1], read_only=True)
 print(len(s.runs()), s.integrity_check())
 try:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studio_core.engine import Engine
-from studio_core.spec import SpecError
-from studio_core.store import RunStore
-from studio_core.sweep import load_preset, run_sweep, sweep_from_dict
+from studio_core.errors import SpecError
+from studio_core.measure.engine import Engine
+from studio_core.store.store import RunStore
+from studio_core.study.sweep import load_preset, run_sweep, sweep_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

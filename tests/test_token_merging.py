@@ -10,11 +10,18 @@ import pytest
 import torch
 
 import studio_core.knobs.token_merging  # noqa: F401  (registers the knob)
+from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
 from studio_core.knobs._hooks import StepTracker
-from studio_core.knobs.token_merging import (TokenMergingSettings, _State, bipartite_soft_matching, cell_partition,
-                                             self_attentions, token_grid)
-from studio_core.spec import ModelInfo, RunSpec, SpecError, model_info, validate
+from studio_core.knobs.token_merging import (
+    TokenMergingSettings,
+    _State,
+    bipartite_soft_matching,
+    cell_partition,
+    self_attentions,
+    token_grid,
+)
+from studio_core.spec import ModelInfo, RunSpec, model_info, validate
 
 KNOB = KNOBS["token_merging"]
 
@@ -208,8 +215,8 @@ def test_embedded_model_merges_half_of_the_8x8_tokens(embedded_pipe):
 
 
 def test_engine_records_the_report_and_identical_repeats(tmp_path, tiny_pipeline_dir):
-    from studio_core.engine import Engine
-    from studio_core.store import RunStore
+    from studio_core.measure.engine import Engine
+    from studio_core.store.store import RunStore
 
     engine = Engine(RunStore(tmp_path / "study"))
     try:

@@ -1,6 +1,6 @@
 from transformers import CLIPTokenizer
 
-from studio_core.tokenizer import build_caption_tokenizer
+from studio_core.embedded.training.tokenizer import build_caption_tokenizer
 
 
 def test_round_trip_on_every_caption(emoji32, tmp_path):

@@ -1,8 +1,16 @@
+from dataclasses import replace
+
 import torch
 
-from studio_core.tokenizer import build_caption_tokenizer
-from studio_core.training import RECIPES, DenoiserTrainer, _tokenize, build_components, encode_latents, train_vae
-from dataclasses import replace
+from studio_core.embedded.training.tokenizer import build_caption_tokenizer
+from studio_core.embedded.training.train import (
+    RECIPES,
+    DenoiserTrainer,
+    _tokenize,
+    build_components,
+    encode_latents,
+    train_vae,
+)
 
 
 def test_a_few_steps_on_a_tiny_config_lower_the_loss(emoji32, tmp_path):
@@ -47,7 +55,7 @@ def test_a_run_continued_from_a_finished_folder_keeps_its_vae_and_tokenizer_and_
     import json
     from pathlib import Path
 
-    from studio_core.training import main, train
+    from studio_core.embedded.training.train import main, train
 
     cache = Path(__file__).resolve().parents[1] / ".cache"
     first, second = tmp_path / "a", tmp_path / "b"

@@ -4,13 +4,14 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_flux import build_tiny_flux
 
 import studio_core.knobs.transformer_cache as tc
-from studio_core.engine import Engine
+from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
-from studio_core.spec import RunSpec, SpecError, model_info, resolve
-from studio_core.store import RunStore
-from tiny_flux import build_tiny_flux
+from studio_core.measure.engine import Engine
+from studio_core.spec import RunSpec, model_info, resolve
+from studio_core.store.store import RunStore
 
 KNOB = KNOBS["transformer_cache"]
 REF = {"steps": 4}  # the reference: the model's own flow-matching solver at 4 steps (cheap)
@@ -44,8 +45,12 @@ def _latents(pipe, **kwargs):
 
 
 def test_settings_defaults_are_diffusers_own():
-    from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig,
-                                 TaylorSeerCacheConfig)
+    from diffusers.hooks import (
+        FasterCacheConfig,
+        FirstBlockCacheConfig,
+        PyramidAttentionBroadcastConfig,
+        TaylorSeerCacheConfig,
+    )
     from diffusers.hooks.mag_cache import MagCacheConfig
 
     assert tc.TransformerCacheSettings() == KNOB.parse({})  # every field has a default

@@ -41,7 +41,7 @@ def build_tiny_flux(folder: str | Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from studio_core.tokenizer import build_caption_tokenizer
+    from studio_core.embedded.training.tokenizer import build_caption_tokenizer
 
     folder = Path(folder)
     torch.manual_seed(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 __all__ = ["KNOBS", "Applied", "Knob", "KnobReport", "knobs_in", "register"]
 

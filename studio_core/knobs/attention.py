@@ -39,9 +39,9 @@ from typing import Iterator, Literal
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import register
-from ._hooks import ForwardHook, denoiser_of, install
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs._hooks import ForwardHook, denoiser_of, install
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 __all__ = ["AttentionBackendKnob", "AttentionBackendSettings", "attention_shapes", "sdpa_probe_reason"]
 
@@ -122,7 +122,7 @@ class _Observer:
     def watching(self) -> Iterator[None]:
         from torch.profiler import ProfilerActivity, profile
 
-        from .compile import is_compiled
+        from studio_core.knobs.compile import is_compiled
 
         outer = denoiser_of(self.pipe)  # module hooks run eagerly, around a compiled forward too
         target = 2 if is_compiled(outer) else 1
@@ -169,7 +169,7 @@ class AttentionBackendKnob(Knob):
     order = 80
 
     def validate(self, settings: AttentionBackendSettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         if settings.backend not in BACKENDS:
             raise SpecError(f"{self.field_name}.backend", settings.backend, ", ".join(BACKENDS))

@@ -64,7 +64,7 @@ class Knob:
     # ---- settings
     def parse(self, raw: Any):
         """Settings from plain data; ``SpecError`` naming ``knobs.<name>.<key>`` on bad input."""
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         if isinstance(raw, self.Settings):
             settings = raw

@@ -63,8 +63,8 @@ from typing import Iterator, Literal
 
 import torch
 
-from . import register
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 __all__ = ["COMPILE_CONFLICTS", "CompileKnob", "CompileSettings", "FULLGRAPH_CONFLICTS", "compiled_targets",
            "inductor_reason", "is_compiled"]
@@ -232,7 +232,7 @@ class CompileKnob(Knob):
     order = 90
 
     def validate(self, settings: CompileSettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         f = self.field_name
         if settings.mode not in MODES:

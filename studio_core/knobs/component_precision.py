@@ -41,8 +41,8 @@ from typing import Literal
 
 import torch
 
-from . import register
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 __all__ = ["ComponentPrecisionKnob", "ComponentPrecisionSettings", "component_modules", "dtype_probe_reason"]
 
@@ -139,7 +139,7 @@ class ComponentPrecisionKnob(Knob):
     order = 5
 
     def validate(self, settings: ComponentPrecisionSettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         for name in COMPONENTS:
             value = getattr(settings, name)

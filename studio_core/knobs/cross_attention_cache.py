@@ -23,10 +23,17 @@ from dataclasses import dataclass
 
 import torch
 
-from . import register
-from ._hooks import (ForwardHook, LayerCounter, StepTracker, denoiser_config, denoiser_of, install,
-                     step_callback_reason)
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs._hooks import (
+    ForwardHook,
+    LayerCounter,
+    StepTracker,
+    denoiser_config,
+    denoiser_of,
+    install,
+    step_callback_reason,
+)
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 HOOK_NAME = "studio_cross_attention_cache"
 # per-step tensors a pipeline batches for guidance, halved when guidance is dropped
@@ -103,7 +110,7 @@ class CrossAttentionCacheKnob(Knob):
     order = 61
 
     def validate(self, settings: CrossAttentionCacheSettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         g = settings.gate_step
         if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= 1000:

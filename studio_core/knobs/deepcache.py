@@ -30,10 +30,17 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from . import register
-from ._hooks import (ForwardHook, LayerCounter, StepTracker, denoiser_config, denoiser_of, install,
-                     step_callback_reason)
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs._hooks import (
+    ForwardHook,
+    LayerCounter,
+    StepTracker,
+    denoiser_config,
+    denoiser_of,
+    install,
+    step_callback_reason,
+)
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 HOOK_NAME = "studio_deepcache"
 
@@ -175,7 +182,7 @@ class DeepCacheKnob(Knob):
     order = 60
 
     def validate(self, settings: DeepCacheSettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         f = self.field_name
         if isinstance(settings.interval, bool) or not isinstance(settings.interval, int) or not 1 <= settings.interval <= 50:

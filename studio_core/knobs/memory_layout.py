@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import register
-from ._hooks import denoiser_of
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs._hooks import denoiser_of
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 __all__ = ["MemoryKnob", "MemorySettings", "to_channels_last"]
 
@@ -83,7 +83,7 @@ class MemoryKnob(Knob):
     order = 85
 
     def validate(self, settings: MemorySettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         for name in ("channels_last", "vae_slicing", "vae_tiling"):
             if not isinstance(getattr(settings, name), bool):

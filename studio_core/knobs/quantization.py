@@ -65,9 +65,9 @@ from typing import Literal
 
 import torch
 
-from . import register
-from ._hooks import denoiser_of
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs._hooks import denoiser_of
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 __all__ = ["QuantizationKnob", "QuantizationSettings", "SCHEMES", "component_modules", "tensor_bytes",
            "weight_bytes"]
@@ -281,9 +281,13 @@ def _trial_reason(scheme: str, device: str, dtype: torch.dtype, group_size: int)
 
 # ------------------------------------------------------------------------------------------ quantizing
 def _torchao_config(scheme: str, group_size: int):
-    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig,
-                                      Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
-                                      Int8WeightOnlyConfig)
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Float8WeightOnlyConfig,
+        Int4WeightOnlyConfig,
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+    )
 
     if scheme == "int8_weight_only":
         return Int8WeightOnlyConfig()
@@ -374,7 +378,7 @@ class QuantizationKnob(Knob):
     order = 70
 
     def validate(self, settings: QuantizationSettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         f = self.field_name
         if settings.scheme not in SCHEMES:

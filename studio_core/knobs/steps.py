@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import register
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,16 @@ from typing import Literal
 
 import torch
 
-from . import register
-from ._hooks import ForwardHook, StepTracker, denoiser_config, denoiser_of, install, step_callback_reason
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs._hooks import (
+    ForwardHook,
+    StepTracker,
+    denoiser_config,
+    denoiser_of,
+    install,
+    step_callback_reason,
+)
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 __all__ = ["Matching", "TokenMergingKnob", "TokenMergingSettings", "bipartite_soft_matching", "cell_partition",
            "self_attentions", "token_grid"]
@@ -293,7 +300,7 @@ class TokenMergingKnob(Knob):
     order = 62
 
     def validate(self, settings: TokenMergingSettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         f = self.field_name
         ratio = settings.ratio

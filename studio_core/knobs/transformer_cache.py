@@ -50,9 +50,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
-from . import register
-from ._hooks import ForwardHook, LayerCounter, denoiser_config, denoiser_of, install
-from .base import Applied, Knob, KnobReport
+from studio_core.knobs import register
+from studio_core.knobs._hooks import ForwardHook, LayerCounter, denoiser_config, denoiser_of, install
+from studio_core.knobs.base import Applied, Knob, KnobReport
 
 __all__ = ["DIFFUSERS_DEFAULTS", "METHODS", "TransformerCacheKnob", "TransformerCacheSettings", "calibrate_mag_ratios"]
 
@@ -259,7 +259,8 @@ def calibrate_mag_ratios(pipe, steps: int, height: int | None = None, width: int
 
 def _model_key(pipe) -> tuple[str, str, dict]:
     """(path, fingerprint, the model's documented defaults) of the pipeline's folder, as far as known."""
-    from ..spec import SpecError, model_info
+    from studio_core.errors import SpecError
+    from studio_core.spec import model_info
 
     path = str(getattr(pipe, "name_or_path", "") or "")
     try:
@@ -323,7 +324,7 @@ class TransformerCacheKnob(Knob):
 
     # ---- settings
     def validate(self, settings: TransformerCacheSettings) -> None:
-        from ..spec import SpecError
+        from studio_core.errors import SpecError
 
         f = self.field_name
         if settings.method not in METHODS:

@@ -16,14 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NoReturn
 
+from studio_core.errors import UnsafePath
+
 __all__ = ["MAX_NAME_BYTES", "UnsafePath", "check_name", "check_path", "file_target", "inside",
            "replace_atomically"]
 
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS file systems
 
 
-class UnsafePath(ValueError):
-    """A name or path refused: it could leave its folder, follow a link, or is not a usable file name."""
 
 
 def _refuse(what: str, value: object, why: str) -> NoReturn:

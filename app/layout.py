@@ -1,7 +1,7 @@
 """The studio in the browser: Generate, Sweep, Frontier, Compare and Runs over one engine and one store.
 
 ``build_demo`` lays out the tabs first and wires the events last. Handlers (``Studio``) turn widget
-values into a run-spec dict (``app.controls``), call the engine once, and read plain data back from
+values into a run-spec dict (``app.widgets``), call the engine once, and read plain data back from
 the store (``app.data``); figures come from ``app.plots`` and text from ``app.cards``. The UI itself
 never imports torch or diffusers.
 
@@ -44,15 +44,15 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import pandas as pd
 
-from studio_core.engine import REFERENCE_DEFAULT, Engine
-from studio_core.frontier import COSTS, QUALITIES
-from studio_core.models import EMBEDDED_MODEL_NAME, ModelLoadError, list_cached_pipelines, resolve_model
+from app import cards, data, plots, widgets
+from studio_core.errors import DeviceWaitStopped, ModelLoadError, SpecError, StoreError, SweepBusy
+from studio_core.measure.engine import REFERENCE_DEFAULT, Engine
+from studio_core.models import EMBEDDED_MODEL_NAME, list_cached_pipelines, resolve_model
 from studio_core.prompts import PROMPT_SETS
-from studio_core.spec import DEVICES, RunSpec, SpecError, model_info, resolve
-from studio_core.store import RunStore, StoreError
-from studio_core.sweep import SweepBusy, run_sweep, sweep_from_dict
-
-from . import cards, controls, data, plots
+from studio_core.spec import DEVICES, RunSpec, model_info, resolve
+from studio_core.store.store import RunStore
+from studio_core.study.frontier import COSTS, QUALITIES
+from studio_core.study.sweep import run_sweep, sweep_from_dict
 
 __all__ = ["BUSY_MESSAGE", "FRONTIER_CLICK_JS", "DeviceQueue", "Studio", "build_demo", "parse_id"]
 
@@ -189,8 +189,6 @@ class DeviceQueue:
             self._device.release()
 
 
-class DeviceWaitStopped(RuntimeError):
-    """A sweep was cancelled while it still waited for the device: nothing ran."""
 
 
 def _describe(spec: dict) -> str:
@@ -231,7 +229,7 @@ class Studio:
     # ------------------------------------------------------------------ widgets -> specs
     def spec_from(self, parts: dict, force_knobs: set[str] = frozenset()) -> dict:
         enabled = {k: bool(v) or k in force_knobs for k, v in parts["enabled"].items()}
-        return controls.build_spec(parts["model"], parts["prompts"], parts["prompt_set"], parts["seeds"],
+        return widgets.build_spec(parts["model"], parts["prompts"], parts["prompt_set"], parts["seeds"],
                                    parts["values"], enabled, warmup=parts["warmup"], repeats=parts["repeats"],
                                    device=parts["device"], batch_size=parts["batch_size"])
 
@@ -244,7 +242,7 @@ class Studio:
         return spec
 
     # ------------------------------------------------------------------ Generate
-    def model_changed(self, model: str, settings: list[controls.Setting], knobs: list | None = None):
+    def model_changed(self, model: str, settings: list[widgets.Setting], knobs: list | None = None):
         """The model's defaults into the built-in widgets, a line about the model, and each optional knob's
         "use" box greyed out with the reason when the model cannot take that knob."""
         knobs = knobs or []
@@ -299,7 +297,7 @@ class Studio:
         axes = [(a if a and a != NO_AXIS else None, v) for a, v in axes]
         forced = {a.split(".")[1] for a, _ in axes if a and a.startswith("knobs.")}
         base = self.spec_from(parts, forced)
-        return controls.build_sweep(base, axes, name=name, question=question, reference=self.reference)
+        return widgets.build_sweep(base, axes, name=name, question=question, reference=self.reference)
 
     def estimate(self, sweep: dict) -> str:
         """How many runs and how long, before anything starts (``SpecError`` for a bad cell)."""
@@ -528,7 +526,7 @@ def _knob_availability(knob, info) -> dict:
     return gr.update(interactive=True, info=knob.description)
 
 
-def _setting_widget(knob, s: controls.Setting, defaults: dict) -> gr.components.Component:
+def _setting_widget(knob, s: widgets.Setting, defaults: dict) -> gr.components.Component:
     if s.name == knob.name or len(knob.Settings.__dataclass_fields__) == 1:
         label = knob.title
     else:  # an optional knob's settings sit under its own "use ..." box: the setting's name is enough
@@ -564,9 +562,9 @@ def _lines(knobs: list, per_line: int = 3) -> list[list]:
     """Knobs grouped into widget lines: consecutive one-setting knobs together (up to ``per_line``)."""
     lines: list[list] = []
     for knob in knobs:
-        single = len(controls.knob_settings(knob)) == 1
+        single = len(widgets.knob_settings(knob)) == 1
         if single and lines and len(lines[-1]) < per_line and all(
-                len(controls.knob_settings(k)) == 1 for k in lines[-1]):
+                len(widgets.knob_settings(k)) == 1 for k in lines[-1]):
             lines[-1].append(knob)
         else:
             lines.append([knob])
@@ -603,12 +601,12 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                         "width": info.defaults.get("width") or info.sample_size}
         except (SpecError, ModelLoadError):
             pass
-    knobs = controls.registry_knobs()
+    knobs = widgets.registry_knobs()
     builtin_knobs = [k for k in knobs if k.builtin_field]
     extra_knobs = [k for k in knobs if not k.builtin_field]
-    settings = [s for k in builtin_knobs + extra_knobs for s in controls.knob_settings(k)]  # widget order
+    settings = [s for k in builtin_knobs + extra_knobs for s in widgets.knob_settings(k)]  # widget order
     knob_names = [k.name for k in extra_knobs]
-    axes = list(controls.axis_choices())
+    axes = list(widgets.axis_choices())
     models = [model] if read_only else [EMBEDDED_MODEL_NAME] + [repo for repo, _ in list_cached_pipelines()]
     if model not in models:
         models.insert(0, model)
@@ -634,8 +632,8 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                                 elem_id="model")
                         model_text = gr.Markdown()
                         with gr.Row():
-                            prompt_set = gr.Dropdown([controls.NO_PROMPT_SET, *PROMPT_SETS], label="Prompt set",
-                                                     value=controls.NO_PROMPT_SET, elem_id="prompt-set")
+                            prompt_set = gr.Dropdown([widgets.NO_PROMPT_SET, *PROMPT_SETS], label="Prompt set",
+                                                     value=widgets.NO_PROMPT_SET, elem_id="prompt-set")
                             seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2 or 0-3", elem_id="seeds")
                         prompts = gr.Textbox("grinning face", lines=3, label="Prompts (one per line)",
                                              elem_id="prompts")
@@ -644,7 +642,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                             for line in _lines(builtin_knobs):
                                 with gr.Row():
                                     for knob in line:
-                                        for s in controls.knob_settings(knob):
+                                        for s in widgets.knob_settings(knob):
                                             widgets.append(_setting_widget(knob, s, defaults))
                         enables: list = []
                         if extra_knobs:
@@ -655,7 +653,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                                                    info=knob.description,
                                                                    elem_id=f"use-{knob.name}"))
                                         with gr.Row():
-                                            for s in controls.knob_settings(knob):
+                                            for s in widgets.knob_settings(knob):
                                                 widgets.append(_setting_widget(knob, s, defaults))
                         with gr.Accordion("Measurement", open=False):
                             with gr.Row():
@@ -674,7 +672,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                              elem_id="gallery")
                         card = gr.Markdown("Generate to see latency, breakdown, memory and quality here.",
                                            elem_id="metrics-card")
-            # the order controls.split_values reads them in
+            # the order widgets.split_values reads them in
             gen_inputs = [model_box, prompts, prompt_set, seeds, warmup, repeats, device, batch, *widgets, *enables]
 
             # ---------------------------------------------------------------- 2. Sweep
@@ -689,7 +687,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                             a = gr.Dropdown([NO_AXIS, *axes] if name != "X" else axes, value=axis, label=f"{name} axis",
                                             elem_id=f"axis-{name.lower()}", scale=1)
                             v = gr.Textbox(vals, label=f"{name} values", elem_id=f"values-{name.lower()}", scale=2,
-                                           info=controls.axis_hint(axis) if axis != NO_AXIS else "")
+                                           info=widgets.axis_hint(axis) if axis != NO_AXIS else "")
                         axis_rows += [a, v]
                     with gr.Row():
                         sweep_name = gr.Textbox("", label="Name", placeholder="ui sweep: <axes>", scale=1)
@@ -781,13 +779,13 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         def build_spec(*values):
             studio.refuse_in_demo()
             try:
-                return studio.check_spec(studio.spec_from(controls.split_values(values, settings, knob_names)))
+                return studio.check_spec(studio.spec_from(widgets.split_values(values, settings, knob_names)))
             except SpecError as exc:
                 raise studio.error(exc) from None
 
         def build_sweep(*values):
             studio.refuse_in_demo()
-            parts = controls.split_values(values[:n_gen], settings, knob_names)
+            parts = widgets.split_values(values[:n_gen], settings, knob_names)
             xa, xv, ya, yv, za, zv, name, q = values[n_gen:]
             try:
                 sweep = studio.sweep_dict(parts, [(xa, xv), (ya, yv), (za, zv)], name, q)
@@ -820,7 +818,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                 comp.change(estimate, sweep_inputs, estimate_md, api_visibility="private",
                             trigger_mode="always_last", show_progress="hidden")
             for a, v in zip(axis_rows[::2], axis_rows[1::2]):
-                a.change(lambda axis: gr.update(info=controls.axis_hint(axis) if axis != NO_AXIS else ""), a, v,
+                a.change(lambda axis: gr.update(info=widgets.axis_hint(axis) if axis != NO_AXIS else ""), a, v,
                          api_visibility="private", show_progress="hidden")
             sweep_tab.select(estimate, sweep_inputs, estimate_md, api_visibility="private", show_progress="hidden")
         start_btn.click(build_sweep, sweep_inputs, [sweep_json, estimate_md], api_name="build_sweep").success(

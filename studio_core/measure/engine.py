@@ -45,23 +45,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .generate import to_uint8
-from .knobs import Applied, KnobReport, knobs_in
-from .models import ModelLoadError
-from .provenance import git_commit
-from .spec import ModelInfo, RunSpec, SpecError, config_hash, resolve
-from .store import RunStore, StoreError
+from studio_core.errors import KnobUnsupported, ModelLoadError, SpecError, StoreError
+from studio_core.knobs import Applied, KnobReport, knobs_in
+from studio_core.measure.generation import generate
+from studio_core.spec import ModelInfo, RunSpec, config_hash, resolve
+from studio_core.store.provenance import git_commit
+from studio_core.store.store import RunStore
 
 __all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "reference_spec"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # the reference every run is scored against: a high-step multistep solver, fp32, no knobs
 REFERENCE_DEFAULT = {"sampler": "DPM++ 2M", "steps": 200}
 PSNR_CAP_DB = 100.0  # identical images: MSE floored at 1e-10
 
 
-class KnobUnsupported(RuntimeError):
-    """A knob cannot run on the loaded pipeline; the message says why."""
 
 
 @dataclass
@@ -284,7 +282,7 @@ def _load_failure_reason(exc: ModelLoadError, model_path: str) -> str:
 
 def _model_problem(model: str) -> str | None:
     """Why ``model`` does not resolve to a pipeline folder now, or None when it does."""
-    from .models import check_pipeline_folder, resolve_model
+    from studio_core.models import check_pipeline_folder, resolve_model
 
     try:
         check_pipeline_folder(resolve_model(model))
@@ -298,7 +296,7 @@ def reference_spec(spec: RunSpec, info: ModelInfo, reference: dict | None = None
     """The reference configuration of a resolved spec: same model, prompts, seeds and resolution;
     a high-step solver, fp32, the model's default guidance, no knobs."""
     ref = {**REFERENCE_DEFAULT, **(reference or {})}
-    from .knobs.sampler import SAMPLERS
+    from studio_core.knobs.sampler import SAMPLERS
 
     sampler = ref["sampler"]
     if sampler != "default" and SAMPLERS[sampler].cls not in info.compatible_schedulers:
@@ -346,7 +344,7 @@ class Engine:
     def pipeline(self, info: ModelInfo, device: str, options: dict):
         """A loaded pipeline for (model, device, load options), from the cache when possible. The key
         holds the model files' fingerprint: once they change, pipelines of the old files are dropped."""
-        from .models import load_pipeline
+        from studio_core.models import load_pipeline
 
         key = (info.path, info.fingerprint, device, tuple(sorted(options.items())))
         if key in self._pipes:
@@ -372,18 +370,9 @@ class Engine:
     # ---- one pass over every image of a spec
     @staticmethod
     def call_pipeline(pipe, spec: RunSpec, call_kwargs: dict, probe: _Probe | None = None) -> np.ndarray:
-        """All images of ``spec`` in prompt-major order; one ``torch.Generator`` per image, seeded by its seed."""
-        pairs = spec.images()
-        batch = spec.batch_size or len(pairs)
-        out = []
-        for i in range(0, len(pairs), batch):
-            chunk = pairs[i:i + batch]
-            if probe is not None:
-                probe.new_call()
-            gens = [torch.Generator().manual_seed(int(s)) for _, s in chunk]
-            res = pipe([p for p, _ in chunk], generator=gens, output_type="np", **call_kwargs)
-            out.append(to_uint8(res.images))
-        return np.concatenate(out)
+        """All images of ``spec`` in prompt-major order (``generate``: one generator per image)."""
+        return generate(pipe, spec.images(), batch=spec.batch_size, on_call=probe.new_call if probe else None,
+                        **call_kwargs)
 
     def _timed_pass(self, pipe, spec, call_kwargs, clock: _Clock) -> tuple[np.ndarray, float, list[dict]]:
         with _Probe(pipe, clock) as probe:
@@ -476,8 +465,8 @@ class Engine:
 
     def _fidelity_index(self, info: ModelInfo):
         if info.path not in self._fidelity:
-            from .emoji_data import load_or_build
-            from .metrics.prompt_fidelity import PromptFidelityIndex
+            from studio_core.embedded.training.data import load_or_build
+            from studio_core.measure.fidelity import PromptFidelityIndex
 
             ds = load_or_build(ROOT / ".cache", int(info.sample_size or 32))
             self._fidelity[info.path] = PromptFidelityIndex(ds.images, ds.captions)

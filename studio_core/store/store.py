@@ -38,11 +38,12 @@ import numpy as np
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .safepaths import UnsafePath, file_target, inside, replace_atomically
+from studio_core.errors import StoreError, StoreReadOnly, UnsafePath
+from studio_core.store.safepaths import file_target, inside, replace_atomically
 
 __all__ = ["DEFAULT_DATA_DIR", "TABLES", "RunStore", "StoreError", "StoreReadOnly", "migrations", "now", "pid_taken_over"]
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 RUN_STATUSES = ("running", "ok", "failed", "interrupted")
 TABLES = ("runs", "refs", "sweeps", "images")
 JSON_COLUMNS = ("prompts", "seeds", "knobs", "latencies_ms", "knob_report", "images", "config_json", "env_json")
@@ -50,12 +51,8 @@ JSON_COLUMNS = ("prompts", "seeds", "knobs", "latencies_ms", "knob_report", "ima
 migrations = Migrations("studio")
 
 
-class StoreError(RuntimeError):
-    """A store operation that would lose or overwrite data, or a missing row/file."""
 
 
-class StoreReadOnly(StoreError):
-    """A write to a study opened with ``read_only=True``."""
 
 
 @contextmanager

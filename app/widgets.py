@@ -14,9 +14,10 @@ import typing
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal, Mapping, Sequence
 
+from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS, Knob
 from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS
-from studio_core.spec import DEVICES, PRECISIONS, SpecError
+from studio_core.spec import DEVICES, PRECISIONS
 
 __all__ = [
     "AXIS_EXTRA",

@@ -29,8 +29,8 @@ def sd15_pipeline(device: str, dtype):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from studio_core.embedded.training.tokenizer import build_caption_tokenizer
     from studio_core.prompts import GALLERY_PROMPTS
-    from studio_core.tokenizer import build_caption_tokenizer
 
     torch.manual_seed(0)
     tok = build_caption_tokenizer(Path(tempfile.mkdtemp(prefix="sd15-tok-")) / "tok", list(GALLERY_PROMPTS),

@@ -35,10 +35,11 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-from .safepaths import check_path, file_target, replace_atomically
-from .models import EMBEDDED_MODEL_NAME
-from .provenance import git_commit
-from .store import JSON_COLUMNS, RunStore, StoreError, migrations, now
+from studio_core.errors import StoreError
+from studio_core.models import EMBEDDED_MODEL_NAME
+from studio_core.store.provenance import git_commit
+from studio_core.store.safepaths import check_path, file_target, replace_atomically
+from studio_core.store.store import JSON_COLUMNS, RunStore, migrations, now
 
 __all__ = ["bundle_study"]
 

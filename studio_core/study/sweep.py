@@ -34,16 +34,15 @@ from typing import Any, Callable
 
 import yaml
 
-from .spec import RunSpec, SpecError, resolve
-from .store import pid_taken_over
+from studio_core.errors import SpecError, SweepBusy
+from studio_core.spec import RunSpec, resolve
+from studio_core.store.store import pid_taken_over
 
 __all__ = ["Sweep", "SweepBusy", "load_preset", "run_sweep", "sweep_from_dict"]
 
 PRESET_KEYS = ("name", "question", "base", "grid", "reference")
 
 
-class SweepBusy(RuntimeError):
-    """The same sweep is being run by another live process."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def sweep_from_dict(data: dict, source: str = "<dict>") -> Sweep:
         axes.append((axis, tuple(values)))
     ref = data.get("reference")
     if ref is not None:
-        from .knobs.sampler import SAMPLERS
+        from studio_core.knobs.sampler import SAMPLERS
 
         if not isinstance(ref, dict) or set(ref) - {"sampler", "steps", "guidance"}:
             raise SpecError("reference", ref, "a mapping with sampler, steps and optionally guidance")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 __all__ = ["git_commit"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @functools.cache

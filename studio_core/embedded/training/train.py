@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .prompts import GALLERY_PROMPTS
+from studio_core.prompts import GALLERY_PROMPTS
 
 __all__ = ["RECIPES", "Recipe", "build_components", "train", "train_denoiser_steps"]
 
@@ -305,14 +305,15 @@ def fidelity_captions(ds, n: int = 200) -> tuple[list[str], list[str]]:
 
 def score_captions(pipe, index, captions: list[str], steps: int, guidance: float):
     """Prompt fidelity of one image per caption, seeded with the caption's position in the list."""
-    from .generate import generate
+    from studio_core.measure.generation import generate
 
-    return index.score(generate(pipe, captions, list(range(len(captions))), steps, guidance), captions)
+    return index.score(generate(pipe, list(zip(captions, range(len(captions)))), batch=64, num_inference_steps=steps,
+                                 guidance_scale=guidance), captions)
 
 
 def evaluate(pipe, ds, recipe: Recipe) -> dict:
     """Prompt fidelity on a fixed sample of training captions and on every held-out caption."""
-    from .metrics.prompt_fidelity import PromptFidelityIndex
+    from studio_core.measure.fidelity import PromptFidelityIndex
 
     index = PromptFidelityIndex(ds.images, ds.captions)
     train_caps, held_caps = fidelity_captions(ds, recipe.eval_captions)
@@ -348,9 +349,10 @@ def write_gallery(pipe, path: Path, guidance: float, steps: int, scale: int = 4)
     """A 4x4 grid of the gallery prompts (seed 0 each), upscaled for viewing; returns the prompts."""
     from PIL import Image
 
-    from .generate import generate
+    from studio_core.measure.generation import generate
 
-    imgs = generate(pipe, GALLERY_PROMPTS, [0] * len(GALLERY_PROMPTS), steps, guidance)
+    imgs = generate(pipe, [(p, 0) for p in GALLERY_PROMPTS], batch=64, num_inference_steps=steps,
+                    guidance_scale=guidance)
     n, s = 4, imgs.shape[1]
     grid = imgs.reshape(n, n, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(n * s, n * s, 3)
     Image.fromarray(grid).resize((n * s * scale, n * s * scale), Image.Resampling.NEAREST).save(path)
@@ -524,8 +526,8 @@ def train(recipe: Recipe, out: Path, cache_dir: Path, device: str | None = None,
 
     ``init``: a finished pipeline folder whose tokenizer, VAE, text encoder and UNet are continued instead of
     built and trained from scratch (the VAE is not trained again)."""
-    from .emoji_data import load_or_build
-    from .tokenizer import build_caption_tokenizer
+    from studio_core.embedded.training.data import load_or_build
+    from studio_core.embedded.training.tokenizer import build_caption_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if recipe.threads:

@@ -1,0 +1,1 @@
+"""The studio's own embedded models (weights in one folder each) and the training that makes them."""

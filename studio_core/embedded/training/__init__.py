@@ -1,0 +1,1 @@
+"""Making the embedded emoji model: data, tokenizer, recipes, training, evaluation and its model card."""

@@ -1,0 +1,1 @@
+"""Measuring one configuration: the run (``engine``), its clocks, memory, quality and reference."""

@@ -1,0 +1,1 @@
+"""Keeping results: the SQLite run store, study bundles for demos, safe paths and provenance."""
