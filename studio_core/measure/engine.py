@@ -32,8 +32,6 @@ import contextlib
 import gc
 import hashlib
 import json
-import os
-import platform
 import re
 import statistics
 import time
@@ -47,9 +45,9 @@ import torch
 
 from studio_core.errors import KnobUnsupported, ModelLoadError, SpecError, StoreError
 from studio_core.knobs import Applied, KnobReport, knobs_in
+from studio_core.measure.environment import environment, resolve_device
 from studio_core.measure.generation import generate
 from studio_core.spec import ModelInfo, RunSpec, config_hash, resolve
-from studio_core.store.provenance import git_commit
 from studio_core.store.store import RunStore
 
 __all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "reference_spec"]
@@ -209,26 +207,6 @@ def _lpips(images: np.ndarray, reference: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ env
 
 
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def environment(device: str) -> dict:
-    import diffusers
-
-    return {"device_name": _device_name(device), "torch_version": torch.__version__,
-            "diffusers_version": diffusers.__version__, "threads": torch.get_num_threads(),
-            "git_commit": git_commit(), "python_version": platform.python_version()}
-
-
 # ------------------------------------------------------------------------------------------ failures
 def _is_out_of_memory(exc: BaseException) -> bool:
     """An allocation the device refused: CUDA's ``OutOfMemoryError``, Python's ``MemoryError``, or the
@@ -314,14 +292,6 @@ def _reference_key(ref: RunSpec, info: ModelInfo) -> str:
 
 
 # ------------------------------------------------------------------------------------------ engine
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpecError("device", device, "'cpu' or 'auto' on this machine (no CUDA device is visible)")
-    return device
-
-
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -486,7 +456,7 @@ class Engine:
             if exc.field != "model" or spec.model not in self._models_run:
                 raise  # input validation: nothing is recorded
             return self._record_lost_model(spec, sweep_id, sweep_index)
-        device = _resolve_device(spec.device)
+        device = resolve_device(spec.device)
         # 2. record the run before doing anything that can fail
         run_id = self.store.start_run(
             spec.to_dict(), config_hash=config_hash(spec), model_path=info.path,
