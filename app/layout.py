@@ -637,13 +637,13 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                             seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2 or 0-3", elem_id="seeds")
                         prompts = gr.Textbox("grinning face", lines=3, label="Prompts (one per line)",
                                              elem_id="prompts")
-                        widgets: list = []
+                        setting_boxes: list = []
                         with gr.Group():  # one-setting knobs share a line; a knob with several gets its own
                             for line in _lines(builtin_knobs):
                                 with gr.Row():
                                     for knob in line:
                                         for s in widgets.knob_settings(knob):
-                                            widgets.append(_setting_widget(knob, s, defaults))
+                                            setting_boxes.append(_setting_widget(knob, s, defaults))
                         enables: list = []
                         if extra_knobs:
                             with gr.Accordion("More knobs (each off until you tick it)", open=True):
@@ -654,7 +654,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                                                    elem_id=f"use-{knob.name}"))
                                         with gr.Row():
                                             for s in widgets.knob_settings(knob):
-                                                widgets.append(_setting_widget(knob, s, defaults))
+                                                setting_boxes.append(_setting_widget(knob, s, defaults))
                         with gr.Accordion("Measurement", open=False):
                             with gr.Row():
                                 warmup = gr.Number(1, precision=0, minimum=1, label="Warm-up calls", elem_id="warmup")
@@ -673,7 +673,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                         card = gr.Markdown("Generate to see latency, breakdown, memory and quality here.",
                                            elem_id="metrics-card")
             # the order widgets.split_values reads them in
-            gen_inputs = [model_box, prompts, prompt_set, seeds, warmup, repeats, device, batch, *widgets, *enables]
+            gen_inputs = [model_box, prompts, prompt_set, seeds, warmup, repeats, device, batch, *setting_boxes, *enables]
 
             # ---------------------------------------------------------------- 2. Sweep
             with gr.Tab("Sweep", id="sweep") as sweep_tab:
@@ -805,7 +805,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         # Generate: check the spec at once (outside the device queue), then measure it. No gradio limit:
         # the handler admits or refuses at once, and the device lock puts admitted runs in line.
         if not read_only:
-            model_box.change(model_changed, model_box, [*widgets[:n_settings], model_text, *enables],
+            model_box.change(model_changed, model_box, [*setting_boxes[:n_settings], model_text, *enables],
                              api_visibility="private", trigger_mode="always_last")
         generate_btn.click(build_spec, gen_inputs, spec_json, api_name="build_spec").success(
             studio.generate, spec_json, [gallery, card], api_name="generate", concurrency_id="gpu",
@@ -888,7 +888,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
 
         # on load: model line, filters, the frontier, the runs table, and the plotly click hook
         if not read_only:
-            demo.load(model_changed, model_box, [*widgets[:n_settings], model_text, *enables],
+            demo.load(model_changed, model_box, [*setting_boxes[:n_settings], model_text, *enables],
                       api_visibility="private")
         else:
             demo.load(newest_sweep, sweep_pick, sweep_pick, api_visibility="private")
