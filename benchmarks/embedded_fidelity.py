@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler  # noqa: E402
 
 from studio_core.embedded.training.data import load_or_build  # noqa: E402
-from studio_core.embedded.training.train import fidelity_captions, score_captions  # noqa: E402
+from studio_core.embedded.training.evaluate import fidelity_captions, score_captions  # noqa: E402
 from studio_core.measure.fidelity import PromptFidelityIndex  # noqa: E402
 from studio_core.models import load_pipeline  # noqa: E402
 

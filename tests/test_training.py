@@ -2,15 +2,9 @@ from dataclasses import replace
 
 import torch
 
+from studio_core.embedded.training.recipe import RECIPES, build_components
 from studio_core.embedded.training.tokenizer import build_caption_tokenizer
-from studio_core.embedded.training.train import (
-    RECIPES,
-    DenoiserTrainer,
-    _tokenize,
-    build_components,
-    encode_latents,
-    train_vae,
-)
+from studio_core.embedded.training.train import DenoiserTrainer, _tokenize, encode_latents, train_vae
 
 
 def test_a_few_steps_on_a_tiny_config_lower_the_loss(emoji32, tmp_path):

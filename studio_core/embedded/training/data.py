@@ -9,6 +9,9 @@ the ``emoji`` package's English name where that file has no entry.
 
 A fixed ~5% of captions is held out of training: single-skin-tone variants chosen by a stable hash,
 so the base emoji and its other tones stay in training and the held-out set measures composition.
+
+``family_of`` and ``caption_kind`` group captions: an emoji with its skin-tone variants (for the
+training's sampling weights), and people / flags / the rest (for the fidelity breakdown).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "EmojiDataset",
     "build_dataset",
     "caption_for",
+    "caption_kind",
+    "family_of",
     "list_emoji",
     "load_or_build",
     "render_emoji",
@@ -205,3 +210,18 @@ def load_or_build(cache_dir: str | Path, size: int = 64) -> EmojiDataset:
     np.savez_compressed(tmp, images=ds.images, held_out=ds.held_out, meta=np.array(meta))
     tmp.replace(path)
     return ds
+
+
+def family_of(caption: str) -> str:
+    """The caption with its skin-tone modifiers removed: "man scientist: dark skin tone" -> "man scientist"."""
+    return _TONE.sub("", caption).strip(" :,")
+
+
+def caption_kind(caption: str) -> str:
+    """Coarse kind used to break fidelity down: people with skin tones, flags, everything else."""
+    if _TONE.search(caption):
+        return "skin-tone variant"
+    return "flag" if caption.startswith("flag") else "other"
+
+
+_TONE = re.compile(r"[:,]? ?(light|medium-light|medium|medium-dark|dark) skin tone")
