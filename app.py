@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
 from app import serve
 from studio_core.errors import StoreError
 from studio_core.models import EMBEDDED_MODEL_NAME  # none of these imports gradio or torch: bad flags fail fast
-from studio_core.store.store import DEFAULT_DATA_DIR
+from studio_core.store.store import DEFAULT_DATA_DIR, RunStore
 
 
 class _Help(argparse.HelpFormatter):
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None, *, block: bool = True):
     if args.demo and not db_path.is_file():
         p.error(f"--demo {args.demo}: no study there ({db_path} does not exist)")
     if not args.demo:
-        result = serve.check_database(db_path)
+        result = RunStore.check_integrity(db_path)
         if result not in ("ok", "new study"):
             p.error(f"{db_path} failed SQLite's integrity check ({result}). Refusing to start on a damaged study: "
                     "restore it from a copy, or start with another --data-dir")
@@ -109,21 +108,16 @@ def main(argv: list[str] | None = None, *, block: bool = True):
 
     try:
         demo = build_demo(args.model, data_dir, read_only=bool(args.demo), max_waiting=args.max_waiting)
-    except StoreError as exc:
+    except StoreError as exc:  # no study for a demo, or a file that is not a database ("cannot open ...")
         p.error(str(exc))
-    except sqlite3.Error as exc:
-        p.error(f"cannot open {db_path}: {exc}")
     store = demo.studio.store
     if args.demo:
-        try:
-            result = store.integrity_check()
-        except sqlite3.Error as exc:
-            result = str(exc)
+        result = store.integrity_check()
         if result != "ok":
             store.close()
             p.error(f"{db_path} failed SQLite's integrity check ({result}); refusing to serve it")
         print(f"demo of study {data_dir.name} ({data_dir}), read-only: integrity check ok, "
-              f"{store.db['runs'].count} runs", file=sys.stderr)
+              f"{store.run_count()} runs", file=sys.stderr)
     print(f"gradio cache (the only files served): {temp}; login: "
           f"{f'{len(users)} user(s)' if users else 'none'}", file=sys.stderr)
     if os.environ.get("GRADIO_ALLOWED_PATHS"):

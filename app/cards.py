@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from app.data import image_pairs
 from app.plots import _num, make_colorbar, make_diff_heatmap
+from app.tables import image_pairs
 
 __all__ = ["compare_html", "img_tag", "knob_lines", "metrics_card", "setup_line", "sweep_grid_html"]
 

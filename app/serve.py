@@ -26,13 +26,12 @@ import hmac
 import ipaddress
 import os
 import shutil
-import sqlite3
 import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
-__all__ = ["AUTH_ENV", "MAX_UPLOAD", "AuthError", "auth_checker", "check_database", "is_loopback",
+__all__ = ["AUTH_ENV", "MAX_UPLOAD", "AuthError", "auth_checker", "is_loopback",
            "launch_options", "parse_users", "private_temp_dir", "read_users"]
 
 AUTH_ENV = "STUDIO_AUTH"
@@ -125,24 +124,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a name other than localhost may resolve anywhere
         return False
-
-
-def check_database(db_path: Path) -> str:
-    """``PRAGMA integrity_check`` of a study's ``studio.db``: "ok", or SQLite's complaint (or the error
-    opening the file). A missing file is "new study": there is nothing to check."""
-    if not db_path.exists():
-        return "new study"
-    try:
-        conn = sqlite3.connect(str(db_path), timeout=30)
-    except sqlite3.Error as exc:
-        return str(exc)
-    try:
-        rows = conn.execute("PRAGMA integrity_check").fetchall()
-        return "; ".join(str(r[0]) for r in rows[:5]) + (f" (and {len(rows) - 5} more)" if len(rows) > 5 else "")
-    except sqlite3.Error as exc:
-        return str(exc)
-    finally:
-        conn.close()
 
 
 def private_temp_dir() -> Path:

@@ -5,7 +5,8 @@ of each knob's ``Settings`` dataclass. Built-in knobs map their settings onto ru
 same name (``steps``, ``height``/``width``, ``sampler``/``timestep_spacing`` ...); every other knob
 goes under ``spec["knobs"][name]`` and is off until the user ticks "use". So a newly registered knob
 appears in the UI (and as a sweep axis) without UI code. The parsing functions are pure, so they are
-unit-tested without a browser.
+unit-tested without a browser. The gradio components themselves are made at the end
+(``setting_widget``, ``widget_lines``, ``knob_availability``), from the same ``Setting``s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import typing
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal, Mapping, Sequence
+
+import gradio as gr
 
 from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS, Knob
@@ -29,12 +32,15 @@ __all__ = [
     "build_spec",
     "build_sweep",
     "coerce",
+    "knob_availability",
     "knob_settings",
     "parse_axis_values",
     "parse_prompts",
     "parse_seeds",
     "registry_knobs",
+    "setting_widget",
     "split_values",
+    "widget_lines",
 ]
 
 NO_PROMPT_SET = "(my prompts)"
@@ -313,3 +319,63 @@ def build_sweep(base: dict, axes: list[tuple[str | None, str]], *, name: str = "
     if reference:
         data["reference"] = dict(reference)
     return data
+
+
+# ------------------------------------------------------------------------------------------ components
+def knob_availability(knob: Knob, info) -> dict:
+    """The "use" checkbox of an optional knob for this model: greyed out (and unticked) with the reason
+    when ``check_model`` refuses the knob's default settings."""
+    try:
+        reason = knob.check_model(info, knob.Settings())
+    except TypeError:  # settings without defaults: nothing to check before the user fills them in
+        reason = None
+    if reason:
+        return gr.update(interactive=False, value=False, info=f"Not available for this model: {reason}")
+    return gr.update(interactive=True, info=knob.description)
+
+
+def setting_widget(knob: Knob, s: Setting, defaults: dict) -> gr.components.Component:
+    """The widget of one setting: a dropdown for choices (with a blank "(... own)" when optional), a
+    checkbox for a flag, a number box; ``defaults`` are the model's values of the built-in settings."""
+    if s.name == knob.name or len(knob.Settings.__dataclass_fields__) == 1:
+        label = knob.title
+    else:  # an optional knob's settings sit under its own "use ..." box: the setting's name is enough
+        label = f"{knob.title}: {s.title}" if s.builtin else s.title.capitalize()
+    own = f"({knob.title.split(' (')[0].lower()}'s own)"
+    value = defaults.get(s.name, s.default) if s.builtin else s.default
+    eid = "setting-" + s.axis.replace(".", "-")
+    if s.choices:
+        choices = [("default (the model's own)", c) if (knob.name, s.name, c) == ("sampler", "sampler", "default")
+                   else c for c in s.choices]
+        if s.optional:
+            choices = [(own, "")] + choices
+            value = "" if value is None else value
+        first = choices[0][1] if isinstance(choices[0], tuple) else choices[0]
+        return gr.Dropdown(choices, value=value if value is not None else first, label=label, elem_id=eid,
+                           min_width=110)
+    if s.kind is bool and s.optional:  # three states: unset, true, false
+        return gr.Dropdown([(own, ""), ("true", "true"), ("false", "false")], label=label, elem_id=eid,
+                           value="" if value is None else str(bool(value)).lower(), min_width=110)
+    if s.kind is bool:
+        return gr.Checkbox(value=bool(value), label=label, elem_id=eid, min_width=110)
+    if s.kind in (int, float) and s.optional and not s.builtin:  # blank = the knob's own value
+        return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=eid,
+                          placeholder="default", min_width=110)
+    if s.kind in (int, float):
+        return gr.Number(value=value, label=label, precision=0 if s.kind is int else None, elem_id=eid,
+                         step=1 if s.kind is int else 0.5, placeholder="model default" if s.builtin else None,
+                         min_width=110)
+    return gr.Textbox(value=value or "", label=label, elem_id=eid, min_width=110)
+
+
+def widget_lines(knobs: list[Knob], per_line: int = 3) -> list[list]:
+    """Knobs grouped into widget lines: consecutive one-setting knobs together (up to ``per_line``)."""
+    lines: list[list] = []
+    for knob in knobs:
+        single = len(knob_settings(knob)) == 1
+        if single and lines and len(lines[-1]) < per_line and all(
+                len(knob_settings(k)) == 1 for k in lines[-1]):
+            lines[-1].append(knob)
+        else:
+            lines.append([knob])
+    return lines

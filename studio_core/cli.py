@@ -1,7 +1,8 @@
 """Command line: ``python -m studio_core {run,sweep,export,frontier,knobs,runs,bundle}``.
 
 Every command takes ``--data-dir`` (default ``STUDIO_DATA_DIR`` or ``<project>/data``). Bad input
-exits with status 2 and one line naming the field, the value and what is allowed.
+exits with status 2 and one line naming the field, the value and what is allowed. ``run`` and
+``sweep`` reach the engine the way the page does, through ``studio_core.study.service``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+from studio_core.errors import ModelLoadError, SpecError, StoreError, SweepBusy, UnsafePath
 
 __all__ = ["COMMANDS", "main"]
 
@@ -95,8 +98,6 @@ def _spec_from_args(a) -> dict:
     for item in a.knob:
         name, _, value = item.partition("=")
         if "." not in name or not _:
-            from studio_core.errors import SpecError
-
             raise SpecError("--knob", item, "NAME.SETTING=VALUE, e.g. deepcache.interval=3")
         knob, setting = name.split(".", 1)
         knobs.setdefault(knob, {})[setting] = _value(value)
@@ -125,10 +126,9 @@ def _table(frame, columns=SUMMARY) -> str:
 
 
 def cmd_run(a, store) -> int:
-    from studio_core.measure.engine import Engine
+    from studio_core.study.service import StudyService
 
-    result = Engine(store).run(_spec_from_args(a), on_stage=lambda s: print(f"  {s}...", file=sys.stderr))
-    row = result.row
+    row = StudyService(store).run(_spec_from_args(a), on_stage=lambda s: print(f"  {s}...", file=sys.stderr))
     if a.json:
         print(json.dumps(row, indent=2, default=str))
     else:
@@ -139,14 +139,14 @@ def cmd_run(a, store) -> int:
             print(f"  {r['knob']}: {r['summary']}" + ("" if r["active"] else "  [did nothing]"))
         if row.get("metrics_note"):
             print(f"  note: {row['metrics_note']}")
-    if result.status != "ok":
-        print(f"error: run {result.run_id} failed: {result.error}", file=sys.stderr)
+    if row["status"] != "ok":
+        print(f"error: run {row['id']} failed: {row.get('error')}", file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_sweep(a, store) -> int:
-    from studio_core.study.sweep import load_preset, run_sweep
+    from studio_core.study.sweep import load_preset
 
     sweep = load_preset(a.preset)
     print(f"{sweep.name}: {len(sweep)} configurations" + (f" - {sweep.question}" if sweep.question else ""),
@@ -155,34 +155,27 @@ def cmd_sweep(a, store) -> int:
         for cell in sweep.cells:
             print("  " + ", ".join(f"{k}={v}" for k, v in cell.items()))
         return 0
-    from studio_core.measure.engine import Engine
+    from studio_core.study.service import StudyService
 
-    out = run_sweep(Engine(store), sweep, new=a.new)
+    out = StudyService(store).run_sweep(sweep, new=a.new)
     if out.get("note"):
         print(out["note"], file=sys.stderr)
     if out["interrupted"]:
         print(f"interrupted earlier (rerun now): runs {out['interrupted']}", file=sys.stderr)
-    runs = store.runs_frame("sweep_id = ?", [out["sweep_id"]])
+    runs = store.runs_frame(matching={"sweep_id": out["sweep_id"]})
     print(_table(runs))
     print(f"sweep {out['sweep_id']}: {out['status']}; ran {out['ran']}, already done {out['skipped']}")
     return 0
 
 
 def cmd_export(a, store) -> int:
-    where, params = [], []
-    if a.sweep is not None:
-        where.append("sweep_id = ?")
-        params.append(a.sweep)
-    if a.status:
-        where.append("status = ?")
-        params.append(a.status)
-    n = store.export_csv(a.csv, " AND ".join(where) or None, params)
+    matching = {k: v for k, v in {"sweep_id": a.sweep, "status": a.status}.items() if v is not None}
+    n = store.export_csv(a.csv, matching=matching)
     print(f"wrote {n} runs to {a.csv}")
     return 0
 
 
 def cmd_frontier(a, store) -> int:
-    from studio_core.errors import SpecError
     from studio_core.study.frontier import COSTS, QUALITIES, frontier_table
 
     if a.metric not in QUALITIES:
@@ -202,8 +195,7 @@ def cmd_frontier(a, store) -> int:
 
 
 def cmd_runs(a, store) -> int:
-    where, params = (("sweep_id = ?", [a.sweep]) if a.sweep is not None else (None, None))
-    frame = store.runs_frame(where, params).tail(a.limit)
+    frame = store.runs_frame(matching={"sweep_id": a.sweep} if a.sweep is not None else None).tail(a.limit)
     print(_table(frame) if len(frame) else "no runs yet")
     return 0
 
@@ -238,7 +230,6 @@ def _size(n_bytes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from studio_core.errors import ModelLoadError, SpecError, StoreError, SweepBusy, UnsafePath
     from studio_core.store.store import RunStore
 
     a = _parser().parse_args(argv)

@@ -1,15 +1,14 @@
-"""The UI's pure parts: widgets from the knob registry -> run specs and sweeps, and the data helpers."""
+"""The UI's pure parts: widgets from the knob registry -> run specs and sweeps, the tables, and the sweep estimate."""
 
-import json
 
 import pandas as pd
 import pytest
 
-from app import data, widgets
+from app import tables, widgets
 from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
 from studio_core.knobs.sampler import SAMPLERS
-from studio_core.store.store import RunStore
+from studio_core.study import estimate
 
 
 # ------------------------------------------------------------------------------------------ widgets
@@ -104,7 +103,7 @@ def test_axis_hints_say_what_values_an_axis_takes():
     assert "none =" in widgets.axis_hint("timestep_spacing")
 
 
-# ------------------------------------------------------------------------------------------ data
+# ------------------------------------------------------------------------------------------ tables and estimate
 def _row(**kw):
     row = {"id": 1, "status": "ok", "model": "emoji-sd", "model_path": "/m", "prompts": '["sun", "pizza"]',
            "seeds": "[0, 1]", "n_images": 4, "steps": 10, "sampler": "DDIM", "guidance": 3.0, "precision": "fp32",
@@ -118,45 +117,65 @@ def _row(**kw):
 def test_estimate_uses_past_runs_breakdown_per_image_step_and_run_overhead():
     history = pd.DataFrame([_row()])
     spec = {"prompts": ["sun"], "seeds": [0, 1], "steps": 20, "warmup": 1, "repeats": 1, "height": 32, "width": 32}
-    seconds, basis = data.estimate_seconds(history, [spec], "/m")
+    seconds, basis = estimate.estimate_seconds(history, [spec], "/m")
     # 800 ms / (10 steps x 4 images) = 20 ms per image-step; (1000 - 800) / 4 = 50 ms per image outside;
     # overhead = 4500 ms wall - 4 passes x 1000 ms = 500 ms per run
     per_pass = 2 * (50 + 20 * 20)
     assert seconds == pytest.approx((per_pass * 2 + 500) / 1000)
     assert "20.00 ms per image-step" in basis and "500 ms per run" in basis
-    with_ref, basis = data.estimate_seconds(history, [spec], "/m", reference_steps=100)
+    with_ref, basis = estimate.estimate_seconds(history, [spec], "/m", reference_steps=100)
     assert with_ref == pytest.approx(seconds + 2 * (50 + 100 * 20) / 1000) and "1 new reference" in basis
-    assert data.estimate_seconds(history, [spec], "/other") == (None, "unknown until the first run of this model")
-    assert data.estimate_seconds(pd.DataFrame(), [spec])[0] is None
+    assert estimate.estimate_seconds(history, [spec], "/other") == (None, "unknown until the first run of this model")
+    assert estimate.estimate_seconds(pd.DataFrame(), [spec])[0] is None
 
 
-def test_runs_where_is_parameterised_and_skips_all():
-    assert data.runs_where(data.ALL, None, "") == (None, [])
-    assert data.runs_where("ok", "3", "emoji-sd") == ("status = ? AND sweep_id = ? AND model = ?",
-                                                      ["ok", 3, "emoji-sd"])
-    assert data.runs_where(prompt_set="(custom prompts)") == ("prompt_set IS NULL", [])
+def test_the_default_reference_steps_are_the_engines():
+    from studio_core.measure.reference import REFERENCE_DEFAULT
+
+    assert estimate.DEFAULT_REFERENCE_STEPS == REFERENCE_DEFAULT["steps"]
+
+
+def test_format_duration():
+    assert [estimate.format_duration(s) for s in (None, 45, 210, 7560)] == ["unknown", "45 s", "3.5 min", "2.1 h"]
+
+
+def test_run_filters_skip_all_and_name_runs_without_a_prompt_set():
+    assert tables.run_filters(tables.ALL, None, "") == {}
+    assert tables.run_filters("ok", "3", "emoji-sd") == {"status": "ok", "sweep_id": 3, "model": "emoji-sd"}
+    assert tables.run_filters(prompt_set=tables.CUSTOM_PROMPTS) == {"prompt_set": None}
+
+
+def test_filter_choices_come_from_the_log():
+    frame = pd.DataFrame([_row(id=1, prompt_set="emoji-4"), _row(id=2, prompt_set=None, status="failed"),
+                          _row(id=3, prompt_set=None, model="/x")])
+    sweeps = [{"id": 1, "name": "a", "status": "done", "n_total": 2}, {"id": 2, "name": "b", "status": "running",
+                                                                       "n_total": 4}]
+    models, sets, sweep_items, runs = tables.filter_choices(frame, sweeps)
+    assert models == [tables.ALL, "/x", "emoji-sd"] and sets == [tables.ALL, "emoji-4", tables.CUSTOM_PROMPTS]
+    assert sweep_items == [(tables.ALL, tables.ALL), ("2: b (running, 4 runs)", "2"), ("1: a (done, 2 runs)", "1")]
+    assert [i for _, i in runs] == [3, 1]  # ok runs only, newest first
 
 
 def test_run_label_and_choices():
-    assert data.run_label(_row(id=12, knobs_label="dummy={}")) == "12: DDIM 10 steps g3 fp32 32x32 [dummy={}]"
-    assert data.run_label(_row(id=3, status="failed", model="/x")) == "3: DDIM 10 steps g3 fp32 32x32 </x> (failed)"
+    assert tables.run_label(_row(id=12, knobs_label="dummy={}")) == "12: DDIM 10 steps g3 fp32 32x32 [dummy={}]"
+    assert tables.run_label(_row(id=3, status="failed", model="/x")) == "3: DDIM 10 steps g3 fp32 32x32 </x> (failed)"
     frame = pd.DataFrame([_row(id=1), _row(id=2)])
-    assert [i for _, i in data.run_choices(frame)] == [2, 1]
+    assert [i for _, i in tables.run_choices(frame)] == [2, 1]
 
 
 def test_image_pairs_are_prompt_major():
-    assert data.image_pairs(_row()) == [("sun", 0), ("sun", 1), ("pizza", 0), ("pizza", 1)]
-    assert data.image_pairs({"prompts": ["a"], "seeds": [5]}) == [("a", 5)]
+    assert tables.image_pairs(_row()) == [("sun", 0), ("sun", 1), ("pizza", 0), ("pizza", 1)]
+    assert tables.image_pairs({"prompts": ["a"], "seeds": [5]}) == [("a", 5)]
 
 
 def test_differing_settings_and_metric_deltas():
     a = _row(id=1, psnr=30.0, ssim=0.9, peak_mem_bytes=2 * 2**20)
     b = _row(id=2, steps=20, latency_median_ms=2000.0, psnr=33.0, ssim=0.9, peak_mem_bytes=2 * 2**20)
-    diff = data.differing_settings([a, b])
+    diff = tables.differing_settings([a, b])
     assert diff.to_dict("records") == [{"setting": "steps", "run 1": "10", "run 2": "20"}]
-    deltas = data.metric_deltas([a, b]).set_index("metric")
+    deltas = tables.metric_deltas([a, b]).set_index("metric")
     assert deltas.loc["median latency (ms)", "run 2"] == "2000 (+1000, +100% worse)"
-    noisy = data.metric_deltas([{**a, "latency_iqr_ms": 50.0}, {**a, "id": 2, "latency_median_ms": 1040.0}])
+    noisy = tables.metric_deltas([{**a, "latency_iqr_ms": 50.0}, {**a, "id": 2, "latency_median_ms": 1040.0}])
     assert noisy.set_index("metric").loc["median latency (ms)", "run 2"] == "1040 (+40, +4% within IQR)"
     assert noisy.set_index("metric").loc["per image (ms)", "run 2"] == "250 (+0, +0% within IQR)"
     assert deltas.loc["PSNR (dB)", "run 2"] == "33 (+3, +10% better)"
@@ -167,33 +186,9 @@ def test_differing_settings_and_metric_deltas():
 
 def test_table_view_orders_newest_first_and_reads_memory_in_mib():
     frame = pd.DataFrame([_row(id=1, peak_mem_bytes=3 * 2**20), _row(id=2, peak_mem_bytes=2**20)])
-    view = data.table_view(frame)
+    view = tables.table_view(frame)
     assert list(view["id"]) == [2, 1] and list(view["peak_mem_MiB"]) == [1.0, 3.0]
     assert view["created_at"][0] == "2026-01-01 00:00:00"
-
-
-def test_store_readers_on_a_real_store(tmp_path):
-    store = RunStore(tmp_path / "study")
-    v0 = data.store_version(store)
-    config = {"model": "emoji-sd", "prompts": ["sun"], "seeds": [0], "steps": 4, "sampler": "DDIM",
-              "precision": "fp32", "knobs": {}}
-    rid = store.start_run(config, config_hash="x")
-    v1 = data.store_version(store)
-    store.finish_run(rid, {"latency_median_ms": 5.0, "per_image_ms": 5.0, "psnr": 20.0})
-    v2 = data.store_version(store)
-    assert len({v0, v1, v2}) == 3  # a start and a finish both change the version the Frontier polls
-    failed = store.start_run({**config, "steps": 8}, config_hash="y")
-    store.fail_run(failed, "out of memory: test")
-    assert list(data.load_runs(store, status="ok")["id"]) == [rid]
-    assert list(data.load_runs(store, status="failed", model="emoji-sd")["error"]) == ["out of memory: test"]
-    assert data.load_runs(store, model="other").empty
-    assert data.reference_config(store, None) is None and data.reference_config(store, 99) is None
-    store.put_reference("k", config={"sampler": "DPM++ 2M", "steps": 10}, images=[], model_fingerprint="f",
-                        generate_ms=12.0)
-    ref = data.reference_config(store, 1)
-    assert ref["sampler"] == "DPM++ 2M" and ref["generate_ms"] == 12.0 and ref["id"] == 1
-    assert json.loads(store.runs_frame()["seeds"][0]) == [0]
-    store.close()
 
 
 def test_split_values_reads_the_generate_widgets_in_order(dummy_knob):

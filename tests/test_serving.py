@@ -23,8 +23,9 @@ import pytest
 from live import free_port, load_app_main
 
 from app import serve
-from app.layout import BUSY_MESSAGE
+from studio_core.errors import DeviceWaitStopped, StudioBusy
 from studio_core.store.store import RunStore
+from studio_core.study.service import BUSY_MESSAGE, DeviceQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}
@@ -79,7 +80,7 @@ def served(tmp_path_factory, tiny_pipeline_dir):
     data_dir = tmp_path_factory.mktemp("study")
     with started(["--data-dir", str(data_dir), "--model", str(tiny_pipeline_dir),
                   "--max-waiting", str(MAX_WAITING)]) as (demo, url, err):
-        demo.studio.reference = REF  # a cheap reference for the tiny model
+        demo.studio.service.reference = REF  # a cheap reference for the tiny model
         client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
         client.predict(_spec(str(tiny_pipeline_dir)), api_name="/generate")
         yield demo, url, client, str(tiny_pipeline_dir), err
@@ -197,6 +198,23 @@ def test_blank_and_unknown_run_ids_get_a_message(served):
 
 
 # ------------------------------------------------------------------------------------------ load
+def test_the_device_queue_admits_up_to_its_limit_and_a_waiter_can_give_up():
+    line = DeviceQueue(2)
+    with line.admit(), line.admit():
+        with pytest.raises(StudioBusy, match=re.escape(BUSY_MESSAGE.format(n=2, limit=2))):
+            with line.admit():
+                pass
+    assert line.admitted == 0
+    waited: list[str] = []
+    with line.hold("a generation (1 image)"):
+        with pytest.raises(DeviceWaitStopped):  # asked to stop after it has been told once what holds the device
+            with line.hold("a sweep", waiting=waited.append, stop=lambda: bool(waited)):
+                pass
+    assert waited == ["a generation (1 image)"] and line.holder == ""
+    with line.hold("free again"):
+        assert line.holder == "free again"
+
+
 @contextlib.contextmanager
 def gated(studio):
     """Hold every run at the door of the engine until the gate opens (the device stays taken)."""
@@ -365,8 +383,8 @@ def test_a_damaged_database_is_refused_by_name(tmp_path):
     at = raw.index(b"running", (root - 1) * page, root * page)
     raw[at:at + 7] = b"runnins"
     db.write_bytes(bytes(raw))
-    assert serve.check_database(db).startswith("row ") and "missing from index idx_runs_status" in \
-        serve.check_database(db)
+    assert RunStore.check_integrity(db).startswith("row ") and "missing from index idx_runs_status" in \
+        RunStore.check_integrity(db)
     res = run_app("--data-dir", str(tmp_path))
     assert res.returncode == 2
     assert f"{db} failed SQLite's integrity check (row " in res.stderr and "Refusing to start" in res.stderr

@@ -121,10 +121,47 @@ def test_export_csv_has_every_column_and_row(store, tmp_path):
     assert list(frame["status"]) == ["ok", "failed", "running"]
     assert set(store.db["runs"].columns_dict) == set(frame.columns)
     assert store.export_csv(tmp_path / "ok.csv", "status = ?", ["ok"]) == 1
+    assert store.export_csv(tmp_path / "failed.csv", matching={"status": "failed", "steps": 4}) == 1
+
+
+def test_the_readers_the_views_use(store):
+    v0 = store.runs_version()
+    rid = store.start_run(CONFIG, config_hash="x")
+    v1 = store.runs_version()
+    store.finish_run(rid, {"latency_median_ms": 5.0, "per_image_ms": 5.0, "psnr": 20.0})
+    v2 = store.runs_version()
+    assert len({v0, v1, v2}) == 3  # a start and a finish both change the version the Frontier polls
+    failed = store.start_run({**CONFIG, "steps": 8, "prompt_set": "emoji-4"}, config_hash="y")
+    store.fail_run(failed, "out of memory: test")
+    assert store.run_count() == 2
+    assert list(store.runs_frame(matching={"status": "ok"})["id"]) == [rid]
+    assert list(store.runs_frame(matching={"status": "failed", "model": "emoji-sd"})["error"]) == [
+        "out of memory: test"]
+    assert list(store.runs_frame(matching={"prompt_set": None})["id"]) == [rid]  # None matches NULL
+    assert store.runs_frame(matching={"model": "other"}).empty and len(store.runs_frame(matching={})) == 2
+    with pytest.raises(StoreError, match="cannot filter runs on 'status; DROP TABLE runs'"):
+        store.runs_frame(matching={"status; DROP TABLE runs": "ok"})
+    with pytest.raises(TypeError, match="not both"):
+        store.runs_frame("status = ?", ["ok"], matching={"model": "emoji-sd"})
+    assert store.reference_config(None) is None and store.reference_config(99) is None
+    store.put_reference("k", config={"sampler": "DPM++ 2M", "steps": 10}, images=[], model_fingerprint="f",
+                        generate_ms=12.0)
+    assert store.reference_config(1) == {"sampler": "DPM++ 2M", "steps": 10, "generate_ms": 12.0, "id": 1}
+
+
+def test_integrity_of_a_file_before_it_is_opened(store, tmp_path):
+    assert RunStore.check_integrity(store.path) == "ok"
+    assert RunStore.check_integrity(tmp_path / "none" / "studio.db") == "new study"
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "studio.db").write_bytes(b"not a database, only text " * 100)
+    assert "not a database" in RunStore.check_integrity(junk / "studio.db")
+    with pytest.raises(StoreError, match=f"cannot open {junk / 'studio.db'}: file is not a database"):
+        RunStore(junk)
 
 
 def test_two_processes_write_the_same_store(tmp_path):
-    code = ("import sys; from studio_core.store import RunStore; s = RunStore(sys.argv[1]);"
+    code = ("import sys; from studio_core.store.store import RunStore; s = RunStore(sys.argv[1]);"
             "[s.finish_run(s.start_run({'steps': i}, config_hash=str(i)), {'psnr': float(i)}) for i in range(40)]")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)]) for _ in range(3)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
@@ -286,7 +323,7 @@ def test_read_only_opens_a_wal_study_in_a_folder_it_cannot_write(open_tmp, write
 
 def test_read_only_names_an_unreadable_write_ahead_log(open_tmp):
     """A writer that died left data in the -wal but no -shm; only a process that may write can recover it."""
-    crash = ("import os, sys; from studio_core.store import RunStore; s = RunStore(sys.argv[1]);"
+    crash = ("import os, sys; from studio_core.store.store import RunStore; s = RunStore(sys.argv[1]);"
              "s.db.execute('PRAGMA wal_autocheckpoint = 0'); s.start_run({'steps': 1}, config_hash='x'); os._exit(0)")
     subprocess.run([sys.executable, "-c", crash, str(open_tmp / "study")], check=True, cwd=ROOT, timeout=120)
     (open_tmp / "study" / "studio.db-shm").unlink()

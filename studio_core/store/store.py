@@ -32,7 +32,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import sqlite_utils
@@ -185,9 +185,13 @@ class RunStore:
             raise StoreError(f"study folder {self.data_dir} cannot be created: {exc.strerror}") from None
         conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        if self.db.journal_mode != "wal":
-            self.db.enable_wal()
+        try:
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            if self.db.journal_mode != "wal":
+                self.db.enable_wal()
+        except sqlite3.DatabaseError as exc:  # e.g. a file that is not a database
+            conn.close()
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
         with self._write():  # two processes opening a new study: one creates the schema, the other waits
             migrations.apply(self.db)
 
@@ -266,7 +270,31 @@ class RunStore:
         return len(migrations.applied(self.db))
 
     def integrity_check(self) -> str:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+        """SQLite's ``PRAGMA integrity_check`` of this open study: "ok", its first complaint, or the error."""
+        try:
+            with self._lock:
+                return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+        except sqlite3.Error as exc:
+            return str(exc)
+
+    @staticmethod
+    def check_integrity(db_path: str | Path) -> str:
+        """``PRAGMA integrity_check`` of a study's database file before any store opens it: "ok", SQLite's
+        complaint (the first five lines), or the error opening the file. A missing file is "new study"."""
+        db_path = Path(db_path)
+        if not db_path.exists():
+            return "new study"
+        try:
+            conn = sqlite3.connect(str(db_path), timeout=30)
+        except sqlite3.Error as exc:
+            return str(exc)
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+            return "; ".join(str(r[0]) for r in rows[:5]) + (f" (and {len(rows) - 5} more)" if len(rows) > 5 else "")
+        except sqlite3.Error as exc:
+            return str(exc)
+        finally:
+            conn.close()
 
     def close(self) -> None:
         self.db.conn.close()
@@ -384,15 +412,48 @@ class RunStore:
         """Decoded run rows, oldest first, with an optional parameterised ``where`` clause."""
         return self._select("runs", where, params)
 
-    def runs_frame(self, where: str | None = None, params: Iterable | dict | None = None):
-        """The run log as a pandas DataFrame: one row per run, every column, JSON left as text."""
+    def _matching(self, where: str | None, params: Iterable | dict | None,
+                  matching: Mapping[str, Any] | None) -> tuple[str | None, Iterable | dict | None]:
+        """``matching`` ({column: value}, None matching NULL) as a parameterised WHERE clause; the column
+        names are checked against the runs table, so no caller's text reaches the statement."""
+        if matching is None:
+            return where, params
+        if where:
+            raise TypeError("give a where clause or matching values, not both")
+        columns = set(self.db["runs"].columns_dict)
+        clauses, values = [], []
+        for column, value in matching.items():
+            if column not in columns:
+                raise StoreError(f"cannot filter runs on {column!r}: no such column")
+            clauses.append(f"{column} IS NULL" if value is None else f"{column} = ?")
+            values += [] if value is None else [value]
+        return " AND ".join(clauses) or None, values
+
+    def runs_frame(self, where: str | None = None, params: Iterable | dict | None = None, *,
+                   matching: Mapping[str, Any] | None = None):
+        """The run log as a pandas DataFrame: one row per run, every column, JSON left as text, oldest first.
+        Select with a parameterised ``where`` clause, or with ``matching`` column values (None matches NULL):
+        ``runs_frame(matching={"status": "ok", "sweep_id": 3})``."""
         import pandas as pd
 
+        where, params = self._matching(where, params, matching)
         with self._lock:
             return pd.read_sql_query(self._select_sql("runs", where), self.db.conn, params=params)
 
-    def export_csv(self, path: str | Path, where: str | None = None, params: Iterable | dict | None = None) -> int:
-        """Write every column of the selected runs to CSV (atomically); returns the number of rows.
+    def runs_version(self) -> tuple:
+        """Changes whenever a run starts or finishes: (count, max id, last finish time, runs still running)."""
+        with self._lock:
+            return tuple(self.db.execute(
+                "SELECT count(*), max(id), max(finished_at), sum(status = 'running') FROM runs").fetchone())
+
+    def run_count(self) -> int:
+        with self._lock:
+            return self.db["runs"].count
+
+    def export_csv(self, path: str | Path, where: str | None = None, params: Iterable | dict | None = None, *,
+                   matching: Mapping[str, Any] | None = None) -> int:
+        """Write every column of the selected runs (as ``runs_frame`` selects them) to CSV, atomically;
+        returns the number of rows.
 
         Not a study write, so a read-only store does it too. Refuses a NUL byte, an over-long name, a link
         or folder as the target, and the study's own database file.
@@ -401,7 +462,7 @@ class RunStore:
             path = file_target(path, "CSV file")
         if path.exists() and path.samefile(self.path):
             raise StoreError(f"{path} is the study's database; export the CSV somewhere else")
-        frame = self.runs_frame(where, params)
+        frame = self.runs_frame(where, params, matching=matching)
         with replace_atomically(path) as tmp:
             frame.to_csv(tmp, index=False)
         return len(frame)
@@ -474,6 +535,16 @@ class RunStore:
     def get_reference(self, ref_key: str) -> dict | None:
         rows = self._select("refs", "ref_key = ?", [ref_key])
         return rows[0] if rows else None
+
+    def reference_config(self, reference_id: int | None) -> dict | None:
+        """The configuration a run was scored against (sampler, steps, guidance ...) with its
+        ``generate_ms`` and ``id``; None for no reference or an unknown id."""
+        if reference_id is None:
+            return None
+        rows = self._select("refs", "id = ?", [int(reference_id)])
+        if not rows:
+            return None
+        return {**rows[0]["config_json"], "generate_ms": rows[0]["generate_ms"], "id": int(reference_id)}
 
     @_writes
     def put_reference(self, ref_key: str, *, config: dict, images: list[str], model_fingerprint: str,

@@ -1,41 +1,35 @@
-"""Data access for the UI: what the views read from the run store, as DataFrames and plain dicts.
-
-Views read the store; they never re-run work. Queries take parameters (no value is formatted into
-SQL). The functions after the store readers are pure transforms of run rows, unit-tested on small
-frames.
+"""The views' tables: run rows (dicts or a DataFrame from ``RunStore.runs_frame``) turned into what the
+page shows: menu labels, the Runs table, the Compare tab's differing settings and metric deltas, and
+the choices of the filters. Pure functions, unit-tested on small frames; nothing here reads the store.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
-
-from studio_core.store.store import RunStore
 
 __all__ = [
     "ALL",
     "COMPARE_METRICS",
+    "CUSTOM_PROMPTS",
     "SETTING_COLUMNS",
     "TABLE_COLUMNS",
     "differing_settings",
-    "estimate_seconds",
-    "format_duration",
+    "filter_choices",
     "image_pairs",
-    "load_runs",
     "metric_deltas",
-    "reference_config",
     "run_choices",
+    "run_filters",
     "run_label",
-    "runs_where",
-    "store_version",
     "sweep_choices",
     "table_view",
 ]
 
 ALL = "(all)"
+CUSTOM_PROMPTS = "(custom prompts)"  # the prompt-set filter's name for runs given their own prompts
 # the columns the Runs tab shows (the CSV has every column)
 TABLE_COLUMNS = ["id", "created_at", "status", "sweep_id", "model", "prompt_set", "n_images", "steps", "sampler",
                  "guidance", "precision", "height", "width", "knobs_label", "latency_median_ms", "latency_iqr_ms",
@@ -57,50 +51,36 @@ COMPARE_METRICS: dict[str, tuple[str, bool | None]] = {
 }
 
 
-# ------------------------------------------------------------------------------------------ store
-def runs_where(status: str | None = None, sweep_id: Any = None, model: str | None = None,
-               prompt_set: str | None = None) -> tuple[str | None, list]:
-    """A parameterised WHERE clause for the UI's filters; ``None`` or ``ALL`` means no filter."""
-    clauses, params = [], []
+# ------------------------------------------------------------------------------------------ filters
+def run_filters(status: str | None = None, sweep_id: Any = None, model: str | None = None,
+                prompt_set: str | None = None) -> dict[str, Any]:
+    """The page's filters as ``RunStore.runs_frame(matching=...)`` values: ``None``, blank or ``ALL`` is no
+    filter, ``CUSTOM_PROMPTS`` is runs without a prompt set (None matches NULL)."""
+    out: dict[str, Any] = {}
     for column, value in (("status", status), ("sweep_id", sweep_id), ("model", model), ("prompt_set", prompt_set)):
         if value is None or value == "" or value == ALL:
             continue
-        if column == "prompt_set" and value == "(custom prompts)":
-            clauses.append("prompt_set IS NULL")
+        if column == "prompt_set" and value == CUSTOM_PROMPTS:
+            out[column] = None
             continue
-        clauses.append(f"{column} = ?")  # column names come from this fixed list, values are parameters
-        params.append(int(value) if column == "sweep_id" else value)
-    return (" AND ".join(clauses) or None), params
+        out[column] = int(value) if column == "sweep_id" else value
+    return out
 
 
-def load_runs(store: RunStore, status: str | None = None, sweep_id: Any = None, model: str | None = None,
-              prompt_set: str | None = None) -> pd.DataFrame:
-    """Runs matching the filters, every column (JSON columns as text), oldest first."""
-    where, params = runs_where(status, sweep_id, model, prompt_set)
-    return store.runs_frame(where, params)
+def sweep_choices(sweeps: list[Mapping]) -> list[tuple[str, int]]:
+    """(label, id) of every sweep (``RunStore.sweeps()``, oldest first), newest first."""
+    return [(f"{s['id']}: {s['name']} ({s['status']}, {s['n_total']} runs)", int(s["id"])) for s in reversed(sweeps)]
 
 
-def store_version(store: RunStore) -> tuple:
-    """Changes whenever a run starts or finishes: (count, max id, last finish time, runs still running)."""
-    row = store.db.execute(
-        "SELECT count(*), max(id), max(finished_at), sum(status = 'running') FROM runs").fetchone()
-    return tuple(row)
-
-
-def sweep_choices(store: RunStore) -> list[tuple[str, int]]:
-    """(label, id) of every sweep, newest first."""
-    return [(f"{s['id']}: {s['name']} ({s['status']}, {s['n_total']} runs)", int(s["id"]))
-            for s in reversed(store.sweeps())]
-
-
-def reference_config(store: RunStore, reference_id: Any) -> dict | None:
-    """The configuration a run was scored against (sampler, steps, guidance ...), or None."""
-    if reference_id is None or (isinstance(reference_id, float) and math.isnan(reference_id)):
-        return None
-    row = store.db.execute("SELECT config_json, generate_ms FROM refs WHERE id = ?", [int(reference_id)]).fetchone()
-    if row is None:
-        return None
-    return {**json.loads(row[0]), "generate_ms": row[1], "id": int(reference_id)}
+def filter_choices(frame: pd.DataFrame, sweeps: list[Mapping]) -> tuple[list, list, list, list]:
+    """Choices of the model, prompt-set, sweep and run pickers, from the whole run log."""
+    models = [ALL] + sorted({m for m in frame.get("model", []) if m})
+    sets = [ALL] + sorted({p for p in frame.get("prompt_set", []) if isinstance(p, str) and p})
+    if len(frame) and frame["prompt_set"].isna().any():
+        sets.append(CUSTOM_PROMPTS)
+    sweep_items = [(ALL, ALL)] + [(label, str(i)) for label, i in sweep_choices(sweeps)]
+    runs = run_choices(frame[frame["status"] == "ok"]) if len(frame) else []
+    return models, sets, sweep_items, runs
 
 
 # ------------------------------------------------------------------------------------------ pure
@@ -166,83 +146,6 @@ def _json_list(value: Any) -> list:
 def image_pairs(row: Mapping) -> list[tuple[str, int]]:
     """The (prompt, seed) of each stored image of a run, in the store's prompt-major order."""
     return [(p, int(s)) for p in _json_list(row.get("prompts")) for s in _json_list(row.get("seeds"))]
-
-
-def _wall_ms(row: Mapping) -> float | None:
-    try:
-        a = pd.Timestamp(row.get("created_at"))
-        b = pd.Timestamp(row.get("finished_at"))
-    except (TypeError, ValueError):
-        return None
-    return None if pd.isna(a) or pd.isna(b) else (b - a).total_seconds() * 1000.0
-
-
-def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path: str | None = None,
-                     reference_steps: int | None = None) -> tuple[float | None, str]:
-    """Expected wall time of running ``specs`` (resolved spec dicts), from past ok runs of the model.
-
-    Method: from past runs' timing breakdowns, the median denoising cost per image-step and the
-    median cost per image outside the denoiser (text encode, decode); a pass over a spec costs
-    ``images x (outside + steps x per-step)``, a run ``warm-up + repeats`` passes plus the median
-    per-run overhead seen in past runs' wall time (scoring, logging; load time left out), plus one
-    reference pass at ``reference_steps`` per distinct (prompts, seeds, size) no past run had.
-    Returns (seconds or None, the basis in words).
-    """
-    specs = list(specs)
-    if not specs:
-        return None, "no runs"
-    ok = history if history is not None else pd.DataFrame()
-    if len(ok):
-        ok = ok[(ok["status"] == "ok") & ok["latency_median_ms"].notna() & ok["steps"].notna()
-                & (ok["n_images"].fillna(0) > 0)]
-        if model_path is not None and "model_path" in ok:
-            ok = ok[ok["model_path"] == model_path]
-    if not len(ok):
-        return None, "unknown until the first run of this model"
-    rows = ok.to_dict("records")
-    denoise = [r["denoise_ms"] if not _isnull(r.get("denoise_ms")) else r["latency_median_ms"] for r in rows]
-    step_img = float(pd.Series([d / (r["steps"] * r["n_images"]) for d, r in zip(denoise, rows)]).median())
-    outside_img = float(pd.Series([max(0.0, r["latency_median_ms"] - d) / r["n_images"]
-                                   for d, r in zip(denoise, rows)]).median())
-    overheads = []
-    for r in rows:
-        wall = _wall_ms(r)
-        if wall is not None:
-            passes = (r.get("cold_ms") or r["latency_median_ms"]) + (int(r.get("warmup") or 1) - 1 + int(
-                r.get("repeats") or 1)) * r["latency_median_ms"]
-            overheads.append(max(0.0, wall - float(r.get("load_ms") or 0) - passes))
-    run_overhead = float(pd.Series(overheads).median()) if overheads else 0.0
-    total_ms = 0.0
-    for s in specs:
-        n_images = len(s.get("prompts") or []) * len(s.get("seeds") or [])
-        per_pass = n_images * (outside_img + int(s["steps"]) * step_img)
-        total_ms += per_pass * (int(s.get("warmup", 1)) + int(s.get("repeats", 3))) + run_overhead
-    new_refs = 0
-    if reference_steps:
-        seen = {(json.dumps(_json_list(r.get("prompts"))), json.dumps(_json_list(r.get("seeds"))),
-                 r.get("height"), r.get("width")) for r in rows}
-        todo = {(json.dumps(list(s.get("prompts") or [])), json.dumps(list(s.get("seeds") or [])),
-                 s.get("height"), s.get("width")) for s in specs}
-        for key in todo - seen:
-            new_refs += 1
-            n = len(json.loads(key[0])) * len(json.loads(key[1]))
-            total_ms += n * (outside_img + reference_steps * step_img)
-    basis = (f"from {len(rows)} past run{'s' if len(rows) > 1 else ''} of this model: {step_img:.2f} ms per "
-             f"image-step, {outside_img:.1f} ms per image outside the denoiser, {run_overhead:.0f} ms per run "
-             "for scoring and logging")
-    if new_refs:
-        basis += f"; plus {new_refs} new reference{'s' if new_refs > 1 else ''} at {reference_steps} steps"
-    return total_ms / 1000.0, basis + "; model loading not included"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _plain(v: Any) -> Any:

@@ -1,0 +1,338 @@
+"""The page's handlers: widget values -> a run spec or sweep dict -> one call to the study service -> what
+the page shows (figures from ``app.plots``, text from ``app.cards``, tables from ``app.tables``).
+
+``Studio`` holds one ``StudyService`` per app, shared by every browser session. Errors meant for the
+user (a bad value, a missing run, a full line) become ``gr.Error`` with the reason, never a
+traceback. Ids typed into the page or sent to the API are checked by ``parse_id``: anything but a
+whole number in SQLite's range gets a message. In a read-only demo every handler that would run or
+write answers with the demo's banner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import weakref
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from app import cards, plots, tables, widgets
+from studio_core.errors import ModelLoadError, SpecError, StoreError, StudioBusy, SweepBusy
+from studio_core.spec import RunSpec, model_info, resolve
+from studio_core.study.estimate import format_duration
+from studio_core.study.service import StudyService
+
+__all__ = ["DEMO_MESSAGE", "MAX_ID", "NO_AXIS", "Studio", "parse_id"]
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = (SpecError, ModelLoadError, StoreError, SweepBusy)
+NO_AXIS = "(none)"
+MAX_ID = 2**63 - 1  # SQLite's largest INTEGER
+DEMO_MESSAGE = "Read-only demo of {study}: generation and sweeps are off"
+
+
+def _user_error(exc: BaseException, hide: tuple[str, str] | None = None) -> gr.Error:
+    """A readable message for the page: the reason, never a traceback. ``hide`` is (text, shown
+    instead): a demo puts its study's folder name where the server path would be."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, StudioBusy):
+        return gr.Error(str(exc), title="Studio busy", print_exception=False)
+    known = isinstance(exc, USER_ERRORS)
+    if not known:
+        log.exception("unexpected error in the studio UI")
+    text = str(exc) if known else f"{type(exc).__name__}: {exc}"
+    if hide:
+        text = text.replace(*hide)
+    return gr.Error(text, title="Cannot run this" if known else "Something went wrong", print_exception=False)
+
+
+def parse_id(value: Any, what: str = "run") -> int | None:
+    """A row id from a widget or an API caller: ``None`` when blank, else a whole number from 1 to
+    SQLite's largest; anything else (text, fractions, NUL bytes, huge numbers) is a ``gr.Error``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:36] + "...'"
+    number = None
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 20:
+        number = int(value.strip())
+    if number is None or not 1 <= number <= MAX_ID:
+        raise gr.Error(f"{shown} is not a {what} id: {what} ids are whole numbers from 1 up", title="No such "
+                       f"{what}", print_exception=False)
+    return number
+
+
+def _stage_fraction(stage: str) -> float:
+    """Rough position of an engine stage in a run, for the progress bar."""
+    if stage.startswith("repeat"):
+        try:
+            i, n = (int(x) for x in stage.split()[1].split("/"))
+            return 0.3 + 0.5 * (i - 1) / n
+        except (IndexError, ValueError):
+            return 0.5
+    return {"loading": 0.05, "warm-up": 0.15, "scoring": 0.85}.get(stage, 0.0)
+
+
+class Studio:
+    """The handlers over one study service (and so one store and, unless it is a read-only demo, one
+    engine), shared by every browser session."""
+
+    def __init__(self, service: StudyService):
+        self.service = service
+        self.tmp = Path(tempfile.mkdtemp(prefix="studio-"))  # CSV exports; removed with the Studio or at exit
+        weakref.finalize(self, shutil.rmtree, self.tmp, True)
+        data_dir = service.store.data_dir
+        # a demo names its study by folder; the server's path stays on the server
+        self.where = data_dir.name if self.read_only else str(service.store.path)
+        self.demo_message = DEMO_MESSAGE.format(study=data_dir.name)
+        self._hide = (str(data_dir), data_dir.name) if self.read_only else None
+
+    # what tests and scripts reach through the page: the study behind it
+    store = property(lambda self: self.service.store)
+    engine = property(lambda self: self.service.engine)
+    device = property(lambda self: self.service.device)
+    read_only = property(lambda self: self.service.read_only)
+    reference = property(lambda self: self.service.reference)
+
+    def error(self, exc: BaseException) -> gr.Error:
+        return _user_error(exc, self._hide)
+
+    def refuse_in_demo(self) -> None:
+        """Every handler that would run or write starts here: a demo answers with its banner."""
+        if self.read_only:
+            raise gr.Error(self.demo_message, title="Read-only demo", print_exception=False)
+
+    # ------------------------------------------------------------------ widgets -> specs
+    def spec_from(self, parts: dict, force_knobs: set[str] = frozenset()) -> dict:
+        enabled = {k: bool(v) or k in force_knobs for k, v in parts["enabled"].items()}
+        return widgets.build_spec(parts["model"], parts["prompts"], parts["prompt_set"], parts["seeds"],
+                                  parts["values"], enabled, warmup=parts["warmup"], repeats=parts["repeats"],
+                                  device=parts["device"], batch_size=parts["batch_size"])
+
+    def check_spec(self, spec: dict) -> dict:
+        """Resolve against the model's configs (no weights); ``gr.Error`` naming field, value and rule."""
+        try:
+            resolve(RunSpec.from_dict(spec))
+        except (SpecError, ModelLoadError, TypeError) as exc:
+            raise self.error(exc if not isinstance(exc, TypeError) else SpecError("spec", spec, str(exc))) from None
+        return spec
+
+    # ------------------------------------------------------------------ Generate
+    def model_changed(self, model: str, settings: list[widgets.Setting], knobs: list | None = None):
+        """The model's defaults into the built-in widgets, a line about the model, and each optional knob's
+        "use" box greyed out with the reason when the model cannot take that knob."""
+        knobs = knobs or []
+        try:
+            info = model_info(model)
+        except (SpecError, ModelLoadError) as exc:
+            return [gr.skip()] * len(settings) + [f"**Model:** {exc}"] + [gr.skip()] * len(knobs)
+        d = info.defaults
+        native = info.sample_size or 512
+        defaults = {"steps": d["num_inference_steps"], "guidance": d["guidance_scale"],
+                    "height": d.get("height") or native, "width": d.get("width") or native}
+        updates = [gr.update(value=defaults[s.name]) if s.builtin and s.name in defaults else gr.skip()
+                   for s in settings]
+        text = (f"**Model:** {info.pipeline_class} · own scheduler {info.scheduler_class} · native {native} px "
+                f"(multiples of {info.size_multiple}) · defaults {defaults['steps']} steps, guidance "
+                f"{defaults['guidance']:g}")
+        return updates + [text] + [widgets.knob_availability(knob, info) for knob in knobs]
+
+    def generate(self, spec: dict, progress=gr.Progress()):
+        """Run one spec; the images (pixel-upscaled) and the metrics card. Waits in line for the device
+        (saying behind what), or is refused at once when the line is full."""
+        self.refuse_in_demo()
+        if not isinstance(spec, dict):
+            raise gr.Error("no run spec: press Generate", print_exception=False)
+        progress(0.0, desc="waiting for the device")
+        try:
+            row = self.service.run(
+                spec, on_stage=lambda stage: progress(_stage_fraction(stage), desc=stage),
+                waiting=lambda holder: progress(0.0, desc=f"waiting for the device: {holder} is running"))
+        except Exception as exc:
+            raise self.error(exc) from None
+        if row["status"] != "ok":
+            raise gr.Error(f"run {row['id']} failed: {row.get('error')}", title="Run failed", print_exception=False)
+        return self.gallery(row), cards.metrics_card(row, self.store.reference_config(row.get("reference_id")))
+
+    def gallery(self, row: dict, limit: int = 64) -> list[tuple]:
+        pairs = tables.image_pairs(row)
+        images = self.store.load_images(row["images"][:limit]) if row.get("images") else []
+        return [(plots.pixel_upscale(im, 256), f"{p} · seed {s}") for im, (p, s) in zip(images, pairs)]
+
+    # ------------------------------------------------------------------ Sweep
+    def sweep_dict(self, parts: dict, axes: list[tuple[str, str]], name: str, question: str) -> dict:
+        axes = [(a if a and a != NO_AXIS else None, v) for a, v in axes]
+        forced = {a.split(".")[1] for a, _ in axes if a and a.startswith("knobs.")}
+        base = self.spec_from(parts, forced)
+        return widgets.build_sweep(base, axes, name=name, question=question, reference=self.reference)
+
+    def estimate(self, sweep: dict) -> str:
+        """How many runs and how long, before anything starts (``SpecError`` for a bad cell)."""
+        e = self.service.estimate(sweep)
+        when = (f"estimated **{format_duration(e.seconds)}**" if e.seconds is not None
+                else "time **unknown until the first run** of this model")
+        again = (f" A sweep with these configurations already finished (sweep {e.finished_sweep}): tick "
+                 "*run again* to repeat it, or start to show its grid.") if e.finished_sweep is not None else ""
+        n_img = e.images_per_run
+        return (f"**{e.runs} runs** ({e.shape}), {n_img} image{'s' if n_img != 1 else ''} x {e.passes_per_run} "
+                f"passes each; {when}.{again}\n\n<small>{e.basis}</small>")
+
+    def cancel(self, request: gr.Request):
+        self.refuse_in_demo()
+        self.service.cancel(getattr(request, "session_hash", None))
+        return "Cancelling: the sweep stops after the run in progress (runs are never cut in half)."
+
+    def run_sweep(self, sweep: dict, rerun: bool, request: gr.Request, progress=gr.Progress()):
+        """Run (or resume) a sweep, updating the grid after every run; Cancel stops between runs. Like a
+        generation, it waits in line for the device or is refused when the line is full."""
+        self.refuse_in_demo()
+        try:
+            s = self.service.sweep(sweep)
+        except Exception as exc:
+            raise self.error(exc) from None
+        progress((0, len(s)), desc=f"{s.name}: starting", unit="runs")
+        shown = None
+        events = self.service.sweep_events(s, new=bool(rerun), session=getattr(request, "session_hash", None))
+        try:
+            with closing(events):  # the page went away: the service stops the sweep between runs
+                for event in events:
+                    if event.kind == "wait":
+                        text = f"waiting for the device: {event.holder} is running"
+                        progress((0, event.total), desc=f"{s.name}: {text}", unit="runs")
+                        if text != shown:
+                            shown = text
+                            yield gr.skip(), f"**Waiting** for the device: {event.holder} is running."
+                    elif event.kind == "run":
+                        status = f"run {event.done} of {event.total} done ({event.row.get('status')})"
+                        progress((event.done, event.total), desc=f"{s.name}: {status}", unit="runs")
+                        yield self.grid(event.row.get("sweep_id")), f"**Running** {s.name}: {status}."
+                    elif event.kind == "stopped":
+                        yield gr.skip(), f"**Cancelled** {s.name} before it started: nothing ran."
+                    else:
+                        yield self.grid(event.result["sweep_id"]), self._finished(s.name, event.result)
+        except Exception as exc:  # refused (the line is full), or an error that stopped the sweep
+            raise self.error(exc) from None
+
+    @staticmethod
+    def _finished(name: str, res: dict) -> str:
+        text = {"done": "finished", "cancelled": "cancelled"}.get(res["status"], res["status"])
+        msg = (f"**Sweep {res['sweep_id']} {text}**: {res['ran']} runs now, {res['skipped']} already done "
+               "(kept from an earlier start).")
+        return msg + (f" {res['note']}" if res.get("note") else "")
+
+    def grid(self, sweep_id: int | None) -> str:
+        """The annotated grid of a sweep in the store (running or finished), from its recorded axes."""
+        if sweep_id is None:
+            return ""
+        g = self.service.sweep_grid(sweep_id)
+        if not g.axes:
+            return f"<p>Sweep {sweep_id} has no recorded axes to lay out a grid.</p>"
+        return cards.sweep_grid_html(g.axes, g.runs_by_index, self.store.load_images,
+                                     title=f"Sweep {sweep_id}: {g.sweep['name']} ({g.sweep['status']})")
+
+    def sweep_grid(self, sweep_id: Any) -> str:
+        """The grid of a sweep picked by id (the Sweep tab's picker, ``/sweep_grid``): a read."""
+        sid = parse_id(sweep_id, "sweep")
+        if sid is None:
+            return "<p>Pick a sweep to see its grid.</p>"
+        try:
+            return self.grid(sid)
+        except StoreError as exc:
+            raise self.error(exc) from None
+
+    def sweep_choices(self) -> list[tuple[str, int]]:
+        return tables.sweep_choices(self.store.sweeps())
+
+    # ------------------------------------------------------------------ Frontier
+    def frontier(self, quality: str, cost: str, color: str, symbol: str, model: str, prompt_set: str,
+                 sweep_id: Any, selected: list | None, log_x: bool = False):
+        sid = None if sweep_id in (None, "", tables.ALL) else parse_id(sweep_id, "sweep")
+        frame = self.store.runs_frame(matching=tables.run_filters("ok", sid, model, prompt_set))
+        sel = [i for i in (parse_id(v) for v in (selected or [])) if i is not None]
+        return plots.make_frontier_plot(frame, quality, cost, None if color == NO_AXIS else color,
+                                        None if symbol == NO_AXIS else symbol, sel, log_x=bool(log_x))
+
+    def filter_choices(self):
+        """Current choices of the model / prompt set / sweep / run filters, from the whole log."""
+        return tables.filter_choices(self.store.runs_frame(), self.store.sweeps())
+
+    def clicked(self, token: str, selected: list | None):
+        """A plotly click (``"<id>@<time>"`` from the page hook): show that run, add it to the selection."""
+        try:
+            run_id = parse_id(str(token).split("@")[0])
+            row = self.store.get_run(run_id)
+            sel = [i for i in (parse_id(v) for v in (selected or [])) if i is not None]
+        except (gr.Error, StoreError):
+            return gr.skip(), gr.skip(), gr.skip()
+        if run_id not in sel:
+            sel = (sel + [run_id])[-4:]
+        return (self.gallery(row, limit=8), self.point_text(row),
+                gr.update(choices=self.filter_choices()[3], value=sel))
+
+    def point_text(self, row: dict) -> str:
+        head, *rest = plots.hover_text(row).replace("<b>", "**").replace("</b>", "**").split("<br>")
+        return "\n".join([head, "", *[f"- {line}" for line in rest], "", "**Knobs**", "",
+                          *[f"- {k}" for k in cards.knob_lines(row)]])
+
+    # ------------------------------------------------------------------ Compare
+    def compare(self, ids: Any):
+        """Two to four runs side by side; ``ids`` come raw from the page or an API caller."""
+        if not isinstance(ids, (list, tuple)):
+            ids = [] if ids is None else [ids]
+        if len(ids) > 4:
+            raise gr.Error(f"{len(ids)} runs given: compare two to four", print_exception=False)
+        parsed = [parse_id(i) for i in ids]
+        if None in parsed:
+            raise gr.Error("a blank run id: give two to four run ids", print_exception=False)
+        if len(parsed) < 2:
+            return ("<p>Select two to four runs to compare (the first is the baseline).</p>",
+                    pd.DataFrame(columns=["setting"]), pd.DataFrame(columns=["metric"]))
+        try:
+            rows = [self.store.get_run(i) for i in parsed]
+            images = {int(r["id"]): self.store.load_images(r["images"]) for r in rows if r.get("images")}
+        except StoreError as exc:
+            raise self.error(exc) from None
+        return (cards.compare_html(rows, images), tables.differing_settings(rows), tables.metric_deltas(rows))
+
+    # ------------------------------------------------------------------ Runs
+    def runs_table(self, status: str, sweep_id: Any, model: str):
+        frame = self.store.runs_frame(matching=tables.run_filters(status, sweep_id, model))
+        return tables.table_view(frame), self.export_csv(status, sweep_id, model)
+
+    def export_csv(self, status: str, sweep_id: Any, model: str) -> str:
+        """Every column of the filtered runs as CSV in a temp folder; returns its path."""
+        tag = hashlib.sha256(repr((status, sweep_id, model)).encode()).hexdigest()[:8]
+        path = self.tmp / f"studio-runs-{tag}.csv"
+        self.store.export_csv(path, matching=tables.run_filters(status, sweep_id, model))
+        return str(path)
+
+    def details(self, run_id: Any):
+        """One run's card, images and full configuration; ``run_id`` comes raw from the page or the API."""
+        rid = parse_id(run_id)
+        if rid is None:
+            return "Pick a run in the table (or type its id).", [], None
+        try:
+            row = self.store.get_run(rid)
+        except StoreError:
+            raise gr.Error(f"run {rid} does not exist in {self.where}", title="No such run",
+                           print_exception=False) from None
+        card = cards.metrics_card(row, self.store.reference_config(row.get("reference_id")))
+        config = row.get("config_json") or {}
+        return card, (self.gallery(row) if row.get("images") else []), config
+
+    def selected_row(self, evt: gr.SelectData):
+        row = evt.row_value or []
+        return int(row[0]) if row else gr.skip()

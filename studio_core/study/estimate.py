@@ -1,0 +1,140 @@
+"""How long a sweep will take, before it starts: from the timing breakdowns of past runs of the model.
+
+``estimate_seconds`` is the method (pure, over a DataFrame of past runs); ``estimate_sweep`` puts it
+together with the sweep's shape into a ``SweepEstimate`` that the page and the CLI word as they like.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from studio_core.study.sweep import Sweep
+
+__all__ = ["DEFAULT_REFERENCE_STEPS", "SweepEstimate", "estimate_seconds", "estimate_sweep", "format_duration"]
+
+# The steps of the default reference (``measure.reference.REFERENCE_DEFAULT``), here so that an
+# estimate never imports the engine (and torch); tests/test_app_data.py checks the two agree.
+DEFAULT_REFERENCE_STEPS = 200
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    """What a sweep will cost: its runs, their size, and the expected wall time with its basis."""
+
+    runs: int
+    shape: str  # runs per axis, "2 x 3"
+    images_per_run: int
+    passes_per_run: int  # warm-up calls + timed repeats
+    seconds: float | None  # None: no past run of this model to go by
+    basis: str
+    finished_sweep: int | None  # a sweep with these configurations that already finished
+
+
+def _isnull(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _json_list(value: Any) -> list:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            out = json.loads(value)
+            return out if isinstance(out, list) else []
+        except json.JSONDecodeError:
+            return []
+    return []
+
+
+def _wall_ms(row: Mapping) -> float | None:
+    try:
+        a = pd.Timestamp(row.get("created_at"))
+        b = pd.Timestamp(row.get("finished_at"))
+    except (TypeError, ValueError):
+        return None
+    return None if pd.isna(a) or pd.isna(b) else (b - a).total_seconds() * 1000.0
+
+
+def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path: str | None = None,
+                     reference_steps: int | None = None) -> tuple[float | None, str]:
+    """Expected wall time of running ``specs`` (resolved spec dicts), from past ok runs of the model.
+
+    Method: from past runs' timing breakdowns, the median denoising cost per image-step and the
+    median cost per image outside the denoiser (text encode, decode); a pass over a spec costs
+    ``images x (outside + steps x per-step)``, a run ``warm-up + repeats`` passes plus the median
+    per-run overhead seen in past runs' wall time (scoring, logging; load time left out), plus one
+    reference pass at ``reference_steps`` per distinct (prompts, seeds, size) no past run had.
+    Returns (seconds or None, the basis in words).
+    """
+    specs = list(specs)
+    if not specs:
+        return None, "no runs"
+    ok = history if history is not None else pd.DataFrame()
+    if len(ok):
+        ok = ok[(ok["status"] == "ok") & ok["latency_median_ms"].notna() & ok["steps"].notna()
+                & (ok["n_images"].fillna(0) > 0)]
+        if model_path is not None and "model_path" in ok:
+            ok = ok[ok["model_path"] == model_path]
+    if not len(ok):
+        return None, "unknown until the first run of this model"
+    rows = ok.to_dict("records")
+    denoise = [r["denoise_ms"] if not _isnull(r.get("denoise_ms")) else r["latency_median_ms"] for r in rows]
+    step_img = float(pd.Series([d / (r["steps"] * r["n_images"]) for d, r in zip(denoise, rows)]).median())
+    outside_img = float(pd.Series([max(0.0, r["latency_median_ms"] - d) / r["n_images"]
+                                   for d, r in zip(denoise, rows)]).median())
+    overheads = []
+    for r in rows:
+        wall = _wall_ms(r)
+        if wall is not None:
+            passes = (r.get("cold_ms") or r["latency_median_ms"]) + (int(r.get("warmup") or 1) - 1 + int(
+                r.get("repeats") or 1)) * r["latency_median_ms"]
+            overheads.append(max(0.0, wall - float(r.get("load_ms") or 0) - passes))
+    run_overhead = float(pd.Series(overheads).median()) if overheads else 0.0
+    total_ms = 0.0
+    for s in specs:
+        n_images = len(s.get("prompts") or []) * len(s.get("seeds") or [])
+        per_pass = n_images * (outside_img + int(s["steps"]) * step_img)
+        total_ms += per_pass * (int(s.get("warmup", 1)) + int(s.get("repeats", 3))) + run_overhead
+    new_refs = 0
+    if reference_steps:
+        seen = {(json.dumps(_json_list(r.get("prompts"))), json.dumps(_json_list(r.get("seeds"))),
+                 r.get("height"), r.get("width")) for r in rows}
+        todo = {(json.dumps(list(s.get("prompts") or [])), json.dumps(list(s.get("seeds") or [])),
+                 s.get("height"), s.get("width")) for s in specs}
+        for key in todo - seen:
+            new_refs += 1
+            n = len(json.loads(key[0])) * len(json.loads(key[1]))
+            total_ms += n * (outside_img + reference_steps * step_img)
+    basis = (f"from {len(rows)} past run{'s' if len(rows) > 1 else ''} of this model: {step_img:.2f} ms per "
+             f"image-step, {outside_img:.1f} ms per image outside the denoiser, {run_overhead:.0f} ms per run "
+             "for scoring and logging")
+    if new_refs:
+        basis += f"; plus {new_refs} new reference{'s' if new_refs > 1 else ''} at {reference_steps} steps"
+    return total_ms / 1000.0, basis + "; model loading not included"
+
+
+def estimate_sweep(sweep: Sweep, history: pd.DataFrame, model_path: str | None = None, *,
+                   reference_steps: int | None = DEFAULT_REFERENCE_STEPS,
+                   finished_sweep: int | None = None) -> SweepEstimate:
+    """The sweep's size and ``estimate_seconds`` of its (resolved) configurations."""
+    seconds, basis = estimate_seconds(history, [s.to_dict() for s in sweep.specs], model_path, reference_steps)
+    first = sweep.specs[0]
+    return SweepEstimate(runs=len(sweep), shape=" x ".join(str(len(v)) for _, v in sweep.axes),
+                         images_per_run=first.n_images, passes_per_run=first.warmup + first.repeats,
+                         seconds=seconds, basis=basis, finished_sweep=finished_sweep)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"45 s"``, ``"3.5 min"``, ``"2.1 h"``; "unknown" for None."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

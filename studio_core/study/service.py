@@ -1,0 +1,261 @@
+"""The one way the page and the command line reach the engine: ``StudyService`` over one study.
+
+It holds the store, the engine (made on first use: importing this module, or building the page,
+never imports torch), and the ``DeviceQueue`` every generation and sweep passes:
+
+* **Admission**: at most ``limit`` generations and sweeps are admitted at a time (one on the device,
+  the rest waiting in line); one more is refused at once with ``StudioBusy`` (``BUSY_MESSAGE``)
+  rather than left to hang.
+* **The device**: admitted work takes the device lock, so a measurement is never timed beside
+  another; those waiting are told, every half second, what holds it.
+
+``run`` measures one spec in the calling thread and returns its store row. ``run_sweep`` runs (or
+resumes) a sweep in the calling thread (the CLI: Ctrl-C stops it there); ``sweep_events`` runs it in
+a worker thread and yields ``SweepEvent``s (waiting, one per finished run, the end) for a page to
+show, stopping between runs when ``cancel`` is called for its session or the consumer goes away.
+Reads that need more than one store call (a sweep's grid, an estimate) are here too; single reads
+go to ``service.store``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from studio_core.errors import DeviceWaitStopped, StoreReadOnly, StudioBusy
+from studio_core.models import resolve_model
+from studio_core.store.store import RunStore
+from studio_core.study.estimate import DEFAULT_REFERENCE_STEPS, SweepEstimate, estimate_sweep
+from studio_core.study.sweep import Sweep, run_sweep, sweep_from_dict
+
+if TYPE_CHECKING:  # the engine imports torch: it is imported when the first run needs it
+    from studio_core.measure.engine import Engine
+
+__all__ = ["BUSY_MESSAGE", "DeviceQueue", "StudyService", "SweepEvent", "SweepGrid"]
+
+BUSY_MESSAGE = ("The studio is busy: {n} generations or sweeps are already running or waiting for the device "
+                "(limit {limit}). Try again in a minute; frontier, compare and runs still work.")
+
+
+class DeviceQueue:
+    """Generations and sweeps in line for the device: at most ``limit`` admitted (one running, the rest
+    waiting); one more is refused at once with ``StudioBusy`` rather than left to hang."""
+
+    def __init__(self, limit: int = 4):
+        if limit < 1:
+            raise ValueError(f"max_waiting={limit}: at least 1 (the run on the device counts)")
+        self.limit = limit
+        self.admitted = 0
+        self.holder = ""  # what is on the device now, for the progress text of those waiting
+        self._count = threading.Lock()
+        self._device = threading.Lock()
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        with self._count:
+            if self.admitted >= self.limit:
+                raise StudioBusy(BUSY_MESSAGE.format(n=self.admitted, limit=self.limit))
+            self.admitted += 1
+        try:
+            yield
+        finally:
+            with self._count:
+                self.admitted -= 1
+
+    @contextmanager
+    def hold(self, what: str, waiting: Callable[[str], None] | None = None,
+             stop: Callable[[], bool] | None = None) -> Iterator["DeviceQueue"]:
+        """The device for ``what``; while another run has it, ``waiting(holder)`` every half second.
+        ``stop`` returning True while waiting gives up (``DeviceWaitStopped``)."""
+        while not self._device.acquire(timeout=0.5):
+            if stop is not None and stop():
+                raise DeviceWaitStopped(what)
+            if waiting is not None:
+                waiting(self.holder or "another run")
+        self.holder = what
+        try:
+            yield self
+        finally:
+            self.holder = ""
+            self._device.release()
+
+
+@dataclass(frozen=True)
+class SweepEvent:
+    """One step of a sweep as a page shows it: ``wait`` (``holder`` has the device), ``run`` (run ``done``
+    of ``total`` finished, its ``row``), ``stopped`` (cancelled before it started) or ``finished``
+    (``result`` as ``run_sweep`` returns it)."""
+
+    kind: str
+    done: int = 0
+    total: int = 0
+    holder: str = ""
+    row: dict | None = None
+    result: dict | None = None
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """What a sweep's grid is drawn from: the sweep's row, its recorded axes, and the latest run of each
+    grid cell (a finished run replaces an earlier interrupted one)."""
+
+    sweep: dict
+    axes: list[tuple[str, tuple]]
+    runs_by_index: dict[int, dict]
+
+
+def _describe(spec: dict) -> str:
+    """A generation in a few words, for the progress text of runs waiting behind it."""
+    n = len(spec.get("prompts") or []) * len(spec.get("seeds") or [0])
+    what = [f"{n} image{'s' if n != 1 else ''}" if n else f"prompt set {spec.get('prompt_set')}"]
+    if spec.get("steps"):
+        what.append(f"{spec['steps']} steps")
+    return f"a generation ({', '.join(what)})"
+
+
+class StudyService:
+    """One study's store, its engine (unless read-only) and its device queue, shared by every caller.
+
+    ``reference`` overrides the reference solver for every run and sweep (tests use a cheap one).
+    """
+
+    def __init__(self, store: RunStore, *, reference: dict | None = None, max_waiting: int = 4):
+        self.store = store
+        self.reference = reference
+        self.device = DeviceQueue(max_waiting)
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+        self._stops: dict[str, threading.Event] = {}
+        store.mark_interrupted()  # runs a killed process left "running" (a read-only store marks none)
+
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine, made on first use (this is where torch is imported); None for a read-only study."""
+        if self.read_only:
+            return None
+        with self._engine_lock:
+            if self._engine is None:
+                from studio_core.measure.engine import Engine
+
+                self._engine = Engine(self.store)
+            return self._engine
+
+    def _refuse_if_read_only(self, what: str) -> None:
+        if self.read_only:
+            raise StoreReadOnly(f"the study at {self.store.data_dir} is open read-only (demo mode): {what} is "
+                                "refused")
+
+    # ------------------------------------------------------------------ generations
+    def run(self, spec: dict, *, on_stage: Callable[[str], None] | None = None,
+            waiting: Callable[[str], None] | None = None) -> dict:
+        """Measure one spec and return its store row (``status`` "ok" or "failed"). Admitted or refused at
+        once (``StudioBusy``), then waits for the device, calling ``waiting(holder)`` meanwhile. A spec
+        that does not resolve raises ``SpecError`` and records nothing."""
+        self._refuse_if_read_only("a generation")
+        with self.device.admit(), self.device.hold(_describe(spec), waiting):
+            result = self.engine.run(spec, reference=self.reference, on_stage=on_stage)
+        return result.row
+
+    # ------------------------------------------------------------------ sweeps
+    def sweep(self, data: dict | Sweep, source: str = "ui") -> Sweep:
+        """A sweep dict expanded and checked (``SpecError`` naming the cell), or a ``Sweep`` as it is."""
+        return data if isinstance(data, Sweep) else sweep_from_dict(data, source)
+
+    def _sweep_on_device(self, sweep: Sweep, new: bool, progress: bool | Callable,
+                         stop: Callable[[], bool] | None, waiting: Callable[[str], None] | None) -> dict:
+        device = self.device
+
+        def ran(done: int, total: int, row: dict) -> None:
+            device.holder = f"sweep '{sweep.name}' ({done} of {total} runs done)"
+            if callable(progress):
+                progress(done, total, row)
+
+        with device.hold(f"sweep '{sweep.name}' (starting)", waiting, stop=stop):
+            return run_sweep(self.engine, sweep, new=new, should_stop=stop,
+                             progress=ran if callable(progress) else progress)
+
+    def run_sweep(self, sweep: dict | Sweep, *, new: bool = False, progress: bool | Callable = True,
+                  stop: Callable[[], bool] | None = None) -> dict:
+        """Run (or resume) a sweep in this thread (admitted, then on the device); ``run_sweep``'s summary.
+        ``progress`` is True for a progress bar on stderr, or ``(done, total, row)`` after each run."""
+        self._refuse_if_read_only("a sweep")
+        sweep = self.sweep(sweep)
+        with self.device.admit():
+            return self._sweep_on_device(sweep, new, progress, stop, None)
+
+    def _stop_event(self, session: str | None) -> threading.Event:
+        return self._stops.setdefault(session or "default", threading.Event())
+
+    def cancel(self, session: str | None = None) -> None:
+        """Stop ``session``'s sweep after the run in progress (or before it starts, while it waits)."""
+        self._stop_event(session).set()
+
+    def sweep_events(self, sweep: dict | Sweep, *, new: bool = False,
+                     session: str | None = None) -> Iterator[SweepEvent]:
+        """Run (or resume) a sweep in a worker thread, yielding what a page shows. Admission is checked at
+        the first step (``StudioBusy``); an error that stops the sweep is raised after its events. Closing
+        the iterator early stops the sweep between runs and waits for it: runs never overlap."""
+        self._refuse_if_read_only("a sweep")
+        sweep = self.sweep(sweep)
+        with self.device.admit():
+            stop = self._stop_event(session)
+            stop.clear()
+            events: queue.Queue = queue.Queue()
+            outcome: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    outcome["result"] = self._sweep_on_device(
+                        sweep, new, lambda done, total, row: events.put(SweepEvent("run", done, total, row=row)),
+                        stop.is_set, lambda holder: events.put(SweepEvent("wait", 0, len(sweep), holder=holder)))
+                except DeviceWaitStopped:
+                    outcome["stopped"] = True
+                except BaseException as exc:  # raised to the consumer below
+                    outcome["error"] = exc
+                finally:
+                    events.put(None)
+
+            worker = threading.Thread(target=work, name="studio-sweep", daemon=True)
+            worker.start()
+            try:
+                while (event := events.get()) is not None:
+                    yield event
+            finally:  # the consumer went away: stop between runs and wait, so runs never overlap
+                if worker.is_alive():
+                    stop.set()
+                    worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        if outcome.get("stopped"):
+            yield SweepEvent("stopped", 0, len(sweep))
+            return
+        yield SweepEvent("finished", len(sweep), len(sweep), result=outcome["result"])
+
+    # ------------------------------------------------------------------ reads
+    def estimate(self, sweep: dict | Sweep) -> SweepEstimate:
+        """How many runs and how long, before anything starts (``SpecError`` for a bad cell)."""
+        sweep = self.sweep(sweep)
+        reference = sweep.reference or self.reference or {}
+        done = [s for s in self.store.sweeps(sweep.key) if s["status"] == "done"]
+        return estimate_sweep(sweep, self.store.runs_frame(matching={"status": "ok"}),
+                              resolve_model(sweep.specs[0].model),
+                              reference_steps=int(reference.get("steps", DEFAULT_REFERENCE_STEPS)),
+                              finished_sweep=done[-1]["id"] if done else None)
+
+    def sweep_grid(self, sweep_id: int) -> SweepGrid:
+        """A recorded sweep (running or finished) as its grid; ``StoreError`` for an unknown id."""
+        sweep = self.store.get_sweep(sweep_id)
+        axes = [(a, tuple(v)) for a, v in (sweep.get("config_json") or {}).get("axes") or []]
+        latest: dict[int, dict] = {}
+        for row in self.store.sweep_runs(sweep_id):  # oldest first: a later finished run replaces earlier ones
+            i = row.get("sweep_index")
+            if i is not None and (row["status"] in ("ok", "failed") or i not in latest):
+                latest[int(i)] = row
+        return SweepGrid(sweep, axes, latest)
