@@ -46,11 +46,7 @@ def pareto_front(runs: pd.DataFrame | list[dict], x: str = "latency_median_ms", 
 def frontier_table(store, x: str = "latency_median_ms", y: str = "psnr", *, sweep_id: int | None = None,
                    filters: dict[str, Any] | None = None) -> pd.DataFrame:
     """The Pareto set of the store's successful runs, optionally within one sweep and column filters."""
-    where, params = ["status = 'ok'"], []
-    if sweep_id is not None:
-        where.append("sweep_id = ?")
-        params.append(sweep_id)
-    frame = store.runs_frame(" AND ".join(where), params)
+    frame = store.runs_frame(matching={"status": "ok", **({} if sweep_id is None else {"sweep_id": sweep_id})})
     for column, value in (filters or {}).items():
         if column not in frame.columns:
             raise KeyError(f"cannot filter on {column!r}: no such column")
