@@ -21,6 +21,7 @@ from typing import Any
 
 from studio_core.errors import ModelLoadError, SpecError
 from studio_core.knobs import KNOBS, knobs_in
+from studio_core.knobs._validate import check_int, check_number
 from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS, compatible_names
 from studio_core.models import EMBEDDED_MODEL_DIR, check_pipeline_folder, model_defaults, resolve_model
 from studio_core.prompts import PROMPT_SETS
@@ -105,15 +106,11 @@ def config_hash(spec: RunSpec) -> str:
     return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _check_int(name: str, v: Any, lo: int, hi: int, none_ok: bool = False) -> None:
     if v is None and none_ok:
         return
-    if not _is_int(v) or not lo <= v <= hi:
-        raise SpecError(name, v, f"a whole number from {lo} to {hi}" + (" (or unset for the model default)" if none_ok else ""))
+    unset = " (or unset for the model default)" if none_ok else ""
+    check_int(name, v, lo, hi, f"a whole number from {lo} to {hi}{unset}")
 
 
 def validate(spec: RunSpec) -> None:
@@ -154,8 +151,8 @@ def validate(spec: RunSpec) -> None:
     if spec.timestep_spacing is not None and spec.timestep_spacing not in TIMESTEP_SPACINGS:
         raise SpecError("timestep_spacing", spec.timestep_spacing, f"unset or one of {', '.join(TIMESTEP_SPACINGS)}")
     if spec.guidance is not None:
-        if isinstance(spec.guidance, bool) or not isinstance(spec.guidance, (int, float)) or not 0 <= spec.guidance <= MAX_GUIDANCE:
-            raise SpecError("guidance", spec.guidance, f"a number from 0 to {MAX_GUIDANCE:g} (1 or less disables guidance)")
+        check_number("guidance", spec.guidance, 0, MAX_GUIDANCE,
+                     f"a number from 0 to {MAX_GUIDANCE:g} (1 or less disables guidance)")
     # 4. shape and execution
     for name in ("height", "width"):
         _check_int(name, getattr(spec, name), 8, 8192, none_ok=True)

@@ -93,9 +93,12 @@ def test_non_uniform_schedule_has_the_same_budget_and_is_denser_near_the_center(
     assert gaps[max(0, near - 1)] <= gaps[0] and gaps[max(0, near - 1)] <= gaps[-1]
 
 
-def test_skip_set_for_the_sd15_unet_layout():
+def test_skip_set_for_the_sd15_unet_layout(monkeypatch):
     """SD 1.5's UNet (built on the meta device: no weights): keeping branch 0 skips everything below the
     first down layer, and in the last up block only the layer whose skip input is the skipped down layer."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the benchmarks' configs
     from architectures import SD15_UNET
     from diffusers import UNet2DConditionModel
 
@@ -212,7 +215,7 @@ def test_engine_stores_reports_flags_inactive_and_chains_callbacks(tiny_pipeline
 
 
 def test_ui_greys_out_knobs_the_model_cannot_take(tiny_pipeline_dir, tmp_path):
-    from app.layout import _knob_availability
+    from app.widgets import knob_availability as _knob_availability
 
     info = model_info(str(tiny_pipeline_dir))
     ok = _knob_availability(DC, info)

@@ -67,6 +67,14 @@ def _same_state(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k][0], b[k][0]) and a[k][1:] == b[k][1:] for k in a)
 
 
+def _skip_without_cpu_kernels(*dtypes):
+    """Skip where this PyTorch build cannot run a diffusion model's basic ops in these dtypes on CPU."""
+    for dtype in dtypes:
+        reason = dtype_probe_reason("cpu", dtype)
+        if reason:
+            pytest.skip(f"no CPU kernels for {dtype} in this PyTorch build: {reason}")
+
+
 def _spec(tiny_pipeline_dir, knobs, **kw):
     return RunSpec(model=str(tiny_pipeline_dir), prompts=("red heart",), steps=2, device="cpu", knobs=knobs, **kw)
 
@@ -107,11 +115,15 @@ def test_settings_have_defaults_and_ui_choices():
 
 
 # ------------------------------------------------------------------------------------------ refusals
+# the conflicts hold for every backend; eager keeps these cases off inductor's need for a C++ compiler
 @pytest.mark.parametrize("knobs, text", [
     ({"compile": {"mode": "reduce-overhead"}}, "CUDA graphs, which need a CUDA device"),
-    ({"compile": {}, "deepcache": {}}, "does not work with deepcache: DeepCache's hooks branch on the step"),
-    ({"compile": {"fullgraph": True}, "token_merging": {}}, "creates a torch.Generator inside the forward"),
-    ({"compile": {"components": "denoiser+vae"}, "cross_attention_cache": {}}, "recompiles at every step"),
+    ({"compile": {"backend": "eager"}, "deepcache": {}},
+     "does not work with deepcache: DeepCache's hooks branch on the step"),
+    ({"compile": {"backend": "eager", "fullgraph": True}, "token_merging": {}},
+     "creates a torch.Generator inside the forward"),
+    ({"compile": {"backend": "eager", "components": "denoiser+vae"}, "cross_attention_cache": {}},
+     "recompiles at every step"),
     ({"attention_backend": {"backend": "efficient"}}, "no CPU kernel for the efficient SDPA backend"),
     ({"attention_backend": {"backend": "cudnn"}}, "no CPU kernel for the cudnn SDPA backend"),
 ])
@@ -123,32 +135,69 @@ def test_incompatible_combinations_are_refused_before_any_work(tiny_pipeline_dir
 
 def test_combinations_that_work_on_cpu_resolve(tiny_pipeline_dir):
     for knobs in ({"attention_backend": {"backend": "flash"}}, {"attention_backend": {"backend": "math"}},
-                  {"compile": {"mode": "max-autotune-no-cudagraphs"}},
-                  {"compile": {"components": "vae"}, "deepcache": {}},
+                  {"compile": {"backend": "eager"}},
+                  {"compile": {"backend": "aot_eager", "components": "vae"}, "deepcache": {}},
                   {"component_precision": {"denoiser": "fp16", "vae": "bf16"}},
                   {"memory": {"vae_slicing": True, "vae_tiling": True}}):
         resolve(_spec(tiny_pipeline_dir, knobs))
+    # inductor resolves where it can build CPU kernels, and is refused with its reason where it cannot
+    inductor = _spec(tiny_pipeline_dir, {"compile": {"mode": "max-autotune-no-cudagraphs"}})
+    reason = inductor_reason("cpu")
+    if reason is None:
+        resolve(inductor)
+    else:
+        with pytest.raises(SpecError) as e:
+            resolve(inductor)
+        assert e.value.field == "knobs.compile" and reason in str(e.value)
 
 
 def test_fullgraph_is_refused_with_diffusers_transformer_cache_hooks():
-    settings = COMPILE.parse({"fullgraph": True})
-    spec = RunSpec(device="cpu", knobs={"transformer_cache": {}, "compile": {"fullgraph": True}})
+    settings = COMPILE.parse({"fullgraph": True, "backend": "eager"})
+    spec = RunSpec(device="cpu", knobs={"transformer_cache": {}, "compile": {"fullgraph": True, "backend": "eager"}})
     assert "torch.compiler.disable" in COMPILE.check_spec(spec, settings)
-    assert COMPILE.check_spec(spec, COMPILE.parse({})) is None  # graph breaks, but it compiles
+    assert COMPILE.check_spec(spec, COMPILE.parse({"backend": "eager"})) is None  # graph breaks, but it compiles
 
 
-def test_gpu_refusals_read_the_spec():
+@pytest.fixture
+def as_if_cuda(monkeypatch):
+    """The device resolver answering as on a CUDA machine, so the CUDA rules of ``check_spec`` run here too."""
+    import studio_core.measure.environment as environment
+
+    monkeypatch.setattr(environment, "resolve_device", lambda device: "cuda" if device == "auto" else device)
+
+
+def test_gpu_refusals_read_the_spec(as_if_cuda):
     flash = ATTN.parse({"backend": "flash"})
     assert "fp16 or bf16 only" in ATTN.check_spec(RunSpec(device="cuda", precision="fp32"), flash)
     assert ATTN.check_spec(RunSpec(device="cuda", precision="fp16"), flash) is None
-    fp32_denoiser = RunSpec(device="cuda", precision="fp16", knobs={"component_precision": {"denoiser": "fp32"}})
+    fp32_denoiser = RunSpec(device="auto", precision="fp16", knobs={"component_precision": {"denoiser": "fp32"}})
     assert "denoiser runs in fp32" in ATTN.check_spec(fp32_denoiser, flash)
+
+
+def test_cuda_without_a_cuda_device_is_a_device_error():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: device cuda is allowed here")
+    with pytest.raises(SpecError) as e:
+        ATTN.check_spec(RunSpec(device="cuda", precision="fp16"), ATTN.parse({"backend": "flash"}))
+    assert e.value.field == "device" and "no CUDA device is visible" in str(e.value)
+    assert ATTN.check_spec(RunSpec(device="cuda"), ATTN.parse({"backend": "math"})) is None  # math runs anywhere
+
+
+def test_inductor_reason_matches_the_machine():
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("no C++ compiler on PATH: inductor cannot build CPU kernels")
+    if not (Path(sysconfig.get_path("include")) / "Python.h").exists():
+        pytest.skip("no Python headers (Python.h): inductor cannot build CPU kernels")
+    assert inductor_reason("cpu") is None
 
 
 def test_inductor_without_a_cpp_compiler_is_refused(monkeypatch):
     import torch._inductor.cpp_builder as cpp_builder
 
-    assert inductor_reason("cpu") is None  # g++ and Python.h are here: inductor works on this machine
     inductor_reason.cache_clear()
 
     def missing():
@@ -182,8 +231,13 @@ def test_token_merging_really_fails_under_fullgraph(tiny_pipe):
 
 
 def test_runtime_support_checks(tiny_pipe, monkeypatch):
-    # fp16 and bf16 both run on CPU with torch 2.13; a dtype whose ops fail is refused with PyTorch's error
-    assert dtype_probe_reason("cpu", torch.float16) is None and dtype_probe_reason("cpu", torch.bfloat16) is None
+    # a half precision runs where its probe passes; where the build has no kernel, supports says which failed
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        probe, reason = dtype_probe_reason("cpu", dtype), CP.supports(tiny_pipe, CP.parse({"denoiser": name}))
+        if probe is None:
+            assert reason is None
+        else:
+            assert reason.startswith(f"{name} does not run on cpu") and probe in reason
     monkeypatch.setitem(studio_core.knobs.component_precision._PROBED, ("cpu", torch.float16),
                         'RuntimeError: "addmm" not implemented for \'Half\'')
     reason = CP.supports(tiny_pipe, CP.parse({"denoiser": "fp16"}))
@@ -198,11 +252,13 @@ def test_runtime_support_checks(tiny_pipe, monkeypatch):
         assert "already compiled" in COMPILE.supports(tiny_pipe, COMPILE.parse({}))
     finally:
         applied.undo()
-    assert COMPILE.supports(tiny_pipe, COMPILE.parse({})) is None
+    assert COMPILE.supports(tiny_pipe, COMPILE.parse({"backend": "eager"})) is None
+    assert COMPILE.supports(tiny_pipe, COMPILE.parse({})) == inductor_reason("cpu")  # None where g++ is found
 
 
 # ------------------------------------------------------------------------------------------ component precision
 def test_component_precision_loads_bridges_reports_and_undoes(tiny_pipeline_dir, tmp_path):
+    _skip_without_cpu_kernels(torch.bfloat16, torch.float16)
     settings = CP.parse({"denoiser": "bf16", "vae": "fp16"})
     assert CP.load_options(settings) == {"component_dtypes": (("denoiser", "bf16"), ("vae", "fp16"))}
     assert CP.load_options(CP.parse({})) == {}
@@ -232,6 +288,7 @@ def test_component_precision_loads_bridges_reports_and_undoes(tiny_pipeline_dir,
 
 
 def test_component_precision_in_an_engine_run(tiny_pipeline_dir, tmp_path):
+    _skip_without_cpu_kernels(torch.bfloat16)
     engine = Engine(RunStore(tmp_path))
     spec = {"model": str(tiny_pipeline_dir), "prompts": ["grinning face"], "seeds": [0], "steps": 2, "guidance": 2.0,
             "warmup": 1, "repeats": 1, "device": "cpu", "precision": "bf16",
@@ -246,12 +303,19 @@ def test_component_precision_in_an_engine_run(tiny_pipeline_dir, tmp_path):
 # ------------------------------------------------------------------------------------------ attention kernel
 def test_attention_backend_runs_the_chosen_kernel_and_undoes(tiny_pipe):
     base, state = _images(tiny_pipe), _state(tiny_pipe.unet)
-    flash, report = _run(ATTN, tiny_pipe, ATTN.parse({"backend": "flash"}))
-    assert report.active and report.details["kernels"] == {"flash": 8} and report.details["sdpa_calls"] == 8
-    assert np.array_equal(flash, base)  # flash is the CPU default: the same kernel, the same images
+    # the tiny UNet calls SDPA 8 times per denoiser call (self- and cross-attention of 4 transformer blocks);
+    # with one kernel allowed, PyTorch runs it or raises, so every call counted ran the chosen kernel
     math, report = _run(ATTN, tiny_pipe, ATTN.parse({"backend": "math"}))
     assert report.active and report.details["kernels"] == {"math": 8} and "math kernel ran 8 time(s)" in report.summary
     assert np.abs(math - base).max() < 1e-4
+    flash = ATTN.parse({"backend": "flash"})
+    refused = ATTN.supports(tiny_pipe, flash)  # PyTorch's tiled CPU kernel, where this build has one
+    if refused is None:
+        images, report = _run(ATTN, tiny_pipe, flash)
+        assert report.active and report.details["kernels"] == {"flash": 8} and report.details["sdpa_calls"] == 8
+        assert np.abs(images - base).max() < 1e-4
+    else:
+        assert refused.startswith("the flash SDPA kernel cannot run here")
     assert np.array_equal(_images(tiny_pipe), base) and _same_state(state, _state(tiny_pipe.unet))
     assert not getattr(tiny_pipe.unet, "_diffusers_hook", None) or not tiny_pipe.unet._diffusers_hook.hooks
 
@@ -306,6 +370,9 @@ def test_compile_reports_compile_time_and_recompiles_on_a_new_resolution_and_und
 
 @pytest.mark.slow
 def test_inductor_compile_of_the_tiny_pipeline_is_close_and_undo_is_exact(tiny_pipeline_dir):
+    reason = inductor_reason("cpu")
+    if reason:
+        pytest.skip(f"inductor cannot build CPU kernels here: {reason}")
     pipe = load_pipeline(tiny_pipeline_dir)
     base = _images(pipe)
     torch._dynamo.reset()
@@ -313,3 +380,58 @@ def test_inductor_compile_of_the_tiny_pipeline_is_close_and_undo_is_exact(tiny_p
     assert report.active and report.details["graphs"] == 2 and report.details["compile_ms"] > 0
     assert np.abs(images - base).max() < 1e-4
     assert np.array_equal(_images(pipe), base) and type(pipe.unet).__name__ == "UNet2DConditionModel"
+
+
+# ------------------------------------------------------------------------------------------ on CUDA
+@pytest.fixture
+def cuda_pipe(tiny_pipeline_dir):
+    """A tiny pipeline of its own on the GPU (a CUDA graph or a kernel choice must not leak into other tests)."""
+    pipe = load_pipeline(tiny_pipeline_dir, device="cuda")
+    yield pipe
+    del pipe
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend, precision", [("flash", torch.float16), ("efficient", torch.float32)])
+def test_cuda_sdpa_kernel_is_the_one_counted(cuda_pipe, backend, precision):
+    """FlashAttention-2 takes half precision only; the memory-efficient kernel takes fp32 too."""
+    pipe = cuda_pipe.to(dtype=precision)
+    settings = ATTN.parse({"backend": backend})
+    assert ATTN.supports(pipe, settings) is None
+    base = _images(pipe)
+    images, report = _run(ATTN, pipe, settings)
+    assert report.active and report.details["kernels"] == {backend: 8} and report.details["sdpa_calls"] == 8
+    assert f"{backend} kernel ran 8 time(s)" in report.summary
+    assert np.isfinite(images).all() and np.abs(images - base).max() < 1e-2
+    assert np.array_equal(_images(pipe), base)  # undo: the default kernel choice again
+
+
+@pytest.mark.gpu
+def test_cuda_compile_with_cuda_graphs(cuda_pipe):
+    """mode reduce-overhead records the compiled UNet as CUDA graphs (refused off CUDA, see above)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.cudagraph_trees import get_manager
+
+    settings = COMPILE.parse({"mode": "reduce-overhead"})
+    assert COMPILE.check_spec(RunSpec(device="cuda"), settings) is None
+    assert COMPILE.supports(cuda_pipe, settings) is None
+    torch._dynamo.reset()
+    base = _images(cuda_pipe)
+    skips = counters["inductor"]["cudagraph_skips"]
+    applied = COMPILE.apply(cuda_pipe, settings)
+    try:
+        with applied.instrument():
+            first = _images(cuda_pipe, applied.call_kwargs)
+        again = _images(cuda_pipe, applied.call_kwargs)  # replays the recorded graphs
+        report = applied.report()
+    finally:
+        applied.undo()
+    d = report.details
+    assert report.active and d["mode"] == "reduce-overhead" and d["graphs"] >= 1 and d["compile_ms"] > 0
+    assert d["late_compiles"] == 0 and d["calls"] == {"unet": 4}
+    assert counters["inductor"]["cudagraph_skips"] == skips  # no graph fell back to plain kernels
+    assert get_manager(torch.cuda.current_device(), create_if_none_exists=False) is not None
+    assert np.abs(first - again).max() < 1e-5 and np.abs(first - base).max() < 1e-2
+    assert np.array_equal(_images(cuda_pipe), base)  # undo: the eager UNet again
+    torch._dynamo.reset()

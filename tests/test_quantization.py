@@ -58,8 +58,16 @@ def test_bad_settings_name_the_field(raw, field):
 
 # ------------------------------------------------------------------------------------------ refusals
 def _resolve(scheme, **spec):
-    return resolve(RunSpec(prompts=("grinning face",), device="cpu", knobs={"quantization": {"scheme": scheme}},
-                           **spec))
+    fields = {"prompts": ("grinning face",), "device": "cpu", "knobs": {"quantization": {"scheme": scheme}}}
+    return resolve(RunSpec(**{**fields, **spec}))
+
+
+def test_device_bound_schemes_need_a_visible_cuda_device_for_device_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: device cuda is allowed here")
+    with pytest.raises(SpecError) as e:
+        _resolve("fp8_dynamic", device="cuda")
+    assert e.value.field == "device" and "no CUDA device is visible" in str(e.value)
 
 
 def test_cpu_refusals_before_any_work():
@@ -89,6 +97,9 @@ def test_gpu_refusals_name_the_device_capability(monkeypatch):
 
 
 def test_check_spec_reads_the_component_precision_of_the_quantized_components(monkeypatch):
+    import studio_core.measure.environment as environment
+
+    monkeypatch.setattr(environment, "resolve_device", lambda device: device)  # as on a CUDA machine
     monkeypatch.setattr(Q, "_capability", lambda device: ("NVIDIA H100", (9, 0)))
     settings = QuantizationSettings(scheme="int4_weight_only")
     spec = RunSpec(prompts=("x",), device="cuda", precision="fp32")
@@ -131,6 +142,15 @@ def test_import_failure_and_trial_failure_give_the_library_reason(monkeypatch):
     # int4 has no CPU path: the trial quantization on this device says so in torchao's own words
     r = Q._trial_reason("int4_weight_only", "cpu", torch.bfloat16, 64)
     assert r.startswith("int4_weight_only failed a trial on cpu (bf16)")
+    assert Q._trial_reason("int8_dynamic", "cpu", torch.float32, 64) is None
+
+
+def test_int8_dynamic_trial_in_half_precision_on_cpu():
+    from studio_core.knobs.component_precision import dtype_probe_reason
+
+    reason = dtype_probe_reason("cpu", torch.float16)
+    if reason:
+        pytest.skip(f"this PyTorch build cannot run fp16 on CPU: {reason}")
     assert Q._trial_reason("int8_dynamic", "cpu", torch.float16, 64) is None
 
 
@@ -243,7 +263,7 @@ def test_a_failed_quantization_puts_every_weight_back(tiny_pipeline_dir, monkeyp
 
     pipe = load_pipeline(tiny_pipeline_dir)
     originals = dict(pipe.unet.named_parameters()) | dict(pipe.text_encoder.named_parameters())
-    real = Q._quantize
+    real = Q.quantize_linears
     calls = []
 
     def fail_second(root, *args):
@@ -252,7 +272,7 @@ def test_a_failed_quantization_puts_every_weight_back(tiny_pipeline_dir, monkeyp
             raise RuntimeError("boom")
         real(root, *args)
 
-    monkeypatch.setattr(Q, "_quantize", fail_second)
+    monkeypatch.setattr(Q, "quantize_linears", fail_second)
     with pytest.raises(RuntimeError, match="boom"):
         KNOB.apply(pipe, QuantizationSettings(components="all"))
     after = dict(pipe.unet.named_parameters()) | dict(pipe.text_encoder.named_parameters())
@@ -281,3 +301,31 @@ def test_engine_reloads_after_a_quantized_run_and_stores_the_report(tiny_pipelin
     with pytest.raises(SpecError, match="int4 weight-only needs CUDA"):  # refused before a row is written
         engine.run({**spec, "device": "cpu", "knobs": {"quantization": {"scheme": "int4_weight_only"}}})
     assert len(engine.store.runs()) == 3
+
+
+# ------------------------------------------------------------------------------------------ on CUDA
+@pytest.mark.gpu
+@pytest.mark.parametrize("settings", [QuantizationSettings(scheme="fp8_dynamic"),
+                                      QuantizationSettings(scheme="int4_weight_only", group_size=32)],
+                         ids=["fp8_dynamic", "int4_weight_only"])
+def test_cuda_only_schemes_quantize_a_tiny_pipeline_on_cuda(tiny_pipeline_dir, settings):
+    import dataclasses
+
+    from studio_core.models import load_pipeline
+
+    reason = Q._hardware_reason(settings.scheme, "cuda", "bf16")
+    if reason:
+        pytest.skip(reason)  # e.g. fp8 matmuls on a GPU older than Ada / Hopper
+    resolve(RunSpec(model=str(tiny_pipeline_dir), prompts=("red heart",), device="cuda", precision="bf16",
+                    knobs={"quantization": dataclasses.asdict(settings)}))  # not refused before loading
+    pipe = load_pipeline(tiny_pipeline_dir, device="cuda", dtype=torch.bfloat16)
+    assert KNOB.supports(pipe, settings) is None
+    before = weight_bytes(pipe.unet)
+    applied = KNOB.apply(pipe, settings)
+    images = _images(pipe)
+    report = applied.report()
+    d = report.details
+    assert report.active and d["scheme"] == settings.scheme and d["linear_quantized"] > 0
+    assert d["weight_bytes_after"] < d["weight_bytes_before"] == before
+    assert d["weight_bytes_after"] == weight_bytes(pipe.unet)
+    assert images.shape == (len(PROMPTS), 32, 32, 3) and np.isfinite(images).all()

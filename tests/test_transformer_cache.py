@@ -1,6 +1,7 @@
 """diffusers' transformer cache hooks as a knob, on a tiny Flux pipeline built from config (no downloads)."""
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from tiny_flux import build_tiny_flux
 import studio_core.knobs.transformer_cache as tc
 from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
+from studio_core.knobs._mag_ratios import model_key
 from studio_core.measure.engine import Engine
 from studio_core.spec import RunSpec, model_info, resolve
 from studio_core.store.store import RunStore
@@ -153,6 +155,28 @@ def test_each_method_skips_work_changes_the_output_and_undo_restores_it_exactly(
     if method == "mag":
         assert d["ratios_source"] == "calibrated on this model" and d["calibration"]["steps"] == 4
         assert len(d["mag_ratios"]) == 4 and d["mag_ratios"][0] == 1.0
+
+
+def test_mag_calibration_key_is_the_folder_not_the_loaded_object(tiny_flux_dir, flux_pipe):
+    """A pipeline loaded again from the same folder reuses the ratios calibrated on the first one; the key and
+    the model's defaults come from the folder the pipeline was loaded from, without resolving a spec."""
+    from studio_core.models import load_pipeline
+
+    path, fingerprint, defaults = model_key(flux_pipe)
+    assert path == str(tiny_flux_dir.resolve()) and defaults["num_inference_steps"] == 4
+    assert model_key(load_pipeline(tiny_flux_dir)) == (path, fingerprint, defaults)
+    (tiny_flux_dir / "transformer" / "config.json").touch()  # configs alone do not change the key
+    assert model_key(flux_pipe)[1] == fingerprint
+    weights = next((tiny_flux_dir / "transformer").glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # new weights: a new key
+    try:
+        assert model_key(flux_pipe)[1] != fingerprint
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    in_memory = load_pipeline(tiny_flux_dir)
+    in_memory.register_to_config(_name_or_path="")
+    assert model_key(in_memory) == ("pipeline@" + str(id(in_memory)), str(id(in_memory.transformer)), {})
 
 
 def test_faster_cache_never_skips_a_first_call_inside_its_window(flux_pipe):

@@ -11,6 +11,11 @@
 * ``LayerCounter`` counts, per denoiser call, how many of the denoiser's convolution and linear layers
   actually ran: the knob-independent proof that a cache skipped work. It is installed only around the
   engine's first warm-up call (``Applied.instrument``) so its own overhead never enters the timings.
+* ``is_compiled`` tells whether ``torch.compile`` already wraps a module: the compile knob refuses to compile
+  twice, and the attention knob profiles the second call of a compiled denoiser (the first one compiles).
+
+Nothing here imports torch at module level (each function imports it when called), so the knob modules
+can build on this one and the registry still imports without torch.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import contextlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a function needs it: importing the registry must stay cheap
+    import torch
 
 __all__ = ["ForwardHook", "LayerCounter", "StepTracker", "denoiser_config", "denoiser_of", "install",
-           "remove_all", "step_callback_reason"]
+           "is_compiled", "remove_all", "step_callback_reason"]
 
 
 def denoiser_of(pipe) -> torch.nn.Module | None:
@@ -39,6 +45,13 @@ def denoiser_config(info) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    """True when the module, or its forward, is already wrapped by ``torch.compile``."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return isinstance(module, OptimizedModule) or hasattr(module.__dict__.get("forward"), "_torchdynamo_orig_callable")
 
 
 def step_callback_reason(pipe) -> str | None:
@@ -125,11 +138,11 @@ def remove_all(modules, name: str) -> None:
 class LayerCounter:
     """Per denoiser call: how many conv / linear layers ran, out of how many the denoiser has."""
 
-    KINDS = (torch.nn.Conv2d, torch.nn.Linear)
-
     def __init__(self, denoiser: torch.nn.Module):
+        import torch
+
         self.denoiser = denoiser
-        self.layers = [m for m in denoiser.modules() if isinstance(m, self.KINDS)]
+        self.layers = [m for m in denoiser.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         self.calls: list[int] = []  # layers run, one entry per denoiser call
 
     @property

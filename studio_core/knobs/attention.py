@@ -34,14 +34,16 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Iterator, Literal
-
-import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from typing import TYPE_CHECKING, Iterator, Literal
 
 from studio_core.knobs import register
-from studio_core.knobs._hooks import ForwardHook, denoiser_of, install
+from studio_core.knobs._hooks import ForwardHook, denoiser_of, install, is_compiled
+from studio_core.knobs._validate import check_choice
 from studio_core.knobs.base import Applied, Knob, KnobReport
+
+if TYPE_CHECKING:
+    import torch
+    from torch.nn.attention import SDPBackend
 
 __all__ = ["AttentionBackendKnob", "AttentionBackendSettings", "attention_shapes", "sdpa_probe_reason"]
 
@@ -66,12 +68,16 @@ class AttentionBackendSettings:
 
 
 def _sdp_backend(name: str) -> SDPBackend:
+    from torch.nn.attention import SDPBackend
+
     return getattr(SDPBackend, _SDP_NAMES[name])
 
 
 def attention_shapes(denoiser: torch.nn.Module) -> list[tuple[int, int]]:
     """Distinct (heads, head_dim) of the denoiser's attention modules (diffusers ``Attention`` and the
     dispatcher-based ``AttentionModuleMixin``: anything with ``heads`` and a ``to_q`` Linear)."""
+    import torch
+
     shapes = set()
     for m in denoiser.modules():
         heads, to_q = getattr(m, "heads", None), getattr(m, "to_q", None)
@@ -85,6 +91,9 @@ def sdpa_probe_reason(backend: str, device: str, dtype: torch.dtype, heads: int,
     """Why SDPA with only ``backend`` allowed fails on (device, dtype, heads, head_dim), in PyTorch's
     words, or None. One tiny call; PyTorch warns the reason for each kernel it rules out."""
     import warnings
+
+    import torch
+    from torch.nn.attention import sdpa_kernel
 
     q = torch.randn(1, heads, 16, head_dim, device=device, dtype=dtype)
     with warnings.catch_warnings(record=True) as caught:
@@ -101,10 +110,12 @@ def sdpa_probe_reason(backend: str, device: str, dtype: torch.dtype, heads: int,
 
 class _KernelHook(ForwardHook):
     def __init__(self, backend: str):
-        self.backends = [_sdp_backend(backend)]
+        from torch.nn.attention import sdpa_kernel
+
+        self.sdpa_kernel, self.backends = sdpa_kernel, [_sdp_backend(backend)]
 
     def forward(self, module, original, *args, **kwargs):
-        with sdpa_kernel(self.backends):
+        with self.sdpa_kernel(self.backends):
             return original(*args, **kwargs)
 
 
@@ -121,8 +132,6 @@ class _Observer:
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
         from torch.profiler import ProfilerActivity, profile
-
-        from studio_core.knobs.compile import is_compiled
 
         outer = denoiser_of(self.pipe)  # module hooks run eagerly, around a compiled forward too
         target = 2 if is_compiled(outer) else 1
@@ -169,14 +178,15 @@ class AttentionBackendKnob(Knob):
     order = 80
 
     def validate(self, settings: AttentionBackendSettings) -> None:
-        from studio_core.errors import SpecError
-
-        if settings.backend not in BACKENDS:
-            raise SpecError(f"{self.field_name}.backend", settings.backend, ", ".join(BACKENDS))
+        check_choice(f"{self.field_name}.backend", settings.backend, BACKENDS, ", ".join(BACKENDS))
 
     def check_spec(self, spec, settings: AttentionBackendSettings) -> str | None:
-        device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         b = settings.backend
+        if b == "math":  # runs everywhere, in any dtype: no need to ask which device this is
+            return None
+        from studio_core.measure.environment import resolve_device
+
+        device = resolve_device(spec.device).split(":")[0]
         if device == "cpu" and b in ("efficient", "cudnn"):
             return (f"PyTorch has no CPU kernel for the {b} SDPA backend; on CPU SDPA runs flash (PyTorch's tiled "
                     "CPU kernel, the default) or math")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, ContextManager
 
+from studio_core.errors import SpecError
+
 __all__ = ["Applied", "Knob", "KnobReport"]
 
 
@@ -64,8 +66,6 @@ class Knob:
     # ---- settings
     def parse(self, raw: Any):
         """Settings from plain data; ``SpecError`` naming ``knobs.<name>.<key>`` on bad input."""
-        from studio_core.errors import SpecError
-
         if isinstance(raw, self.Settings):
             settings = raw
         else:

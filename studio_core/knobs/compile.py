@@ -59,12 +59,16 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Iterator, Literal
 
-import torch
-
+from studio_core.errors import SpecError
 from studio_core.knobs import register
+from studio_core.knobs._hooks import is_compiled
+from studio_core.knobs._validate import check_bool, check_choice
 from studio_core.knobs.base import Applied, Knob, KnobReport
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["COMPILE_CONFLICTS", "CompileKnob", "CompileSettings", "FULLGRAPH_CONFLICTS", "compiled_targets",
            "inductor_reason", "is_compiled"]
@@ -106,12 +110,6 @@ class CompileSettings:
     backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
 
-def _device_of(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device.split(":")[0]
-
-
 @functools.lru_cache(maxsize=None)
 def inductor_reason(device: str) -> str | None:
     """Why TorchInductor cannot generate code for ``device`` ("cpu" / "cuda") here, or None."""
@@ -138,6 +136,8 @@ def inductor_reason(device: str) -> str | None:
 
 def compiled_targets(pipe, components: str) -> list[tuple[str, torch.nn.Module]]:
     """(label, module) of each module to compile: the denoiser and/or the VAE decoder."""
+    import torch
+
     out = []
     if components in ("denoiser", "denoiser+vae"):
         for attr in ("unet", "transformer"):
@@ -149,13 +149,6 @@ def compiled_targets(pipe, components: str) -> list[tuple[str, torch.nn.Module]]
         if isinstance(decoder, torch.nn.Module):
             out.append(("vae.decoder", decoder))
     return out
-
-
-def is_compiled(module: torch.nn.Module) -> bool:
-    """True when the module, or its forward, is already wrapped by ``torch.compile``."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    return isinstance(module, OptimizedModule) or hasattr(module.__dict__.get("forward"), "_torchdynamo_orig_callable")
 
 
 def _counters() -> dict:
@@ -232,19 +225,13 @@ class CompileKnob(Knob):
     order = 90
 
     def validate(self, settings: CompileSettings) -> None:
-        from studio_core.errors import SpecError
-
         f = self.field_name
-        if settings.mode not in MODES:
-            raise SpecError(f"{f}.mode", settings.mode, ", ".join(MODES))
-        if not isinstance(settings.fullgraph, bool):
-            raise SpecError(f"{f}.fullgraph", settings.fullgraph, "true or false")
+        check_choice(f"{f}.mode", settings.mode, MODES, ", ".join(MODES))
+        check_bool(f"{f}.fullgraph", settings.fullgraph)
         if settings.dynamic is not None and not isinstance(settings.dynamic, bool):
             raise SpecError(f"{f}.dynamic", settings.dynamic, "true, false, or unset (dynamic after a shape change)")
-        if settings.components not in COMPONENTS:
-            raise SpecError(f"{f}.components", settings.components, ", ".join(COMPONENTS))
-        if settings.backend not in BACKENDS:
-            raise SpecError(f"{f}.backend", settings.backend, ", ".join(BACKENDS))
+        check_choice(f"{f}.components", settings.components, COMPONENTS, ", ".join(COMPONENTS))
+        check_choice(f"{f}.backend", settings.backend, BACKENDS, ", ".join(BACKENDS))
         if settings.backend != "inductor" and settings.mode != "default":
             raise SpecError(f"{f}.mode", settings.mode, f"default with backend {settings.backend} (the modes are "
                                                         "TorchInductor presets)")
@@ -258,7 +245,9 @@ class CompileKnob(Knob):
         return None
 
     def check_spec(self, spec, settings: CompileSettings) -> str | None:
-        reason = self._device_reason(_device_of(spec.device), settings)
+        from studio_core.measure.environment import resolve_device
+
+        reason = self._device_reason(resolve_device(spec.device).split(":")[0], settings)
         if reason:
             return reason
         for other in sorted(spec.knobs):
@@ -283,6 +272,8 @@ class CompileKnob(Knob):
         return None
 
     def apply(self, pipe, settings: CompileSettings) -> Applied:
+        import torch
+
         session = _Session()
         swapped: list[tuple[torch.nn.Module, object, object]] = []
         kwargs = {"fullgraph": settings.fullgraph, "dynamic": settings.dynamic, "backend": settings.backend}

@@ -36,20 +36,37 @@ PyTorch's error where one fails (a device or build without a kernel for that dty
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
-from typing import Literal
-
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from studio_core.knobs import register
+from studio_core.knobs._validate import check_choice
 from studio_core.knobs.base import Applied, Knob, KnobReport
 
-__all__ = ["ComponentPrecisionKnob", "ComponentPrecisionSettings", "component_modules", "dtype_probe_reason"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ComponentPrecisionKnob", "ComponentPrecisionSettings", "component_modules", "dtype_probe_reason",
+           "torch_dtype"]
 
 Precision = Literal["fp32", "fp16", "bf16"]
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-NAMES = {v: k for k, v in DTYPES.items()}
+PRECISIONS = ("fp32", "fp16", "bf16")
 COMPONENTS = ("denoiser", "text_encoder", "vae")
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a precision name ("fp32", "fp16", "bf16")."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _precision_name(dtype: torch.dtype) -> str:
+    """"fp32" / "fp16" / "bf16", or torch's own name of another dtype."""
+    names = {torch_dtype(p): p for p in PRECISIONS}
+    return names.get(dtype, str(dtype).replace("torch.", ""))
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ def component_modules(pipe, component: str) -> dict[str, torch.nn.Module]:
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")
     else:
         names = ("vae",)
+    import torch
+
     return {n: m for n in names if isinstance(m := getattr(pipe, n, None), torch.nn.Module)}
 
 
@@ -77,7 +96,7 @@ def _param_dtypes(module: torch.nn.Module) -> list[str]:
     for p in module.parameters():
         if p.is_floating_point():
             counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
-    return [NAMES.get(d, str(d).replace("torch.", "")) for d in sorted(counts, key=counts.get, reverse=True)]
+    return [_precision_name(d) for d in sorted(counts, key=counts.get, reverse=True)]
 
 
 def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:
@@ -95,6 +114,8 @@ def dtype_probe_reason(device: torch.device | str, dtype: torch.dtype) -> str | 
 
     Runs conv2d, group norm, linear, layer norm, SiLU/GELU and scaled-dot-product attention once on tiny
     tensors; the answer is kept per (device, dtype)."""
+    import torch
+
     device = torch.device(device)
     key = (str(device), dtype)
     if key not in _PROBED:
@@ -115,6 +136,7 @@ def dtype_probe_reason(device: torch.device | str, dtype: torch.dtype) -> str | 
 
 def _cast_inputs(dtype: torch.dtype):
     """A forward pre-hook (with kwargs) casting floating tensors of rank >= 2 to ``dtype``."""
+    import torch
 
     def cast(value):
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 2 and value.dtype != dtype:
@@ -139,12 +161,11 @@ class ComponentPrecisionKnob(Knob):
     order = 5
 
     def validate(self, settings: ComponentPrecisionSettings) -> None:
-        from studio_core.errors import SpecError
-
         for name in COMPONENTS:
             value = getattr(settings, name)
-            if value is not None and value not in DTYPES:
-                raise SpecError(f"{self.field_name}.{name}", value, "fp32, fp16, bf16, or unset (the run's precision)")
+            if value is not None:
+                check_choice(f"{self.field_name}.{name}", value, PRECISIONS,
+                             "fp32, fp16, bf16, or unset (the run's precision)")
 
     def is_baseline(self, settings: ComponentPrecisionSettings) -> bool:
         return all(getattr(settings, n) is None for n in COMPONENTS)
@@ -154,9 +175,6 @@ class ComponentPrecisionKnob(Knob):
 
     def check_model(self, info, settings: ComponentPrecisionSettings) -> str | None:
         if settings.text_encoder is not None:
-            import json
-            from pathlib import Path
-
             try:
                 index = json.loads((Path(info.path) / "model_index.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -176,7 +194,7 @@ class ComponentPrecisionKnob(Knob):
                 return f"this pipeline has no {name.replace('_', ' ')} to set the precision of"
             module = next(iter(component_modules(pipe, name).values()))
             device = next(module.parameters()).device
-            reason = dtype_probe_reason(device, DTYPES[precision])
+            reason = dtype_probe_reason(device, torch_dtype(precision))
             if reason:
                 return f"{precision} does not run on {device} with this PyTorch build ({reason})"
         return None

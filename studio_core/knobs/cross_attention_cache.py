@@ -20,8 +20,7 @@ A gate step at or after the last step caches nothing: the report says so and the
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from studio_core.knobs import register
 from studio_core.knobs._hooks import (
@@ -33,7 +32,13 @@ from studio_core.knobs._hooks import (
     install,
     step_callback_reason,
 )
+from studio_core.knobs._validate import check_bool, check_int
 from studio_core.knobs.base import Applied, Knob, KnobReport
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CrossAttentionCacheKnob", "CrossAttentionCacheSettings", "cross_attention_modules"]
 
 HOOK_NAME = "studio_cross_attention_cache"
 # per-step tensors a pipeline batches for guidance, halved when guidance is dropped
@@ -110,13 +115,8 @@ class CrossAttentionCacheKnob(Knob):
     order = 61
 
     def validate(self, settings: CrossAttentionCacheSettings) -> None:
-        from studio_core.errors import SpecError
-
-        g = settings.gate_step
-        if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= 1000:
-            raise SpecError(f"{self.field_name}.gate_step", g, "a whole number of steps from 1 to 1000")
-        if not isinstance(settings.drop_cfg, bool):
-            raise SpecError(f"{self.field_name}.drop_cfg", settings.drop_cfg, "true or false")
+        check_int(f"{self.field_name}.gate_step", settings.gate_step, 1, 1000, "a whole number of steps from 1 to 1000")
+        check_bool(f"{self.field_name}.drop_cfg", settings.drop_cfg)
 
     def check_model(self, info, settings) -> str | None:
         cfg = denoiser_config(info)

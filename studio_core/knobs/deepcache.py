@@ -40,7 +40,10 @@ from studio_core.knobs._hooks import (
     install,
     step_callback_reason,
 )
+from studio_core.knobs._validate import check_choice, check_int, check_number
 from studio_core.knobs.base import Applied, Knob, KnobReport
+
+__all__ = ["DeepCacheKnob", "DeepCacheSettings", "down_layers", "full_steps", "skipped_modules"]
 
 HOOK_NAME = "studio_deepcache"
 
@@ -182,19 +185,12 @@ class DeepCacheKnob(Knob):
     order = 60
 
     def validate(self, settings: DeepCacheSettings) -> None:
-        from studio_core.errors import SpecError
-
         f = self.field_name
-        if isinstance(settings.interval, bool) or not isinstance(settings.interval, int) or not 1 <= settings.interval <= 50:
-            raise SpecError(f"{f}.interval", settings.interval, "a whole number from 1 (no caching) to 50")
-        if isinstance(settings.branch, bool) or not isinstance(settings.branch, int) or settings.branch < 0:
-            raise SpecError(f"{f}.branch", settings.branch, "a whole number from 0 (the shallowest skip branch)")
-        if settings.schedule not in ("uniform", "non-uniform"):
-            raise SpecError(f"{f}.schedule", settings.schedule, "uniform or non-uniform")
-        if not isinstance(settings.center, (int, float)) or not 0.0 <= settings.center <= 1.0:
-            raise SpecError(f"{f}.center", settings.center, "a fraction of the steps from 0 to 1")
-        if not isinstance(settings.power, (int, float)) or not 1.0 <= settings.power <= 4.0:
-            raise SpecError(f"{f}.power", settings.power, "a number from 1 (uniform spacing) to 4")
+        check_int(f"{f}.interval", settings.interval, 1, 50, "a whole number from 1 (no caching) to 50")
+        check_int(f"{f}.branch", settings.branch, 0, math.inf, "a whole number from 0 (the shallowest skip branch)")
+        check_choice(f"{f}.schedule", settings.schedule, ("uniform", "non-uniform"), "uniform or non-uniform")
+        check_number(f"{f}.center", settings.center, 0.0, 1.0, "a fraction of the steps from 0 to 1")
+        check_number(f"{f}.power", settings.power, 1.0, 4.0, "a number from 1 (uniform spacing) to 4")
 
     def is_baseline(self, settings) -> bool:
         return False  # N=1 asks for DeepCache and caches nothing: flagged as "did nothing"

@@ -24,12 +24,15 @@ is not larger than the VAE's tile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from studio_core.knobs import register
 from studio_core.knobs._hooks import denoiser_of
+from studio_core.knobs._validate import check_bool
 from studio_core.knobs.base import Applied, Knob, KnobReport
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MemoryKnob", "MemorySettings", "to_channels_last"]
 
@@ -44,6 +47,8 @@ class MemorySettings:
 def to_channels_last(module: torch.nn.Module) -> tuple[list[torch.nn.Parameter], int, int]:
     """Make the 4-D weights of ``module`` channels-last in place; returns (changed parameters, 4-D
     parameters in all, those already channels-last such as 1x1 kernels)."""
+    import torch
+
     changed, total, already = [], 0, 0
     for p in module.parameters():
         if p.dim() != 4:
@@ -83,11 +88,8 @@ class MemoryKnob(Knob):
     order = 85
 
     def validate(self, settings: MemorySettings) -> None:
-        from studio_core.errors import SpecError
-
         for name in ("channels_last", "vae_slicing", "vae_tiling"):
-            if not isinstance(getattr(settings, name), bool):
-                raise SpecError(f"{self.field_name}.{name}", getattr(settings, name), "true or false")
+            check_bool(f"{self.field_name}.{name}", getattr(settings, name))
 
     def is_baseline(self, settings: MemorySettings) -> bool:
         return not (settings.channels_last or settings.vae_slicing or settings.vae_tiling)
@@ -102,6 +104,8 @@ class MemoryKnob(Knob):
         return None
 
     def apply(self, pipe, settings: MemorySettings) -> Applied:
+        import torch
+
         vae = getattr(pipe, "vae", None)
         undo_steps: list = []
         layout: dict[str, dict] = {}
@@ -141,6 +145,8 @@ class MemoryKnob(Knob):
         return Applied(self.name, call_kwargs, undo=undo, report=report)
 
     def _report(self, settings: MemorySettings, pipe, vae, layout: dict, flags: dict, log: _DecodeLog) -> KnobReport:
+        import torch
+
         parts, acted = [], False
         details: dict = {"channels_last": layout, "flags": flags}
         if settings.channels_last:

@@ -35,7 +35,8 @@ modules replace ``nn.Linear`` (weights quantized when moved to the device). Only
 quantized (torchao's configs target them); convolutions stay in the model's dtype and are counted in the
 report. ``min_features`` keeps small layers (either side below it) in full precision; torchao itself
 skips weights whose shape its kernel cannot take (int4: input features not a multiple of the group size;
-fp8 dynamic: sides not multiples of 16), and the report counts both kinds of skipped layers.
+fp8 dynamic: sides not multiples of 16), and the report counts both kinds of skipped layers. The swapping
+itself, and counting the bytes quantized weights really hold, is ``_quantized_weights.py``.
 
 What runs where (checked with torch 2.13.0+cpu, torchao 0.18.0, bitsandbytes 0.50.2): on CPU,
 ``int8_weight_only``, ``int8_dynamic`` and ``fp8_weight_only`` run with fp32, fp16 and bf16 weights, and
@@ -61,13 +62,24 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from studio_core.knobs import register
 from studio_core.knobs._hooks import denoiser_of
+from studio_core.knobs._quantized_weights import (
+    BNB_4BIT_BLOCK,
+    is_quantized,
+    quantize_linears,
+    quantized_linear,
+    restore_linears,
+    tensor_bytes,
+    weight_bytes,
+)
+from studio_core.knobs._validate import check_choice, check_int
 from studio_core.knobs.base import Applied, Knob, KnobReport
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["QuantizationKnob", "QuantizationSettings", "SCHEMES", "component_modules", "tensor_bytes",
            "weight_bytes"]
@@ -77,8 +89,7 @@ SCHEMES = ("int8_weight_only", "int8_dynamic", "fp8_weight_only", "fp8_dynamic",
 COMPONENTS = ("denoiser", "denoiser+text_encoder", "all")
 GROUP_SIZES = (32, 64, 128, 256)
 TORCHAO_MIN = "0.18.0"  # the pinned version: the Int8Tensor / Float8Tensor configs this knob is written for
-BNB_THRESHOLD = 6.0  # LLM.int8() outlier threshold
-BNB_4BIT_BLOCK = 64
+_DEVICE_BOUND = ("fp8_dynamic", "int4_weight_only")  # the schemes whose refusals depend on the device
 
 # what each scheme stores and multiplies, for the report
 _COMPUTE = {
@@ -102,41 +113,11 @@ class QuantizationSettings:
     group_size: Literal[32, 64, 128, 256] = 64  # int4_weight_only only: input features per scale
 
 
-# ------------------------------------------------------------------------------------------ sizes
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor really holds: the inner tensors of a tensor subclass (torchao's ``Int8Tensor`` reports
-    the dtype it stands in for, so ``numel * element_size`` would count fp32), and the scales bitsandbytes
-    keeps beside its int8 / packed 4-bit data."""
-    if hasattr(t, "__tensor_flatten__"):
-        names, _ctx = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names if isinstance(getattr(t, n), torch.Tensor))
-    n = t.numel() * t.element_size()
-    scb = getattr(t, "SCB", None)  # bnb Int8Params: per-row absmax
-    if isinstance(scb, torch.Tensor):
-        n += scb.numel() * scb.element_size()
-    state = getattr(t, "quant_state", None)  # bnb Params4bit: per-block absmax (nested: its own state)
-    while state is not None:
-        for name in ("absmax", "offset"):
-            x = getattr(state, name, None)
-            if isinstance(x, torch.Tensor):
-                n += x.numel() * x.element_size()
-        state = getattr(state, "state2", None)
-    return n
-
-
-def weight_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers (each tensor once)."""
-    seen: set[int] = set()
-    total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += tensor_bytes(t)
-    return total
-
-
+# ------------------------------------------------------------------------------------------ what is quantized
 def component_modules(pipe, components: str) -> dict[str, torch.nn.Module]:
     """The pipeline's modules a ``components`` setting covers, by component name."""
+    import torch
+
     den = denoiser_of(pipe)
     out = {name: m for name, m in pipe.components.items() if m is den}
     if components in ("denoiser+text_encoder", "all"):
@@ -147,37 +128,20 @@ def component_modules(pipe, components: str) -> dict[str, torch.nn.Module]:
     return out
 
 
-def _is_quantized(w) -> bool:
-    return w is not None and type(w) not in (torch.Tensor, torch.nn.Parameter)
-
-
-def _quantized_linear(m: torch.nn.Module) -> bool:
-    """A Linear that is quantized already: a torchao weight, or a bitsandbytes module."""
-    return isinstance(m, torch.nn.Linear) and (type(m).__module__.startswith("bitsandbytes")
-                                               or _is_quantized(m.weight))
-
-
-def _candidate(m: torch.nn.Module, scheme: str) -> bool:
-    """A Linear the scheme may quantize (bitsandbytes replaces modules, so only plain ``nn.Linear``)."""
-    if not isinstance(m, torch.nn.Linear) or _quantized_linear(m):
-        return False
-    return type(m) is torch.nn.Linear if scheme.startswith("bnb_") else True
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
+    import torch
+
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
 # ------------------------------------------------------------------------------------------ support
-def _device_of(spec_device: str) -> str:
-    if spec_device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return spec_device
-
-
 def _capability(device: str) -> tuple[str, tuple[int, int]] | None:
     """(name, compute capability) of a visible CUDA device, or None."""
-    if not device.startswith("cuda") or not torch.cuda.is_available():
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
         return None
     d = torch.device(device)
     return torch.cuda.get_device_name(d), torch.cuda.get_device_capability(d)
@@ -261,14 +225,16 @@ def _torchao_import_reason() -> str | None:
 @functools.lru_cache(maxsize=None)
 def _trial_reason(scheme: str, device: str, dtype: torch.dtype, group_size: int) -> str | None:
     """Quantize one 256x256 Linear and run it: the library's own refusal on this device and dtype, or None."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(0)
         layer = torch.nn.Sequential(torch.nn.Linear(256, 256)).to(device=device, dtype=dtype)
         x = torch.randn(32, 256).to(device=device, dtype=dtype)
     try:
         with torch.no_grad():
-            _quantize(layer, scheme, lambda m: True, group_size)
-            if not _is_quantized(getattr(layer[0], "weight", None)):
+            quantize_linears(layer, scheme, lambda m: True, group_size)
+            if not is_quantized(getattr(layer[0], "weight", None)):
                 return f"{scheme} left a 256x256 Linear unquantized on {device} ({_dtype_name(dtype)})"
             y = layer(x)
         if not torch.isfinite(y).all():
@@ -279,73 +245,10 @@ def _trial_reason(scheme: str, device: str, dtype: torch.dtype, group_size: int)
     return None
 
 
-# ------------------------------------------------------------------------------------------ quantizing
-def _torchao_config(scheme: str, group_size: int):
-    from torchao.quantization import (
-        Float8DynamicActivationFloat8WeightConfig,
-        Float8WeightOnlyConfig,
-        Int4WeightOnlyConfig,
-        Int8DynamicActivationInt8WeightConfig,
-        Int8WeightOnlyConfig,
-    )
-
-    if scheme == "int8_weight_only":
-        return Int8WeightOnlyConfig()
-    if scheme == "int8_dynamic":
-        return Int8DynamicActivationInt8WeightConfig()
-    if scheme == "fp8_weight_only":
-        return Float8WeightOnlyConfig()
-    if scheme == "fp8_dynamic":
-        return Float8DynamicActivationFloat8WeightConfig()
-    if scheme == "int4_weight_only":
-        from torchao.quantization.quantize_.workflows import Int4PackingFormat
-
-        # tile-packed = the tinygemm kernel in torch itself; the default "plain" format needs the mslk package
-        return Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D)
-    raise ValueError(f"not a torchao scheme: {scheme}")
-
-
-def _bnb_linear(layer: torch.nn.Linear, scheme: str) -> torch.nn.Module:
-    """A bitsandbytes Linear holding ``layer``'s weights, quantized on the layer's device."""
-    import bitsandbytes as bnb
-
-    device, dtype = layer.weight.device, layer.weight.dtype
-    w = layer.weight.detach().to("cpu")  # bitsandbytes quantizes when a CPU weight moves to its device
-    bias = layer.bias is not None
-    if scheme == "bnb_8bit":
-        new = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=bias, has_fp16_weights=False,
-                                  threshold=BNB_THRESHOLD, device="meta")
-        new.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
-    else:
-        new = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=bias, compute_dtype=dtype,
-                                quant_type="nf4", device="meta")
-        new.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", blocksize=BNB_4BIT_BLOCK,
-                                       compress_statistics=False, module=new)
-    if bias:
-        new.bias = torch.nn.Parameter(layer.bias.detach().to("cpu"), requires_grad=False)
-    new = new.to(device)
-    if bias:
-        new.bias.data = new.bias.data.to(dtype)
-    return new
-
-
-def _quantize(root: torch.nn.Module, scheme: str, want, group_size: int) -> None:
-    """Quantize the Linear layers of ``root`` for which ``want(layer)`` is true, in place."""
-    if scheme.startswith("bnb_"):
-        targets = [(parent, name, child) for parent in root.modules()
-                   for name, child in parent.named_children()
-                   if _candidate(child, scheme) and want(child)]
-        for parent, name, child in targets:
-            setattr(parent, name, _bnb_linear(child, scheme))
-        return
-    from torchao.quantization import quantize_
-
-    quantize_(root, _torchao_config(scheme, group_size),
-              filter_fn=lambda m, fqn: _candidate(m, scheme) and want(m))
-
-
 def _skip_reason(layer: torch.nn.Linear, settings: QuantizationSettings) -> str:
     """Why a Linear layer was left unquantized."""
+    import torch
+
     scheme, out_f, in_f = settings.scheme, layer.out_features, layer.in_features
     if min(in_f, out_f) < settings.min_features:
         return f"smaller than min_features={settings.min_features}"
@@ -356,14 +259,6 @@ def _skip_reason(layer: torch.nn.Linear, settings: QuantizationSettings) -> str:
     if scheme == "fp8_dynamic" and (in_f % 16 or out_f % 16):
         return f"{out_f}x{in_f} weight: fp8 matmul needs both sides multiples of 16"
     return f"{scheme} left this {out_f}x{in_f} weight unquantized"
-
-
-def _restore(linears: dict, parents: list) -> None:
-    """Put back the original weights (torchao) or modules (bitsandbytes) after a failed quantization."""
-    for layer, (weight, bias) in linears.items():
-        layer.weight, layer.bias = weight, bias
-    for parent, name, child in parents:
-        setattr(parent, name, child)
 
 
 # ------------------------------------------------------------------------------------------ the knob
@@ -378,19 +273,14 @@ class QuantizationKnob(Knob):
     order = 70
 
     def validate(self, settings: QuantizationSettings) -> None:
-        from studio_core.errors import SpecError
-
         f = self.field_name
-        if settings.scheme not in SCHEMES:
-            raise SpecError(f"{f}.scheme", settings.scheme, f"one of {', '.join(SCHEMES)}")
-        if settings.components not in COMPONENTS:
-            raise SpecError(f"{f}.components", settings.components, f"one of {', '.join(COMPONENTS)}")
-        m = settings.min_features
-        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= 1_000_000:
-            raise SpecError(f"{f}.min_features", m, "a whole number of features from 0 (quantize every Linear layer)")
-        g = settings.group_size
-        if isinstance(g, bool) or not isinstance(g, int) or g not in GROUP_SIZES:
-            raise SpecError(f"{f}.group_size", g, f"one of {', '.join(map(str, GROUP_SIZES))} (int4 weight-only)")
+        check_choice(f"{f}.scheme", settings.scheme, SCHEMES)
+        check_choice(f"{f}.components", settings.components, COMPONENTS)
+        check_int(f"{f}.min_features", settings.min_features, 0, 1_000_000,
+                  "a whole number of features from 0 (quantize every Linear layer)")
+        group_sizes = f"one of {', '.join(map(str, GROUP_SIZES))} (int4 weight-only)"
+        check_int(f"{f}.group_size", settings.group_size, min(GROUP_SIZES), max(GROUP_SIZES), group_sizes)
+        check_choice(f"{f}.group_size", settings.group_size, GROUP_SIZES, group_sizes)
 
     def check_model(self, info, settings: QuantizationSettings) -> str | None:
         if settings.components == "denoiser":
@@ -406,13 +296,19 @@ class QuantizationKnob(Knob):
         return None
 
     def check_spec(self, spec, settings: QuantizationSettings) -> str | None:
-        device = _device_of(spec.device)
         reason = _package_reason(settings.scheme)
+        if reason or settings.scheme not in _DEVICE_BOUND:
+            return reason
+        from studio_core.measure.environment import resolve_device
+
+        device = resolve_device(spec.device)
         for precision in _precisions(spec, settings.components):
             reason = reason or _hardware_reason(settings.scheme, device, precision)
         return reason
 
     def supports(self, pipe, settings: QuantizationSettings) -> str | None:
+        import torch
+
         scheme = settings.scheme
         reason = _package_reason(scheme)
         if reason:
@@ -426,7 +322,7 @@ class QuantizationKnob(Knob):
             return f"this pipeline has no {settings.components} module to quantize"
         for name, m in modules.items():
             for layer in m.modules():
-                if _quantized_linear(layer):
+                if quantized_linear(layer):
                     return (f"{name} is already quantized ({type(layer).__name__} with a "
                             f"{type(layer.weight).__name__} weight); load a clean pipeline")
         # every (device, dtype) the Linear weights are in: the static rules, then a trial of the library itself
@@ -441,6 +337,8 @@ class QuantizationKnob(Knob):
         return None
 
     def apply(self, pipe, settings: QuantizationSettings) -> Applied:
+        import torch
+
         scheme, min_f = settings.scheme, settings.min_features
         modules = component_modules(pipe, settings.components)
         before = {name: weight_bytes(m) for name, m in modules.items()}
@@ -464,16 +362,16 @@ class QuantizationKnob(Knob):
         try:
             with torch.no_grad():
                 for m in modules.values():
-                    _quantize(m, scheme, wanted, settings.group_size)
+                    quantize_linears(m, scheme, wanted, settings.group_size)
         except BaseException:
-            _restore(linears, parents)
+            restore_linears(linears, parents)
             raise
         quantize_ms = (time.perf_counter() - t0) * 1000
         # what became of each Linear: torchao swaps weights, bitsandbytes swaps modules
         swapped = {id(c) for p, n, c in parents if getattr(p, n) is not c}
         quantized, skipped = [], {}
         for layer in linears:
-            if id(layer) in swapped or _is_quantized(layer.weight):
+            if id(layer) in swapped or is_quantized(layer.weight):
                 quantized.append(names[layer])
             else:
                 skipped[names[layer]] = _skip_reason(layer, settings)

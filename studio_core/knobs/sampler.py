@@ -2,16 +2,23 @@
 
 A sampler is swapped, not rebuilt: ``cls.from_config(pipe.scheduler.config, **overrides)`` keeps the
 model's training schedule (betas, prediction type) and changes only how it is integrated.
+
+Which schedulers can stand in for a model's own, and which take a ``timestep_spacing``, are diffusers
+0.42.1's facts written out here (``SCHEDULER_COMPATIBLES``, ``TIMESTEP_SPACING_SCHEDULERS``), so that
+reading a model's configs needs no diffusers import; ``tests/test_knob_imports.py`` checks both tables
+against the installed diffusers, so an upgrade that changes them fails a test instead of drifting.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from studio_core.knobs import register
 from studio_core.knobs.base import Applied, Knob, KnobReport
 
-__all__ = ["SAMPLERS", "SamplerKnob", "TIMESTEP_SPACINGS", "compatible_names"]
+__all__ = ["SAMPLERS", "SCHEDULER_COMPATIBLES", "SamplerKnob", "TIMESTEP_SPACINGS", "TIMESTEP_SPACING_SCHEDULERS",
+           "compatible_names"]
 
 
 @dataclass(frozen=True)
@@ -60,15 +67,38 @@ SAMPLERS: dict[str, SamplerDef] = {
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
+# diffusers' KarrasDiffusionSchedulers: the ``_compatibles`` of every scheduler that lists them
+_KARRAS = ("DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
+           "DPMSolverSDEScheduler", "DPMSolverSinglestepScheduler", "EDMEulerScheduler",
+           "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+           "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler",
+           "UniPCMultistepScheduler")
+# scheduler class -> its ``_compatibles`` in diffusers 0.42.1 (classes with none are left out)
+SCHEDULER_COMPATIBLES: dict[str, tuple[str, ...]] = {
+    **{name: _KARRAS for name in (
+        "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "DDIMParallelScheduler", "DDIMScheduler",
+        "DDPMParallelScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepInverseScheduler",
+        "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler", "DPMSolverSinglestepScheduler",
+        "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LMSDiscreteScheduler", "PNDMScheduler",
+        "SASolverScheduler", "UniPCMultistepScheduler")},
+    "LTXEulerAncestralRFScheduler": ("FlowMatchEulerDiscreteScheduler",),
+}
+# the schedulers of diffusers 0.42.1 whose constructor takes ``timestep_spacing``
+TIMESTEP_SPACING_SCHEDULERS = frozenset((
+    "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler",
+    "DDIMScheduler", "DDPMParallelScheduler", "DDPMScheduler", "DEISMultistepScheduler",
+    "DPMSolverMultistepInverseScheduler", "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler",
+    "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler",
+    "PNDMScheduler", "SASolverScheduler", "TCDScheduler", "UniPCMultistepScheduler"))
+
 
 def compatible_names(scheduler_class: str) -> tuple[str, ...]:
-    """Scheduler classes diffusers declares interchangeable with the model's own."""
+    """Scheduler classes diffusers declares interchangeable with the model's own (itself included)."""
     if not scheduler_class:
         return ()
-    import diffusers
-
-    cls = getattr(diffusers, scheduler_class, None)
-    return tuple(sorted(set(getattr(cls, "_compatibles", []) or []) | {scheduler_class})) if cls else (scheduler_class,)
+    return tuple(sorted(set(SCHEDULER_COMPATIBLES.get(scheduler_class, ())) | {scheduler_class}))
 
 
 @dataclass(frozen=True)
@@ -108,19 +138,10 @@ class SamplerKnob(Knob):
         elif sd.cls not in info.compatible_schedulers:
             return (f"this model's scheduler {info.scheduler_class} is compatible with "
                     f"{', '.join(n for n, d in SAMPLERS.items() if d.cls in info.compatible_schedulers) or 'none of the named samplers'}")
-        if sd.cls == "DPMSolverSDEScheduler":
-            try:
-                import torchsde  # noqa: F401
-            except ImportError:
-                return "DPM++ SDE needs the torchsde package (pip install torchsde)"
-        if settings.timestep_spacing is not None:
-            import inspect
-
-            import diffusers
-
-            params = inspect.signature(getattr(diffusers, sd.cls).__init__).parameters
-            if "timestep_spacing" not in params:
-                return f"{sd.cls} has no timestep_spacing setting"
+        if sd.cls == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
+            return "DPM++ SDE needs the torchsde package (pip install torchsde)"
+        if settings.timestep_spacing is not None and sd.cls not in TIMESTEP_SPACING_SCHEDULERS:
+            return f"{sd.cls} has no timestep_spacing setting"
         return None
 
     def apply(self, pipe, settings) -> Applied:

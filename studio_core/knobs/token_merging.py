@@ -35,9 +35,7 @@ original forward exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from studio_core.knobs import register
 from studio_core.knobs._hooks import (
@@ -48,7 +46,11 @@ from studio_core.knobs._hooks import (
     install,
     step_callback_reason,
 )
+from studio_core.knobs._validate import check_bool, check_choice, check_number
 from studio_core.knobs.base import Applied, Knob, KnobReport
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Matching", "TokenMergingKnob", "TokenMergingSettings", "bipartite_soft_matching", "cell_partition",
            "self_attentions", "token_grid"]
@@ -88,6 +90,8 @@ def cell_partition(rows: int, cols: int, offsets: torch.Tensor | None = None
     One destination per whole 2x2 cell, at ``offsets`` (0 top-left, 1 top-right, 2 bottom-left,
     3 bottom-right; None: all top-left); the cell's other three tokens are sources. ``rest`` are the
     tokens of an odd last row or column, outside every cell."""
+    import torch
+
     hc, wc = rows // 2, cols // 2
     cells = hc * wc
     corner = (2 * torch.arange(hc)[:, None] * cols + 2 * torch.arange(wc)[None, :]).reshape(-1)
@@ -123,6 +127,8 @@ class Matching:
     count: torch.Tensor
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.r == 0:
             return x
         c = x.shape[-1]
@@ -158,6 +164,8 @@ def bipartite_soft_matching(x: torch.Tensor, rows: int, cols: int, r: int,
                             offsets: torch.Tensor | None = None) -> Matching:
     """Match the tokens of ``x`` (batch, rows * cols, C): the ``r`` sources most similar to a destination
     (cosine similarity of ``x``) merge into it, per sample. ``r`` is capped at the number of sources."""
+    import torch
+
     b, n, _ = x.shape
     if n != rows * cols:
         raise ValueError(f"{n} tokens do not form a {rows}x{cols} grid")
@@ -239,11 +247,19 @@ class _State:
         return rows, cols, r
 
     def offsets(self, rows: int, cols: int) -> torch.Tensor | None:
+        import torch
+
         if not self.settings.random_dst:
             return None
         if self.generator is None:  # one draw sequence per UNet call, seeded by the step: repeatable
             self.generator = torch.Generator().manual_seed(_SEED + self.tracker.step)
         return torch.randint(4, ((rows // 2) * (cols // 2),), generator=self.generator)
+
+
+def _is_tensor(value) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
 
 
 class _UNetHook(ForwardHook):
@@ -259,7 +275,7 @@ class _UNetHook(ForwardHook):
             st.last_steps, st.steps = st.steps, {}
             st.last_levels, st.levels = st.levels, {}
         sample = args[0] if args else kwargs.get("sample")
-        st.size = (int(sample.shape[-2]), int(sample.shape[-1])) if isinstance(sample, torch.Tensor) else None
+        st.size = (int(sample.shape[-2]), int(sample.shape[-1])) if _is_tensor(sample) else None
         st.generator = None
         try:
             return original(*args, **kwargs)
@@ -275,7 +291,7 @@ class _MergeHook(ForwardHook):
 
     def forward(self, module, original, *args, **kwargs):
         x = args[0] if args else kwargs.get("hidden_states")
-        if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        if not _is_tensor(x) or x.ndim != 3:
             return original(*args, **kwargs)
         plan = self.state.plan(x.shape[1], kwargs.get("attention_mask") is not None)
         if plan is None:
@@ -300,18 +316,11 @@ class TokenMergingKnob(Knob):
     order = 62
 
     def validate(self, settings: TokenMergingSettings) -> None:
-        from studio_core.errors import SpecError
-
         f = self.field_name
-        ratio = settings.ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= MAX_RATIO:
-            raise SpecError(f"{f}.ratio", ratio, "a fraction of the tokens greater than 0 and at most 0.75 "
-                                                 "(with 2x2 cells at most 3 of every 4 tokens are sources)")
-        md = settings.max_downsample
-        if isinstance(md, bool) or md not in (1, 2, 4, 8):
-            raise SpecError(f"{f}.max_downsample", md, "1, 2, 4 or 8")
-        if not isinstance(settings.random_dst, bool):
-            raise SpecError(f"{f}.random_dst", settings.random_dst, "true or false")
+        check_number(f"{f}.ratio", settings.ratio, 0, MAX_RATIO, "a fraction of the tokens greater than 0 and at "
+                     "most 0.75 (with 2x2 cells at most 3 of every 4 tokens are sources)", above_lo=True)
+        check_choice(f"{f}.max_downsample", settings.max_downsample, (1, 2, 4, 8), "1, 2, 4 or 8")
+        check_bool(f"{f}.random_dst", settings.random_dst)
 
     def check_model(self, info, settings) -> str | None:
         cfg = denoiser_config(info)

@@ -38,7 +38,8 @@ ones, or by default calibrates them: before the run, one untimed pipeline call w
 seed, the model's default resolution, ``calibration_steps`` = the model's default step count unless set)
 measures them with diffusers' calibration formula (mean over tokens of ``|r_t| / |r_{t-1}|`` for the residual
 ``r`` of the block stack). They are kept per model, scheduler, step count and resolution for the rest of the
-process and written into the run's knob report; diffusers interpolates them (nearest) to the run's step count.
+process and written into the run's knob report; diffusers interpolates them (nearest) to the run's step count
+(``_mag_ratios.py``).
 
 Proof that the cache fired: ``LayerCounter`` counts the transformer's linear layers that ran in each denoiser
 call of the first warm-up call. A call that ran fewer than the full count reused the cache (a *hit*).
@@ -50,11 +51,22 @@ import math
 from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
+from studio_core.errors import SpecError
 from studio_core.knobs import register
-from studio_core.knobs._hooks import ForwardHook, LayerCounter, denoiser_config, denoiser_of, install
+from studio_core.knobs._hooks import LayerCounter, denoiser_config, denoiser_of, install
+from studio_core.knobs._mag_ratios import (
+    MagSteps,
+    calibrate_mag_ratios,
+    parse_ratios,
+    ratios_for,
+    ratios_source,
+    transformer_blocks,
+)
+from studio_core.knobs._validate import check_choice, check_int, check_number
 from studio_core.knobs.base import Applied, Knob, KnobReport
 
-__all__ = ["DIFFUSERS_DEFAULTS", "METHODS", "TransformerCacheKnob", "TransformerCacheSettings", "calibrate_mag_ratios"]
+__all__ = ["CACHE_TRANSFORMERS", "DIFFUSERS_DEFAULTS", "METHODS", "TransformerCacheKnob", "TransformerCacheSettings",
+           "calibrate_mag_ratios"]
 
 Method = Literal["first_block", "faster", "pyramid_attention_broadcast", "taylorseer", "mag"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -82,10 +94,26 @@ DIFFUSERS_DEFAULTS: dict[str, dict[str, object]] = {
     "mag": {"threshold": 0.06, "max_skip_steps": 3, "retention_ratio": 0.2},
 }
 
-MAG_CALIBRATION_PROMPT = "a photo of a cat"
-MAG_CALIBRATION_SEED = 0
-STEPS_HOOK = "studio_transformer_cache_steps"
-_MAG_RATIOS: dict[tuple, tuple[float, ...]] = {}  # calibrated ratios, kept per model / scheduler / steps / size
+# diffusers 0.42.1's transformer classes with CacheMixin -> whether diffusers has block metadata
+# (``TransformerBlockRegistry``) for the blocks of its module, which the block caches (first_block, mag) need;
+# read from the model's config without importing diffusers, and checked against it by the tests
+CACHE_TRANSFORMERS: dict[str, bool] = {
+    "AceStepTransformer1DModel": False, "AllegroTransformer3DModel": False, "BriaTransformer2DModel": True,
+    "ChromaTransformer2DModel": False, "ChronoEditTransformer3DModel": False, "CogVideoXTransformer3DModel": True,
+    "CogView4Transformer2DModel": True, "Cosmos3OmniTransformer": True, "Flux2Transformer2DModel": True,
+    "FluxTransformer2DModel": True, "GlmImageTransformer2DModel": False, "HeliosTransformer3DModel": False,
+    "HunyuanImageTransformer2DModel": True, "HunyuanVideo15Transformer3DModel": False,
+    "HunyuanVideoFramepackTransformer3DModel": True, "HunyuanVideoTransformer3DModel": True,
+    "Kandinsky5Transformer3DModel": True, "Kandinsky6Transformer3DModel": False, "LTX2VideoTransformer3DModel": False,
+    "LTXVideoTransformer3DModel": True, "LatteTransformer3DModel": True, "LongCatImageTransformer2DModel": False,
+    "MiniMaxH3Transformer3DModel": False, "MochiTransformer3DModel": True, "MotifVideoTransformer3DModel": True,
+    "NucleusMoEImageTransformer2DModel": False, "OvisImageTransformer2DModel": False,
+    "QwenImage21Transformer2DModel": False, "QwenImageControlNetModel": True, "QwenImageMultiControlNetModel": True,
+    "QwenImageTransformer2DModel": True, "SanaWMLTX2RefinerTransformer3DModel": False,
+    "SkyReelsV2Transformer3DModel": False, "WanAnimateTransformer3DModel": False, "WanTransformer3DModel": True,
+    "WanVACETransformer3DModel": True,
+}
+STEPS_HOOK = "studio_transformer_cache_steps"  # MagCache's step count, set before each denoiser call
 
 
 @dataclass(frozen=True)
@@ -115,45 +143,7 @@ def effective(settings: TransformerCacheSettings) -> dict[str, object]:
     return out
 
 
-def ratios_source(value) -> str:
-    """Where MagCache's ratios come from: "calibrate" (unset), "flux1" (diffusers' FLUX.1-dev ones) or "given"."""
-    if value is None:
-        return "calibrate"
-    if isinstance(value, str) and value.strip().lower() in ("flux1", "calibrate"):
-        return value.strip().lower()
-    return "given"
-
-
-def parse_ratios(value) -> tuple[float, ...] | None:
-    """``mag_ratios`` as numbers: None for "calibrate" / "flux1", a tuple for explicit ratios; ValueError if bad."""
-    if ratios_source(value) != "given":
-        return None
-    parts = value.replace(",", " ").split() if isinstance(value, str) else list(value)
-    ratios = tuple(float(p) for p in parts)
-    if not ratios or not all(math.isfinite(r) and r > 0 for r in ratios):
-        raise ValueError("ratios must be positive numbers")
-    return ratios
-
-
 # ------------------------------------------------------------------------------------------ model checks
-def _diffusers_class(name: str | None):
-    import diffusers
-
-    return getattr(diffusers, name, None) if name else None
-
-
-def _block_lists(transformer) -> list[tuple[str, object]]:
-    """(name, block) of every transformer block diffusers' block caches hook, in their order."""
-    import torch
-
-    try:
-        from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS as names
-    except ImportError:  # pragma: no cover - older layout
-        names = ("blocks", "transformer_blocks", "single_transformer_blocks", "layers")
-    return [(f"{name}.{i}", block) for name, child in transformer.named_children()
-            if name in names and isinstance(child, torch.nn.ModuleList) for i, block in enumerate(child)]
-
-
 def _unregistered(classes) -> list[str]:
     """Names of the block classes diffusers has no ``TransformerBlockRegistry`` metadata for."""
     from diffusers.hooks._helpers import TransformerBlockRegistry
@@ -199,119 +189,6 @@ def _uses_cache_context(pipe) -> bool:
         return True
 
 
-# ------------------------------------------------------------------------------------------ MagCache ratios
-def _residual(out, inp):
-    """The block stack's residual, as diffusers' MagCache computes it (image tokens at the end)."""
-    if out.shape == inp.shape:
-        return out - inp
-    if out.ndim == 3 and inp.ndim == 3 and out.shape[2] == inp.shape[2]:
-        return out[:, -inp.shape[1]:] - inp
-    return out
-
-
-def calibrate_mag_ratios(pipe, steps: int, height: int | None = None, width: int | None = None,
-                         guidance: float | None = None) -> tuple[float, ...]:
-    """One uncached pipeline call that measures MagCache's magnitude ratios, one per denoiser call.
-
-    The ratio of call t is ``mean_tokens(|r_t| / |r_{t-1}|)`` (1 for the first call), where ``r`` is the output
-    of the last block minus the input of the first: the formula of diffusers' ``MagCacheConfig(calibrate=True)``
-    (which only prints its result)."""
-    import inspect
-
-    import torch
-    from diffusers.hooks._helpers import TransformerBlockRegistry
-
-    transformer = pipe.transformer
-    blocks = _block_lists(transformer)
-    head, tail = blocks[0][1], blocks[-1][1]
-    head_meta, tail_meta = TransformerBlockRegistry.get(type(head)), TransformerBlockRegistry.get(type(tail))
-    ratios: list[float] = []
-    state: dict = {"in": None, "prev": None}
-
-    def before(module, args, kwargs):
-        state["in"] = head_meta._get_parameter_from_args_kwargs(head_meta.hidden_states_argument_name, args, kwargs)
-
-    def after(module, args, kwargs, output):
-        out = output[tail_meta.return_hidden_states_index] if isinstance(output, tuple) else output
-        res = _residual(out, state["in"]).float()
-        prev = state["prev"]
-        ratios.append(1.0 if prev is None else
-                      float((torch.linalg.norm(res, dim=-1) / (torch.linalg.norm(prev, dim=-1) + 1e-8)).mean()))
-        state["prev"] = res
-
-    params = inspect.signature(type(pipe).__call__).parameters
-    kwargs = {"num_inference_steps": steps, "height": height, "width": width, "guidance_scale": guidance,
-              "output_type": "latent", "generator": torch.Generator().manual_seed(MAG_CALIBRATION_SEED)}
-    kwargs = {k: v for k, v in kwargs.items() if v is not None and k in params}
-    handles = [head.register_forward_pre_hook(before, with_kwargs=True),
-               tail.register_forward_hook(after, with_kwargs=True)]
-    try:
-        pipe(MAG_CALIBRATION_PROMPT, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    loop = getattr(pipe, "_num_timesteps", None) or steps
-    if len(ratios) != loop:
-        raise RuntimeError(f"MagCache calibration saw {len(ratios)} denoiser calls in {loop} denoising steps; "
-                           "its ratios need exactly one call per step")
-    return tuple(ratios)
-
-
-def _model_key(pipe) -> tuple[str, str, dict]:
-    """(path, fingerprint, the model's documented defaults) of the pipeline's folder, as far as known."""
-    from studio_core.errors import SpecError
-    from studio_core.spec import model_info
-
-    path = str(getattr(pipe, "name_or_path", "") or "")
-    try:
-        info = model_info(path)
-        return info.path, info.fingerprint, info.defaults
-    except (SpecError, OSError, ValueError):  # built in memory: key on the object
-        return path or f"pipeline@{id(pipe)}", str(id(pipe.transformer)), {}
-
-
-def _mag_ratios(pipe, settings: TransformerCacheSettings) -> tuple[tuple[float, ...], dict]:
-    """The ratios for this run and where they came from (calibrating once per model, if needed)."""
-    source = ratios_source(settings.mag_ratios)
-    if source == "flux1":
-        from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
-
-        return tuple(float(r) for r in FLUX_MAG_RATIOS), {"ratios_source": "diffusers FLUX_MAG_RATIOS (FLUX.1-dev)"}
-    given = parse_ratios(settings.mag_ratios)
-    if given is not None:
-        return given, {"ratios_source": "given"}
-    path, fingerprint, defaults = _model_key(pipe)
-    steps = int(settings.calibration_steps or defaults.get("num_inference_steps") or 28)
-    height, width = defaults.get("height"), defaults.get("width")
-    sched = pipe.scheduler
-    key = (path, fingerprint, type(sched).__name__, repr(sorted(dict(sched.config).items())), steps, height,
-           width, str(pipe.transformer.dtype))
-    reused = key in _MAG_RATIOS
-    if not reused:
-        _MAG_RATIOS[key] = calibrate_mag_ratios(pipe, steps, height, width, defaults.get("guidance_scale"))
-    info = {"ratios_source": "calibrated on this model", "calibration_reused": reused,
-            "calibration": {"steps": steps, "height": height, "width": width, "prompt": MAG_CALIBRATION_PROMPT,
-                            "seed": MAG_CALIBRATION_SEED, "scheduler": type(sched).__name__}}
-    return _MAG_RATIOS[key], info
-
-
-class _MagSteps(ForwardHook):
-    """Before each denoiser call: point MagCache at the run's step count (its ratios interpolated to it)."""
-
-    def __init__(self, pipe, config, ratios):
-        self.pipe, self.config, self.ratios = pipe, config, ratios
-
-    def forward(self, module, original, *args, **kwargs):
-        n = getattr(self.pipe, "_num_timesteps", None)
-        if n and int(n) != self.config.num_inference_steps:
-            import torch
-            from diffusers.hooks.mag_cache import nearest_interp
-
-            self.config.num_inference_steps = int(n)
-            self.config.mag_ratios = nearest_interp(torch.tensor(self.ratios), int(n))
-        return original(*args, **kwargs)
-
-
 # ------------------------------------------------------------------------------------------ the knob
 @register
 class TransformerCacheKnob(Knob):
@@ -324,11 +201,8 @@ class TransformerCacheKnob(Knob):
 
     # ---- settings
     def validate(self, settings: TransformerCacheSettings) -> None:
-        from studio_core.errors import SpecError
-
         f = self.field_name
-        if settings.method not in METHODS:
-            raise SpecError(f"{f}.method", settings.method, f"one of {', '.join(METHODS)}")
+        check_choice(f"{f}.method", settings.method, METHODS)
         used = METHOD_FIELDS[settings.method]
         for fld in fields(settings):
             value = getattr(settings, fld.name)
@@ -338,15 +212,12 @@ class TransformerCacheKnob(Knob):
                                                           f"{' and '.join(owners)} only)")
 
         def number(name: str, lo: float, hi: float, what: str) -> None:
-            v = getattr(settings, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                                  or not lo <= v <= hi):
-                raise SpecError(f"{f}.{name}", v, what)
+            if getattr(settings, name) is not None:  # unset: the method's diffusers default
+                check_number(f"{f}.{name}", getattr(settings, name), lo, hi, what)
 
         def whole(name: str, lo: int, hi: int, what: str) -> None:
-            v = getattr(settings, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
-                raise SpecError(f"{f}.{name}", v, what)
+            if getattr(settings, name) is not None:
+                check_int(f"{f}.{name}", getattr(settings, name), lo, hi, what)
 
         number("threshold", 0, 100, "a number from 0 (never reuse) to 100")
         whole("block_skip_range", 1, 50, "a whole number from 1 (compute every call, no caching) to 50")
@@ -397,25 +268,18 @@ class TransformerCacheKnob(Knob):
 
     # ---- support
     def check_model(self, info, settings: TransformerCacheSettings) -> str | None:
-        from diffusers.models.cache_utils import CacheMixin
-
         cls_name = denoiser_config(info).get("_class_name")
         if info.denoiser == "unet":
             return ("diffusers' cache hooks apply to transformer denoisers (CacheMixin); this model's denoiser is "
                     f"{cls_name or 'a UNet'} — use DeepCache or cross-attention caching")
-        cls = _diffusers_class(cls_name)
-        if cls is None:
-            return f"this model's denoiser class {cls_name or '(none in its config)'} is not a diffusers model"
-        if not issubclass(cls, CacheMixin):
+        if not cls_name:
+            return "this model's denoiser class (none in its config) is not a diffusers model"
+        if cls_name not in CACHE_TRANSFORMERS:
             return f"{cls_name} has no CacheMixin, so diffusers' cache hooks cannot be enabled on it"
-        if settings.method in BLOCK_METHODS:
-            import sys
-
-            # its block classes are defined or imported in its module (the loaded model is checked exactly)
-            visible = [c for c in vars(sys.modules[cls.__module__]).values() if isinstance(c, type)]
-            if len(_unregistered(visible)) == len(visible):
-                return (f"{settings.method} caches whole transformer blocks, and diffusers has no block metadata "
-                        f"for {cls_name}'s blocks")
+        # the loaded model's own blocks are checked exactly in ``supports``
+        if settings.method in BLOCK_METHODS and not CACHE_TRANSFORMERS[cls_name]:
+            return (f"{settings.method} caches whole transformer blocks, and diffusers has no block metadata "
+                    f"for {cls_name}'s blocks")
         if settings.method == "mag" and ratios_source(settings.mag_ratios) == "flux1" \
                 and cls_name != "FluxTransformer2DModel":
             return f"mag_ratios 'flux1' were measured on FLUX.1-dev; this model's transformer is {cls_name}"
@@ -434,7 +298,7 @@ class TransformerCacheKnob(Knob):
             return f"{type(den).__name__} already has a cache enabled ({type(den._cache_config).__name__})"
         m = settings.method
         if m in BLOCK_METHODS:
-            blocks = _block_lists(den)
+            blocks = transformer_blocks(den)
             if len(blocks) < 2:
                 return f"{m} needs at least two transformer blocks; {type(den).__name__} has {len(blocks)}"
             missing = _unregistered(type(b) for _name, b in blocks)
@@ -487,7 +351,9 @@ class TransformerCacheKnob(Knob):
 
         transformer = pipe.transformer
         first_call: dict = {}  # FasterCache's denoiser-level hook, whose call count tells the first call
-        ratios, mag_info = _mag_ratios(pipe, settings) if settings.method == "mag" else ((), {})
+        ratios, mag_info = ((), {})
+        if settings.method == "mag":
+            ratios, mag_info = ratios_for(pipe, settings.mag_ratios, settings.calibration_steps)
         config = self._config(pipe, settings, first_call, ratios)
         had_registry = {id(m) for m in transformer.modules() if hasattr(m, "_diffusers_hook")}
         had_forward = {id(m) for m in transformer.modules() if "forward" in m.__dict__}
@@ -504,7 +370,7 @@ class TransformerCacheKnob(Knob):
             first_call["hook"] = transformer._diffusers_hook.get_hook(_FASTER_CACHE_DENOISER_HOOK)
         try:
             undo_steps = install({"transformer": transformer}, STEPS_HOOK,
-                                 lambda key, m: _MagSteps(pipe, config, ratios)) if settings.method == "mag" else None
+                                 lambda key, m: MagSteps(pipe, config, ratios)) if settings.method == "mag" else None
         except BaseException:
             transformer.disable_cache()
             raise
