@@ -2,7 +2,9 @@
 
 One loaded pipeline, one process. Every round times each configuration once, in a rotated order, and
 each knob is applied just before its call and undone just after, so drift in the machine's speed hits
-every configuration alike. Reported per configuration: median latency over the rounds, the speed-up as
+every configuration alike. Timed by the shared harness (``_harness.py``): each call is one pass timed as
+``Engine.run`` times a repeat, and the raw latencies go to ``benchmarks/results/caching-<time>.json``.
+Reported per configuration: median latency over the rounds, the speed-up as
 the median of the per-round ratios uncached / cached (robust to a noisy machine) with its range, PSNR and
 SSIM (mean ± std over images) against the engine's reference (DPM++ 2M, 200 steps, fp32, no knobs) and
 against the uncached output at the same steps, and what the knob reported (so a knob that did nothing
@@ -22,7 +24,6 @@ import contextlib
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,11 +42,12 @@ CONFIGS = [
 
 def main() -> None:
     import torch
+    from _harness import PassTimer, print_table, setup_line, setup_of, time_rounds, write_results
     from architectures import sd15_pipeline
 
     from studio_core.knobs import KNOBS
-    from studio_core.measure.engine import Engine, environment, image_metrics
-    from studio_core.measure.generation import to_uint8
+    from studio_core.measure.engine import Engine, image_metrics
+    from studio_core.measure.environment import resolve_device
     from studio_core.spec import RunSpec, resolve
     from studio_core.store.store import RunStore
 
@@ -58,38 +60,30 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="--sd15 image size")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     a = ap.parse_args()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device = resolve_device(a.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
 
+    # the pipeline, its images and the reference
     engine = Engine(RunStore(tempfile.mkdtemp(prefix="caching-bench-")))
     reference = None
     if a.sd15:
         pipe = sd15_pipeline(device, dtype)
-        prompts, seeds, guidance, size = ["grinning face"], [0], 7.5, a.size
+        pairs, guidance, size = [("grinning face", 0)], 7.5, a.size
         model_line = f"SD 1.5-architecture UNet (published config, random weights), {size}x{size}, batch 1"
     else:
         spec, info = resolve(RunSpec(prompt_set=a.prompt_set, steps=a.steps, device=device, seeds=[0]))
         pipe, _ = engine.pipeline(info, device, {"dtype": a.dtype})
-        prompts = [p for p, _ in spec.images()]
-        seeds = [s for _, s in spec.images()]
+        pairs = list(spec.images())
         guidance, size = spec.guidance, spec.height
         _ref_row, reference = engine.reference_for(spec, info, device=device)
-        model_line = f"embedded emoji-sd, {len(prompts)} images ({a.prompt_set}, seed 0) in one call, {size}x{size}"
-
-    def call(kwargs):
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = pipe(prompts, num_inference_steps=a.steps, guidance_scale=guidance, generator=gens, height=size,
-                   width=size, output_type="np", **kwargs).images
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return out, (time.perf_counter() - t0) * 1000
+        model_line = f"embedded emoji-sd, {len(pairs)} images ({a.prompt_set}, seed 0) in one call, {size}x{size}"
+    timer = PassTimer(pipe, pairs, device, num_inference_steps=a.steps, guidance_scale=guidance, height=size,
+                      width=size)
 
     def with_knob(name, raw, warm=False):
+        """One timed pass with the knob applied just before and undone just after (outside the timing)."""
         if name is None:
-            return call({})
+            return timer()
         knob = KNOBS[name]
         settings = knob.parse(raw)
         reason = knob.supports(pipe, settings)
@@ -99,40 +93,44 @@ def main() -> None:
         try:
             kwargs = Engine._call_kwargs([(knob, settings, applied)])
             if not warm:
-                return call(kwargs)
+                return timer(**kwargs)
             with applied.instrument() if applied.instrument is not None else contextlib.nullcontext():
-                out = call(kwargs)
+                out = timer(**kwargs)
             reports[name, str(raw)] = applied.report()
             return out
         finally:
             applied.undo()
 
+    # one untimed warm-up round (counted by the knobs' instruments), then the rotated rounds
     reports: dict = {}
-    images, times = {}, {label: [] for label, _, _ in CONFIGS}
-    for label, name, raw in CONFIGS:  # warm-up round (counted by the knobs' instruments), not timed
-        images[label] = with_knob(name, raw, warm=True)[0]
-        print(f"warm-up {label}", file=sys.stderr)
-    for r in range(a.rounds):
-        order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
-        for label, name, raw in order:
-            out, ms = with_knob(name, raw)
-            times[label].append(ms)
-            if not (out == images[label]).all():
-                print(f"note: {label} output changed between calls", file=sys.stderr)
-        print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
-
-    base = to_uint8(images["uncached"])
-    env = environment(device)
-    print(f"\nSetup: {model_line}, {a.steps} steps, {type(pipe.scheduler).__name__}, guidance {guidance:g}, "
-          f"{a.dtype}; {env['device_name']}, {env['threads']} torch threads, torch {env['torch_version']}, "
-          f"diffusers {env['diffusers_version']}, git {env['git_commit']}; {a.rounds} timed rounds, each "
-          "configuration once per round in rotated order after one untimed warm-up round.\n")
-    ref_cols = "PSNR vs reference (dB) | SSIM vs reference | " if reference is not None else ""
-    print(f"| configuration | median latency (ms) | speed-up (median of round ratios) | range | {ref_cols}"
-          "PSNR vs uncached (dB) | SSIM vs uncached | what the knob reported |")
-    print("|---|---:|---:|---|" + ("---:|---:|" if reference is not None else "") + "---:|---:|---|")
+    images = {}
     for label, name, raw in CONFIGS:
-        img = to_uint8(images[label])
+        images[label] = with_knob(name, raw, warm=True).images
+        print(f"warm-up {label}", file=sys.stderr)
+    by_label = {label: (name, raw) for label, name, raw in CONFIGS}
+
+    def run_once(label: str) -> float:
+        p = with_knob(*by_label[label])
+        if not (p.images == images[label]).all():
+            print(f"note: {label} output changed between calls", file=sys.stderr)
+        return p.total_ms
+
+    times = time_rounds(list(by_label), a.rounds, run_once)
+
+    # the table
+    base = images["uncached"]
+    scheduler = type(pipe.scheduler).__name__
+    setup = setup_of(device, a.rounds, model=model_line, steps=a.steps, scheduler=scheduler, guidance=guidance,
+                     dtype=a.dtype)
+    print("\n" + setup_line(f"{model_line}, {a.steps} steps, {scheduler}, guidance {guidance:g}, {a.dtype}", setup,
+                            f"{a.rounds} timed rounds, each configuration once per round in rotated order after "
+                            "one untimed warm-up round.") + "\n")
+    ref_cols = ["PSNR vs reference (dB)", "SSIM vs reference"] if reference is not None else []
+    header = ["configuration", "median latency (ms)", "speed-up (median of round ratios)", "range", *ref_cols,
+              "PSNR vs uncached (dB)", "SSIM vs uncached", "what the knob reported"]
+    rows = []
+    for label, name, raw in CONFIGS:
+        img = images[label]
         ratios = [b / c for b, c in zip(times["uncached"], times[label])]
         vs_base = image_metrics(img, base)
         cells = [label, f"{statistics.median(times[label]):.0f}", f"{statistics.median(ratios):.2f}x",
@@ -144,7 +142,9 @@ def main() -> None:
                   f"{vs_base['ssim']:.3f}"]
         rep = reports.get((name, str(raw)))
         cells.append("-" if rep is None else (rep.summary + ("" if rep.active else " **[did nothing]**")))
-        print("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    print_table(header, "lrrl" + "rr" * bool(ref_cols) + "rrl", rows)
+    write_results("caching", setup, times, table={"header": header, "rows": rows})
 
 
 if __name__ == "__main__":

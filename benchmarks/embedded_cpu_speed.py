@@ -2,24 +2,23 @@
 
 Target (issue 2): median at most 2 s on 2 cores at the model's default resolution. Warm-up calls
 are not counted; each timed call is the whole pipeline (text encoding, 20 UNet steps on a batch of
-8 = 4 prompts x 2 for guidance, VAE decode). Run: ``python benchmarks/embedded_cpu_speed.py``.
+8 = 4 prompts x 2 for guidance, VAE decode), timed as ``Engine.run`` times a repeat (the shared
+harness, ``_harness.py``); raw latencies go to ``benchmarks/results/embedded_cpu_speed-<time>.json``.
+Run: ``python benchmarks/embedded_cpu_speed.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from _harness import PassTimer, print_table, setup_of, time_rounds, write_results  # noqa: E402
 
-from studio_core.measure.generation import generate  # noqa: E402
+from studio_core.measure.timing import latency_spread  # noqa: E402
 from studio_core.models import EMBEDDED_MODEL_DIR, load_pipeline, model_defaults  # noqa: E402
 
 PROMPTS = ["grinning face", "red heart", "rocket", "flag: France"]
@@ -36,30 +35,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("emoji-sd")
     d = model_defaults(EMBEDDED_MODEL_DIR)
-    seeds = list(range(len(PROMPTS)))
-
-    def once() -> float:
-        t0 = time.perf_counter()
-        generate(pipe, list(zip(PROMPTS, seeds)), num_inference_steps=args.steps, guidance_scale=d["guidance_scale"])
-        return time.perf_counter() - t0
+    timer = PassTimer(pipe, list(zip(PROMPTS, range(len(PROMPTS)))), "cpu", num_inference_steps=args.steps,
+                      guidance_scale=d["guidance_scale"])
 
     for _ in range(args.warmup):
-        once()
-    times = sorted(once() for _ in range(args.repeats))
-    q = statistics.quantiles(times, n=4)
+        timer()
+    # one configuration: its rounds are simply the timed repeats
+    times_ms = time_rounds(["emoji-sd"], args.repeats, lambda _config: timer().total_ms)["emoji-sd"]
+    s = {k: v / 1000 for k, v in latency_spread(times_ms).items()}
+    setup = setup_of("cpu", args.repeats, warmup=args.warmup, steps=args.steps, images=len(PROMPTS),
+                     guidance=d["guidance_scale"], sampler=type(pipe.scheduler).__name__)
     print("# embedded model CPU speed")
     print(f"setup: model emoji-sd ({d['height']}x{d['width']}), {len(PROMPTS)} images x {args.steps} steps, "
-          f"guidance {d['guidance_scale']} (UNet batch {2 * len(PROMPTS)}), sampler {type(pipe.scheduler).__name__}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} logical cores, warm-up {args.warmup}, repeats {args.repeats}")
-    print("| metric | seconds |")
-    print("|---|---|")
-    print(f"| median | {statistics.median(times):.3f} |")
-    print(f"| min | {times[0]:.3f} |")
-    print(f"| max | {times[-1]:.3f} |")
-    print(f"| IQR | {q[2] - q[0]:.3f} |")
-    print(f"| per image | {statistics.median(times) / len(PROMPTS):.3f} |")
-    print(f"target: median <= 2.000 s -> {'met' if statistics.median(times) <= 2.0 else 'NOT met'}")
+          f"guidance {d['guidance_scale']} (UNet batch {2 * len(PROMPTS)}), sampler {setup['sampler']}, "
+          f"torch {setup['torch_version']}, diffusers {setup['diffusers_version']}, threads {setup['threads']}, "
+          f"{setup['device_name']}, git {setup['git_commit']}, warm-up {args.warmup}, repeats {args.repeats}")
+    print_table(["metric", "seconds"], "ll", [
+        ["median", f"{s['median']:.3f}"], ["min", f"{s['min']:.3f}"], ["max", f"{s['max']:.3f}"],
+        ["IQR", f"{s['iqr']:.3f}"], ["per image", f"{s['median'] / len(PROMPTS):.3f}"]])
+    print(f"target: median <= 2.000 s -> {'met' if s['median'] <= 2.0 else 'NOT met'}")
+    write_results("embedded_cpu_speed", setup, {"emoji-sd": times_ms})
 
 
 if __name__ == "__main__":

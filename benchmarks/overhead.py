@@ -1,15 +1,17 @@
 """Engine overhead: the same configuration through ``Engine.run`` and through a bare diffusers call.
 
 Both sides use the same loaded pipeline, prompts, seeds (one ``torch.Generator`` per image), steps and
-guidance, and ``output_type="np"``. They alternate round by round (engine run, then bare calls), so
-drift in the machine's speed hits both. The engine's latency is its own reported median; the bare
-side is timed with ``perf_counter`` around ``pipe(...)`` (plus ``torch.cuda.synchronize`` on GPU).
-Two comparisons: (a) single calls, engine's timed pass and bare call alternating, median of the paired
-ratios (robust to a noisy machine); (b) whole ``Engine.run`` calls against bare medians, round by round.
-Target: engine at most 3% above bare.
+guidance, and ``output_type="np"``. They alternate in rotated rounds (the shared harness,
+``_harness.py``), so drift in the machine's speed hits both. The engine's side is its own timed pass
+(probes on: text-encode / denoise / decode marks, NFE count) or its reported median; the bare side is
+``pipe(...)`` timed by the same clock (``measure.timing.time_call``: CUDA events after a synchronise on
+GPU, ``perf_counter`` on CPU) without probes. Two comparisons: (a) single calls, engine's timed pass and
+bare call alternating, median of the paired ratios (robust to a noisy machine); (b) whole
+``Engine.run`` calls against bare medians, round by round. Target: engine at most 3% above bare.
 
 Also printed: the engine's bookkeeping per run (reference lookup, scoring, store writes), which happens
-outside the timed region and is not part of the latency it reports.
+outside the timed region and is not part of the latency it reports. Raw latencies go to
+``benchmarks/results/overhead-<time>.json``.
 
     .venv/bin/python benchmarks/overhead.py [--rounds 5] [--repeats 5] [--steps 20] [--device auto]
 """
@@ -28,8 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     import torch
+    from _harness import PassTimer, print_table, setup_line, setup_of, time_rounds, write_results
 
-    from studio_core.measure.engine import Engine, environment
+    from studio_core.measure.engine import Engine
+    from studio_core.measure.environment import resolve_device
+    from studio_core.measure.timing import Clock, time_call
     from studio_core.spec import RunSpec, resolve
     from studio_core.store.store import RunStore
 
@@ -45,71 +50,70 @@ def main() -> None:
     engine = Engine(RunStore(tempfile.mkdtemp(prefix="overhead-")))
     spec = RunSpec(prompt_set=a.prompt_set, steps=a.steps, repeats=a.repeats, device=a.device)
     resolved, info = resolve(spec)
-    device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    device = resolve_device(a.device)
     pipe, _ = engine.pipeline(info, device, {"dtype": "fp32"})
     prompts = [p for p, _ in resolved.images()]
     seeds = [s for _, s in resolved.images()]
-
-    def bare() -> float:
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        pipe(prompts, num_inference_steps=resolved.steps, guidance_scale=resolved.guidance, generator=gens,
-             output_type="np", height=resolved.height, width=resolved.width)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1000
-
-    from studio_core.measure.engine import _Clock
-
-    # (a) paired calls: the engine's timed pass (probes on: text-encode / denoise / decode marks, NFE
-    # count) against a bare call, alternating A B A B so both see the same machine state
-    clock = _Clock(device)
-    engine_pass = lambda: engine._timed_pass(pipe, resolved, call_kwargs, clock)[1]  # noqa: E731
     call_kwargs = {"num_inference_steps": resolved.steps, "guidance_scale": resolved.guidance,
                    "height": resolved.height, "width": resolved.width}
+    clock = Clock(device)
+
+    def bare() -> float:
+        """One bare diffusers call, timed by the engine's clock without its probes."""
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return time_call(lambda: pipe(prompts, generator=gens, output_type="np", **call_kwargs), clock)[1]
+
+    # (a) paired calls: the engine's timed pass against a bare call, in rotated order (A B, B A, ...) so
+    # both see the same machine state
+    engine_pass = PassTimer(pipe, resolved.images(), device, batch=resolved.batch_size, **call_kwargs)
     engine_pass(), bare()
-    pairs = []
-    for i in range(a.pairs):
-        e_ms, b_ms = (engine_pass(), bare()) if i % 2 == 0 else tuple(reversed((bare(), engine_pass())))
-        pairs.append((e_ms, b_ms))
+    single = time_rounds(["engine pass", "bare call"], a.pairs,
+                         lambda side: engine_pass().total_ms if side == "engine pass" else bare())
+    pairs = list(zip(single["engine pass"], single["bare call"]))
     ratios = [e_ / b_ for e_, b_ in pairs]
 
-    # (b) whole runs: Engine.run's reported median against bare medians, round by round
+    # (b) whole runs: Engine.run's reported median against bare medians, in rotated rounds
     engine.run(spec)  # makes the reference once, outside the comparison
-    eng_medians, bare_medians, bookkeeping = [], [], []
-    for r in range(a.rounds):
+    bookkeeping = []
+
+    def whole(side: str) -> float:
+        if side == "bare":
+            bare()  # the bare side gets the same one warm-up call per round
+            return statistics.median(bare() for _ in range(a.repeats))
         t0 = time.perf_counter()
         res = engine.run(spec)
         wall = (time.perf_counter() - t0) * 1000
         assert res.status == "ok", res.error
-        row = res.row
-        eng_medians.append(row["latency_median_ms"])
-        bookkeeping.append(wall - row["cold_ms"] - sum(row["latencies_ms"]))
-        bare()  # the bare side gets the same one warm-up call per round
-        bare_medians.append(statistics.median(bare() for _ in range(a.repeats)))
-        print(f"round {r + 1}: engine {eng_medians[-1]:.1f} ms, bare {bare_medians[-1]:.1f} ms", file=sys.stderr)
+        bookkeeping.append(wall - res.row["cold_ms"] - sum(res.row["latencies_ms"]))
+        return res.row["latency_median_ms"]
 
-    env = environment(device)
+    medians = time_rounds(["Engine.run", "bare"], a.rounds, whole)
+    eng_medians, bare_medians = medians["Engine.run"], medians["bare"]
+
+    # the table
     med = statistics.median
-    q = statistics.quantiles(ratios, n=4)
-    print(f"\nSetup: embedded emoji-sd, {len(prompts)} images ({a.prompt_set}, seed 0) x {resolved.steps} steps, "
-          f"{type(pipe.scheduler).__name__}, guidance {resolved.guidance:g}, {resolved.height}x{resolved.width}, fp32; "
-          f"{env['device_name']}, {env['threads']} threads, torch {env['torch_version']}, diffusers "
-          f"{env['diffusers_version']}, git {env['git_commit']}")
-    print()
-    print("| comparison | engine median (ms) | bare median (ms) | engine / bare | spread |")
-    print("|---|---:|---:|---:|---|")
-    print(f"| (a) {a.pairs} alternating single calls | {med(p[0] for p in pairs):.1f} | {med(p[1] for p in pairs):.1f} | "
-          f"{med(ratios):.4f} (median of paired ratios) | IQR of ratios {q[0]:.3f}..{q[2]:.3f} |")
-    print(f"| (b) {a.rounds} rounds of Engine.run ({a.repeats} repeats) vs {a.repeats} bare calls | {med(eng_medians):.1f} | "
-          f"{med(bare_medians):.1f} | {med(x / y for x, y in zip(eng_medians, bare_medians)):.4f} (median of round ratios) | "
-          f"rounds {', '.join(f'{x / y:.3f}' for x, y in zip(eng_medians, bare_medians))} |")
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    setup = setup_of(device, a.rounds, pairs=a.pairs, repeats=a.repeats, steps=resolved.steps)
+    print("\n" + setup_line(
+        f"embedded emoji-sd, {len(prompts)} images ({a.prompt_set}, seed 0) x {resolved.steps} steps, "
+        f"{type(pipe.scheduler).__name__}, guidance {resolved.guidance:g}, {resolved.height}x{resolved.width}, fp32",
+        setup, f"(a) {a.pairs} rotated pairs, (b) {a.rounds} rotated rounds") + "\n")
+    round_ratios = [x / y for x, y in zip(eng_medians, bare_medians)]
+    print_table(["comparison", "engine median (ms)", "bare median (ms)", "engine / bare", "spread"], "lrrrl", [
+        [f"(a) {a.pairs} alternating single calls", f"{med(p[0] for p in pairs):.1f}",
+         f"{med(p[1] for p in pairs):.1f}",
+         f"{med(ratios):.4f} (median of paired ratios)", f"IQR of ratios {q[0]:.3f}..{q[2]:.3f}"],
+        [f"(b) {a.rounds} rounds of Engine.run ({a.repeats} repeats) vs {a.repeats} bare calls",
+         f"{med(eng_medians):.1f}", f"{med(bare_medians):.1f}", f"{med(round_ratios):.4f} (median of round ratios)",
+         f"rounds {', '.join(f'{r:.3f}' for r in round_ratios)}"],
+    ])
     print()
     print(f"engine overhead on the timed path (a): {100 * (med(ratios) - 1):+.2f}% (target <= +3%)")
     print(f"bookkeeping outside the timed region (reference lookup, scoring, store writes): median "
           f"{med(bookkeeping):.0f} ms per run, not part of the reported latency")
+    write_results("overhead", setup, {"(a) engine pass": single["engine pass"], "(a) bare call": single["bare call"],
+                                      "(b) Engine.run median": eng_medians, "(b) bare median": bare_medians},
+                  bookkeeping_ms=[round(x, 1) for x in bookkeeping])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 The embedded emoji-sd model on the CPU. Every configuration has a pipeline of its own, loaded and (for the
 quantization knob) quantized once before timing, since quantization cannot be undone in place. Every round
-times each configuration once, in a rotated order, so drift in the machine's speed hits all alike.
+times each configuration once, in a rotated order, so drift in the machine's speed hits all alike (the shared
+harness, ``_harness.py``: each call is one pass timed as ``Engine.run`` times a repeat; raw latencies go to
+``benchmarks/results/quantization_cpu-<time>.json``).
 Reported per configuration: median latency over the rounds, the speed-up as the median of the per-round
 ratios fp32 / configuration with its range, the weights of the denoiser and of the whole pipeline (torchao's
 quantized tensors counted by their inner int8 / fp8 data and scales), PSNR and SSIM (mean ± std over
@@ -20,7 +22,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,14 +44,14 @@ MIB = 2**20
 
 
 def main() -> None:
-    import torch
+    from _harness import PassTimer, print_table, setup_line, setup_of, time_rounds, write_results
 
     from studio_core.errors import SpecError
     from studio_core.knobs import KNOBS
     from studio_core.knobs._hooks import denoiser_of
     from studio_core.knobs.quantization import component_modules, weight_bytes
-    from studio_core.measure.engine import _DTYPES, Engine, environment, image_metrics
-    from studio_core.measure.generation import to_uint8
+    from studio_core.measure.engine import Engine, image_metrics
+    from studio_core.measure.pipelines import DTYPES
     from studio_core.models import load_pipeline
     from studio_core.spec import RunSpec, resolve
     from studio_core.store.store import RunStore
@@ -67,8 +68,7 @@ def main() -> None:
 
     engine = Engine(RunStore(a.store or tempfile.mkdtemp(prefix="quantization-bench-")))
     spec, info = resolve(RunSpec(prompt_set=a.prompt_set, steps=a.steps, device=device, seeds=[0]))
-    prompts = [p for p, _ in spec.images()]
-    seeds = [s for _, s in spec.images()]
+    pairs = list(spec.images())
     print("generating the reference (DPM++ 2M, 200 steps) ...", file=sys.stderr)
     _ref_row, reference = engine.reference_for(spec, info, device=device)
 
@@ -81,7 +81,7 @@ def main() -> None:
             except SpecError as exc:
                 refused[label] = exc.allowed
                 continue
-        pipe = load_pipeline(info.path, device=device, dtype=_DTYPES[precision])
+        pipe = load_pipeline(info.path, device=device, dtype=DTYPES[precision])
         if raw is not None:
             settings = knob.parse(raw)
             reason = knob.supports(pipe, settings)
@@ -92,42 +92,41 @@ def main() -> None:
         pipes[label] = pipe
     configs = [c for c in CONFIGS if c[0] in pipes]
 
-    def call(pipe):
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        t0 = time.perf_counter()
-        out = pipe(prompts, num_inference_steps=a.steps, guidance_scale=spec.guidance, generator=gens,
-                   height=spec.height, width=spec.width, output_type="np").images
-        return out, (time.perf_counter() - t0) * 1000
+    timers = {label: PassTimer(pipes[label], pairs, device, num_inference_steps=a.steps,
+                               guidance_scale=spec.guidance, height=spec.height, width=spec.width)
+              for label, _, _ in configs}
 
-    images, times = {}, {label: [] for label, _, _ in configs}
-    for label, _, _ in configs:  # untimed warm-up round
-        images[label], ms = call(pipes[label])
-        print(f"warm-up {label}: {ms:.0f} ms", file=sys.stderr)
-    for r in range(a.rounds):
-        order = configs[r % len(configs):] + configs[:r % len(configs)]
-        for label, _, _ in order:
-            out, ms = call(pipes[label])
-            times[label].append(ms)
-            if not (out == images[label]).all():
-                print(f"note: {label} output changed between calls", file=sys.stderr)
-        print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
+    # one untimed warm-up round, then the rotated rounds
+    images = {}
+    for label, _, _ in configs:
+        p = timers[label]()
+        images[label] = p.images
+        print(f"warm-up {label}: {p.total_ms:.0f} ms", file=sys.stderr)
 
-    base = to_uint8(images["fp32"])
-    env = environment(device)
-    print(f"\nSetup: embedded emoji-sd, {len(prompts)} images ({a.prompt_set}, seed 0) in one call, "
-          f"{spec.height}x{spec.width}, {a.steps} steps, {type(pipes['fp32'].scheduler).__name__}, guidance "
-          f"{spec.guidance:g}; {env['device_name']}, {env['threads']} torch threads, torch {env['torch_version']}, "
-          f"diffusers {env['diffusers_version']}, torchao {_version('torchao')}, bitsandbytes "
-          f"{_version('bitsandbytes')}, git {env['git_commit']}; {a.rounds} timed rounds, each configuration "
-          "once per round in rotated order after one untimed warm-up round. Weights in MiB (quantized tensors "
-          "counted by their inner data and scales).\n")
-    print("| configuration | median latency (ms) | speed-up vs fp32 (median of round ratios) | range | "
-          "denoiser weights (MiB) | pipeline weights (MiB) | PSNR vs reference (dB) | SSIM vs reference | "
-          "PSNR vs fp32 (dB) | SSIM vs fp32 | what the knob reported |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    def run_once(label: str) -> float:
+        p = timers[label]()
+        if not (p.images == images[label]).all():
+            print(f"note: {label} output changed between calls", file=sys.stderr)
+        return p.total_ms
+
+    times = time_rounds([label for label, _, _ in configs], a.rounds, run_once)
+
+    # the table
+    base = images["fp32"]
+    scheduler = type(pipes["fp32"].scheduler).__name__
+    lead = (f"embedded emoji-sd, {len(pairs)} images ({a.prompt_set}, seed 0) in one call, {spec.height}x{spec.width}, "
+            f"{a.steps} steps, {scheduler}, guidance {spec.guidance:g}")
+    setup = setup_of(device, a.rounds, model=lead, torchao=_version("torchao"), bitsandbytes=_version("bitsandbytes"))
+    how = (f"{a.rounds} timed rounds, each configuration once per round in rotated order after one untimed warm-up "
+           "round. Weights in MiB (quantized tensors counted by their inner data and scales).")
+    print("\n" + setup_line(lead, setup, how, libraries=("torchao", "bitsandbytes")) + "\n")
+    header = ["configuration", "median latency (ms)", "speed-up vs fp32 (median of round ratios)", "range",
+              "denoiser weights (MiB)", "pipeline weights (MiB)", "PSNR vs reference (dB)", "SSIM vs reference",
+              "PSNR vs fp32 (dB)", "SSIM vs fp32", "what the knob reported"]
+    rows = []
     for label, _, _ in configs:
         pipe = pipes[label]
-        img = to_uint8(images[label])
+        img = images[label]
         ratios = [b / c for b, c in zip(times["fp32"], times[label])]
         m_ref, m_base = image_metrics(img, reference), image_metrics(img, base)
         den = weight_bytes(denoiser_of(pipe))
@@ -139,11 +138,13 @@ def main() -> None:
                  "identical" if label == "fp32" else f"{m_base['psnr']:.2f} ± {m_base['psnr_std']:.2f}",
                  f"{m_base['ssim']:.3f}",
                  "-" if rep is None else rep.summary + ("" if rep.active else " **[did nothing]**")]
-        print("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    print_table(header, "lrrlrrrrrrl", rows)
     if refused:
         print("\nNot run on this machine (the knob's reason):\n")
         for label, reason in refused.items():
             print(f"* {label}: {reason}")
+    write_results("quantization_cpu", setup, times, refused=refused, table={"header": header, "rows": rows})
 
 
 def _version(name: str) -> str:

@@ -1,0 +1,68 @@
+"""The reference a run is scored against: its configuration, its key, and the stored images (made once)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import numpy as np
+
+from studio_core.errors import StoreError
+from studio_core.measure.environment import environment
+from studio_core.measure.generation import generate
+from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, load_options, undo_knobs
+from studio_core.spec import ModelInfo, RunSpec, resolve
+from studio_core.store.store import RunStore
+
+__all__ = ["REFERENCE_DEFAULT", "reference_for", "reference_key", "reference_spec"]
+
+# the reference every run is scored against: a high-step multistep solver, fp32, no knobs
+REFERENCE_DEFAULT = {"sampler": "DPM++ 2M", "steps": 200}
+
+
+def reference_spec(spec: RunSpec, info: ModelInfo, reference: dict | None = None) -> RunSpec:
+    """The reference configuration of a resolved spec: same model, prompts, seeds and resolution;
+    a high-step solver, fp32, the model's default guidance, no knobs."""
+    ref = {**REFERENCE_DEFAULT, **(reference or {})}
+    from studio_core.knobs.sampler import SAMPLERS
+
+    sampler = ref["sampler"]
+    if sampler != "default" and SAMPLERS[sampler].cls not in info.compatible_schedulers:
+        sampler = "default"  # e.g. flow-matching models: their own solver at many steps
+    steps = min(int(ref["steps"]), info.num_train_timesteps)
+    return RunSpec(model=spec.model, prompts=spec.prompts, seeds=spec.seeds, steps=steps, sampler=sampler,
+                   guidance=float(ref.get("guidance", info.defaults["guidance_scale"])), height=spec.height,
+                   width=spec.width, precision="fp32", device=spec.device, warmup=1, repeats=1)
+
+
+def reference_key(ref: RunSpec, info: ModelInfo) -> str:
+    """SHA-256 of the model files' fingerprint and everything in the reference that changes its images."""
+    src = {"fingerprint": info.fingerprint, **{k: v for k, v in ref.to_dict().items()
+                                                 if k not in ("model", "device", "warmup", "repeats", "batch_size")}}
+    return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def reference_for(store: RunStore, pipelines: PipelineCache, spec: RunSpec, info: ModelInfo,
+                  reference: dict | None = None, device: str = "cpu") -> tuple[dict, np.ndarray]:
+    """The stored reference of a resolved spec, generating and keeping it the first time."""
+    ref = reference_spec(spec, info, reference)
+    key = reference_key(ref, info)
+    row = store.get_reference(key)
+    if row is None:
+        ref, _ = resolve(ref, info)
+        pipe, _ = pipelines.get_or_load(info, device, load_options(ref))
+        applied = apply_knobs(pipe, ref, pipelines)
+        try:
+            t0 = time.perf_counter()
+            images = generate(pipe, ref.images(), batch=ref.batch_size, **call_kwargs(applied))
+            gen_ms = (time.perf_counter() - t0) * 1000
+        finally:
+            undo_knobs(pipe, applied, pipelines)
+        try:
+            store.put_reference(key, config=ref.to_dict(), images=store.put_images(images),
+                                model_fingerprint=info.fingerprint, generate_ms=gen_ms, env=environment(device))
+        except StoreError:  # another process kept the same reference first: use theirs
+            pass
+        row = store.get_reference(key)
+    return row, store.load_images(row["images"])
