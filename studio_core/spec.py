@@ -30,6 +30,7 @@ __all__ = [
     "DEVICES",
     "MAX_STEPS",
     "PRECISIONS",
+    "REFERENCE_DEFAULT",
     "ModelInfo",
     "RunSpec",
     "config_hash",
@@ -42,6 +43,8 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
 MAX_IMAGES = 256
 MAX_PROMPT_CHARS = 1000
+# the reference every run is scored against: a high-step multistep solver, fp32, no knobs
+REFERENCE_DEFAULT = {"sampler": "DPM++ 2M", "steps": 200}
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -129,12 +129,6 @@ def test_estimate_uses_past_runs_breakdown_per_image_step_and_run_overhead():
     assert estimate.estimate_seconds(pd.DataFrame(), [spec])[0] is None
 
 
-def test_the_default_reference_steps_are_the_engines():
-    from studio_core.measure.reference import REFERENCE_DEFAULT
-
-    assert estimate.DEFAULT_REFERENCE_STEPS == REFERENCE_DEFAULT["steps"]
-
-
 def test_format_duration():
     assert [estimate.format_duration(s) for s in (None, 45, 210, 7560)] == ["unknown", "45 s", "3.5 min", "2.1 h"]
 

@@ -46,13 +46,13 @@ from studio_core.measure.generation import generate
 from studio_core.measure.memory import peak_memory_meter
 from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, load_options, undo_knobs
 from studio_core.measure.quality import image_metrics
-from studio_core.measure.reference import REFERENCE_DEFAULT, reference_for, reference_spec
+from studio_core.measure.reference import reference_for, reference_spec
 from studio_core.measure.timing import Clock, Probe, timed_pass, timing_summary
 from studio_core.spec import ModelInfo, RunSpec, config_hash, resolve
 from studio_core.store.store import RunStore
 
 # image_metrics and reference_spec are re-exported: tests and older callers import them from here
-__all__ = ["REFERENCE_DEFAULT", "Engine", "RunResult", "image_metrics", "reference_spec"]
+__all__ = ["Engine", "RunResult", "image_metrics", "reference_spec"]
 
 
 @dataclass

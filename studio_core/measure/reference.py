@@ -9,24 +9,19 @@ import time
 import numpy as np
 
 from studio_core.errors import StoreError
+from studio_core.knobs.sampler import SAMPLERS
 from studio_core.measure.environment import environment
 from studio_core.measure.generation import generate
 from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, load_options, undo_knobs
-from studio_core.spec import ModelInfo, RunSpec, resolve
+from studio_core.spec import REFERENCE_DEFAULT, ModelInfo, RunSpec, resolve
 from studio_core.store.store import RunStore
 
-__all__ = ["REFERENCE_DEFAULT", "reference_for", "reference_key", "reference_spec"]
-
-# the reference every run is scored against: a high-step multistep solver, fp32, no knobs
-REFERENCE_DEFAULT = {"sampler": "DPM++ 2M", "steps": 200}
-
+__all__ = ["reference_for", "reference_key", "reference_spec"]
 
 def reference_spec(spec: RunSpec, info: ModelInfo, reference: dict | None = None) -> RunSpec:
     """The reference configuration of a resolved spec: same model, prompts, seeds and resolution;
     a high-step solver, fp32, the model's default guidance, no knobs."""
     ref = {**REFERENCE_DEFAULT, **(reference or {})}
-    from studio_core.knobs.sampler import SAMPLERS
-
     sampler = ref["sampler"]
     if sampler != "default" and SAMPLERS[sampler].cls not in info.compatible_schedulers:
         sampler = "default"  # e.g. flow-matching models: their own solver at many steps

@@ -13,14 +13,10 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from studio_core.spec import REFERENCE_DEFAULT
 from studio_core.study.sweep import Sweep
 
-__all__ = ["DEFAULT_REFERENCE_STEPS", "SweepEstimate", "estimate_seconds", "estimate_sweep", "format_duration"]
-
-# The steps of the default reference (``measure.reference.REFERENCE_DEFAULT``), here so that an
-# estimate never imports the engine (and torch); tests/test_app_data.py checks the two agree.
-DEFAULT_REFERENCE_STEPS = 200
-
+__all__ = ["SweepEstimate", "estimate_seconds", "estimate_sweep", "format_duration"]
 
 @dataclass(frozen=True)
 class SweepEstimate:
@@ -119,7 +115,7 @@ def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path
 
 
 def estimate_sweep(sweep: Sweep, history: pd.DataFrame, model_path: str | None = None, *,
-                   reference_steps: int | None = DEFAULT_REFERENCE_STEPS,
+                   reference_steps: int | None = REFERENCE_DEFAULT["steps"],
                    finished_sweep: int | None = None) -> SweepEstimate:
     """The sweep's size and ``estimate_seconds`` of its (resolved) configurations."""
     seconds, basis = estimate_seconds(history, [s.to_dict() for s in sweep.specs], model_path, reference_steps)

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from studio_core.errors import DeviceWaitStopped, StoreReadOnly, StudioBusy
 from studio_core.models import resolve_model
+from studio_core.spec import REFERENCE_DEFAULT
 from studio_core.store.store import RunStore
-from studio_core.study.estimate import DEFAULT_REFERENCE_STEPS, SweepEstimate, estimate_sweep
+from studio_core.study.estimate import SweepEstimate, estimate_sweep
 from studio_core.study.sweep import Sweep, run_sweep, sweep_from_dict
 
 if TYPE_CHECKING:  # the engine imports torch: it is imported when the first run needs it
@@ -246,7 +247,7 @@ class StudyService:
         done = [s for s in self.store.sweeps(sweep.key) if s["status"] == "done"]
         return estimate_sweep(sweep, self.store.runs_frame(matching={"status": "ok"}),
                               resolve_model(sweep.specs[0].model),
-                              reference_steps=int(reference.get("steps", DEFAULT_REFERENCE_STEPS)),
+                              reference_steps=int(reference.get("steps", REFERENCE_DEFAULT["steps"])),
                               finished_sweep=done[-1]["id"] if done else None)
 
     def sweep_grid(self, sweep_id: int) -> SweepGrid:
