@@ -25,8 +25,9 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """A StableDiffusionPipeline folder with tiny random components (the 'tiny' training recipe's shapes)."""
     import torch
 
+    from studio_core.embedded.training.recipe import RECIPES, build_components
     from studio_core.embedded.training.tokenizer import build_caption_tokenizer
-    from studio_core.embedded.training.train import RECIPES, build_components, save_pipeline
+    from studio_core.embedded.training.train import save_pipeline
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny") / "pipe"
@@ -107,3 +108,18 @@ def bad_inputs():
                  "| # | where | input | what the user gets |", "|---|---|---|---|"]
         lines += [f"| {i} | {cell(s)} | `{cell(x)}` | {cell(m)} |" for i, (s, x, m) in enumerate(rows, 1)]
         Path(target).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu``-marked tests where CUDA is missing; torch is imported only when some test needs it, so
+    collecting the torch-free tests stays fast."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run `pytest -m gpu` on the device machine)")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from live import free_port
 
 from studio_core.errors import SpecError
 from studio_core.measure.engine import Engine
@@ -105,9 +104,7 @@ def test_out_of_memory_is_a_failed_run_that_says_what_to_shrink(engine, wide_pip
     px = oom_px()
     assert engine.run(_spec(wide_pipeline_dir), reference=REF).status == "ok"
     resettable = _peak_rss_reset()
-    t0 = time.perf_counter()
     r = engine.run(_too_big(wide_pipeline_dir, px), reference=REF)
-    seconds = time.perf_counter() - t0
     assert r.status == "failed" and r.images is None
     assert r.error.startswith("out of memory (RAM): a single allocation of ")
     gib = attention_matrix_bytes(px) / 2**30
@@ -116,7 +113,6 @@ def test_out_of_memory_is_a_failed_run_that_says_what_to_shrink(engine, wide_pip
     assert r.row["status"] == "failed" and r.row["error"] == r.error and r.row["finished_at"]
     if resettable:  # refused, not paged in: the process never came near the allocation it asked for
         assert _peak_rss() < 4 * 2**30
-    assert seconds < 120
     assert not engine._pipes  # no pipeline of the failed run is kept
     again = engine.run(_spec(wide_pipeline_dir), reference=REF)
     assert again.status == "ok", again.error
@@ -196,9 +192,7 @@ def served(tmp_path_factory, wide_pipeline_dir):
 
     data_dir = tmp_path_factory.mktemp("study")
     demo = build_demo(str(wide_pipeline_dir), data_dir, reference=REF)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
     client = Client(f"http://127.0.0.1:{port}/", verbose=False,
                     download_files=str(tmp_path_factory.mktemp("downloads")))
