@@ -1,11 +1,10 @@
 """The studio served for real and driven through its named API with ``gradio_client``."""
 
 import os
-import time
 
 import pandas as pd
 import pytest
-from live import free_port
+from live import free_port, wait_until
 
 from studio_core.store.store import RunStore
 
@@ -96,14 +95,11 @@ def test_cancel_stops_a_sweep_between_runs(served):
     sweep = {"name": "to cancel", "base": _spec(model, seeds=[0], repeats=2),
              "grid": {"steps": [2, 3, 4], "guidance": [1.0, 2.0]}, "reference": REF}
     job = client.submit(sweep, False, api_name="/sweep")
-    deadline = time.time() + 120
-    while time.time() < deadline and not [s for s in store.sweeps() if s["name"] == "to cancel"]:
-        time.sleep(0.2)
-    sweep_id = [s for s in store.sweeps() if s["name"] == "to cancel"][0]["id"]
-    while time.time() < deadline and not store.sweep_runs(sweep_id):
-        time.sleep(0.2)
+    sweep_id = wait_until(lambda: [s["id"] for s in store.sweeps() if s["name"] == "to cancel"],
+                          what="the sweep to be recorded")[0]
+    wait_until(lambda: store.sweep_runs(sweep_id), what="the sweep's first run to start")
     assert "Cancelling" in client.predict(api_name="/cancel_sweep")
-    grid, status = job.result(timeout=180)
+    grid, status = job.result(timeout=600)
     assert "cancelled" in status
     runs = store.sweep_runs(sweep_id)
     assert 1 <= len(runs) < 6 and all(r["status"] == "ok" for r in runs)  # the run in progress finished

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from live import free_port
+from live import free_port, wait_until
 
 from studio_core.errors import SweepBusy
 from studio_core.measure.engine import Engine
@@ -264,14 +264,13 @@ def test_a_restart_marks_runs_whose_pid_another_process_has_taken_over(tmp_path,
     store = RunStore(tmp_path)
     older = sleeper()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    time.sleep(0.1)
+    _clock_past_start_of(older)
     gone = _running_row(store, int(dead.stdout))
     ours_before_we_started = _running_row(store, os.getpid(), age_s=10 * 365 * 86400)  # a container's pid 1 again
     taken = _running_row(store, sleeper(), age_s=3600)  # the kernel gave the dead server's pid to a newer process
     live = _running_row(store, older)  # written after its process started: that process may be running it
     zombie = subprocess.Popen(["true"])  # ended, never reaped: the pid still "exists"
-    while zombie.returncode is None and not _is_zombie(zombie.pid):
-        time.sleep(0.01)
+    wait_until(lambda: _is_zombie(zombie.pid), what=f"process {zombie.pid} to end (a zombie until reaped)")
     unreaped = _running_row(store, zombie.pid)
     try:
         engine = Engine(store)  # what a restart does
@@ -286,6 +285,15 @@ def test_a_restart_marks_runs_whose_pid_another_process_has_taken_over(tmp_path,
     assert "now belongs to a process started after the run" in rows[taken]["error"]
     assert "zombie" in rows[unreaped]["error"]
     assert store.integrity_check() == "ok"
+
+
+def _clock_past_start_of(pid: int) -> None:
+    """Rows written from now on are stamped after ``pid`` started: its start time has a clock tick's
+    resolution (10 ms), so wait until the wall clock is past it by more than that."""
+    import psutil
+
+    started = psutil.Process(pid).create_time()
+    wait_until(lambda: time.time() > started + 0.05, what=f"the clock to pass the start of process {pid}")
 
 
 def _is_zombie(pid: int) -> bool:
@@ -305,7 +313,7 @@ def test_a_sweep_whose_pid_was_taken_over_resumes_and_a_live_one_is_busy(tmp_pat
     sid = store.create_sweep(sweep_key=sweep.key, name=sweep.name, preset="", question="", n_total=1,
                              config={"axes": [["steps", [2]]], "reference": REF})
     owner = sleeper()  # started before the sweep's latest activity: it may be running it
-    time.sleep(0.1)
+    _clock_past_start_of(owner)
     store.db.execute("UPDATE sweeps SET pid = ?, created_at = ? WHERE id = ?", [owner, now(), sid])
     with pytest.raises(SweepBusy, match=f"running in process {owner}"):
         run_sweep(engine, sweep, progress=False)

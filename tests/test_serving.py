@@ -15,12 +15,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from live import free_port, load_app_main
+from live import free_port, load_app_main, wait_until
 
 from app import serve
 from studio_core.errors import DeviceWaitStopped, StudioBusy
@@ -232,15 +231,6 @@ def gated(studio):
         studio.engine.run = real
 
 
-def _wait_for(condition, timeout=120.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _desc(job) -> str:
     return " ".join(p.desc or "" for p in (job.status().progress_data or []))
 
@@ -251,7 +241,7 @@ def test_a_full_line_is_refused_at_once_and_reads_go_on(served):
     before = store.db["runs"].count
     with gated(studio) as gate:
         jobs = [client.submit(_spec(model, seeds=[10 + i]), api_name="/generate") for i in range(MAX_WAITING + 3)]
-        _wait_for(lambda: studio.device.admitted == MAX_WAITING and sum(j.done() for j in jobs) == 3,
+        wait_until(lambda: studio.device.admitted == MAX_WAITING and sum(j.done() for j in jobs) == 3,
                   what="two admitted and three refused")
         refused = [j for j in jobs if j.done()]
         waiting = [j for j in jobs if not j.done()]
@@ -263,7 +253,7 @@ def test_a_full_line_is_refused_at_once_and_reads_go_on(served):
         table, _csv = client.predict("(all)", "(all)", "(all)", api_name="/runs")
         assert len(table["data"]) == before
         assert not any(j.done() for j in waiting)
-        _wait_for(lambda: any("waiting for the device: a generation (1 image, 2 steps) is running" in _desc(j)
+        wait_until(lambda: any("waiting for the device: a generation (1 image, 2 steps) is running" in _desc(j)
                               for j in waiting), what="the waiting generation to say what it waits for")
         gate.set()
         for job in waiting:
@@ -280,9 +270,9 @@ def test_a_generation_waiting_behind_a_sweep_says_so(served):
              "reference": REF}
     with gated(studio) as gate:
         sweep_job = client.submit(sweep, False, api_name="/sweep")
-        _wait_for(lambda: studio.device.holder.startswith("sweep 'holds the device'"), what="the sweep to start")
+        wait_until(lambda: studio.device.holder.startswith("sweep 'holds the device'"), what="the sweep to start")
         job = client.submit(_spec(model, seeds=[20]), api_name="/generate")
-        _wait_for(lambda: "waiting for the device: sweep 'holds the device'" in _desc(job),
+        wait_until(lambda: "waiting for the device: sweep 'holds the device'" in _desc(job),
                   what="the generation to name the sweep it waits for")
         gate.set()
         _grid, status = sweep_job.result(timeout=300)
