@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from studio_core.store.rows import is_missing
 from studio_core.study.frontier import COSTS, QUALITIES, pareto_front
 
 __all__ = [
@@ -96,7 +97,7 @@ def _group_key(v: Any) -> tuple:
 
 
 def _label(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+    if is_missing(v) or v == "":
         return "(none)"
     f = _num(v)
     return f"{f:g}" if f is not None and not isinstance(v, str) else str(v)

@@ -6,10 +6,11 @@ the choices of the filters. Pure functions, unit-tested on small frames; nothing
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Mapping
 
 import pandas as pd
+
+from studio_core.store.rows import is_missing, json_list
 
 __all__ = [
     "ALL",
@@ -84,20 +85,17 @@ def filter_choices(frame: pd.DataFrame, sweeps: list[Mapping]) -> tuple[list, li
 
 
 # ------------------------------------------------------------------------------------------ pure
-def _isnull(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
 
 def run_label(row: Mapping) -> str:
     """``"12: DDIM 10 steps g3 fp32 32x32 [knobs] (status)"`` - how a run is named in menus."""
     parts = [f"{int(row['id'])}:", str(row.get("sampler") or "default")]
-    if not _isnull(row.get("steps")):
+    if not is_missing(row.get("steps")):
         parts.append(f"{int(row['steps'])} steps")
-    if not _isnull(row.get("guidance")):
+    if not is_missing(row.get("guidance")):
         parts.append(f"g{float(row['guidance']):g}")
     if row.get("precision"):
         parts.append(str(row["precision"]))
-    if not _isnull(row.get("height")) and not _isnull(row.get("width")):
+    if not is_missing(row.get("height")) and not is_missing(row.get("width")):
         parts.append(f"{int(row['height'])}x{int(row['width'])}")
     if row.get("knobs_label"):
         parts.append(f"[{row['knobs_label']}]")
@@ -131,25 +129,14 @@ def table_view(frame: pd.DataFrame) -> pd.DataFrame:
     return view
 
 
-def _json_list(value: Any) -> list:
-    if isinstance(value, list):
-        return value
-    if isinstance(value, str) and value:
-        try:
-            out = json.loads(value)
-            return out if isinstance(out, list) else []
-        except json.JSONDecodeError:
-            return []
-    return []
-
 
 def image_pairs(row: Mapping) -> list[tuple[str, int]]:
     """The (prompt, seed) of each stored image of a run, in the store's prompt-major order."""
-    return [(p, int(s)) for p in _json_list(row.get("prompts")) for s in _json_list(row.get("seeds"))]
+    return [(p, int(s)) for p in json_list(row.get("prompts")) for s in json_list(row.get("seeds"))]
 
 
 def _plain(v: Any) -> Any:
-    if _isnull(v):
+    if is_missing(v):
         return None
     if hasattr(v, "item"):
         return v.item()
@@ -167,7 +154,7 @@ def differing_settings(rows: list[Mapping]) -> pd.DataFrame:
         for r in rows:
             v = r.get(column)
             if column in ("prompts", "seeds"):
-                v = json.dumps(_json_list(v)) if not isinstance(v, str) else v
+                v = json.dumps(json_list(v)) if not isinstance(v, str) else v
             values.append(_plain(v))
         if len({json.dumps(v, default=str) for v in values}) > 1:
             out.append({"setting": column, **{f"run {int(r['id'])}": ("" if v is None else str(v))

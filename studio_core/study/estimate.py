@@ -7,13 +7,13 @@ together with the sweep's shape into a ``SweepEstimate`` that the page and the C
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import pandas as pd
 
 from studio_core.spec import REFERENCE_DEFAULT
+from studio_core.store.rows import is_missing, json_list
 from studio_core.study.sweep import Sweep
 
 __all__ = ["SweepEstimate", "estimate_seconds", "estimate_sweep", "format_duration"]
@@ -31,20 +31,6 @@ class SweepEstimate:
     finished_sweep: int | None  # a sweep with these configurations that already finished
 
 
-def _isnull(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _json_list(value: Any) -> list:
-    if isinstance(value, list):
-        return value
-    if isinstance(value, str) and value:
-        try:
-            out = json.loads(value)
-            return out if isinstance(out, list) else []
-        except json.JSONDecodeError:
-            return []
-    return []
 
 
 def _wall_ms(row: Mapping) -> float | None:
@@ -79,7 +65,7 @@ def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path
     if not len(ok):
         return None, "unknown until the first run of this model"
     rows = ok.to_dict("records")
-    denoise = [r["denoise_ms"] if not _isnull(r.get("denoise_ms")) else r["latency_median_ms"] for r in rows]
+    denoise = [r["denoise_ms"] if not is_missing(r.get("denoise_ms")) else r["latency_median_ms"] for r in rows]
     step_img = float(pd.Series([d / (r["steps"] * r["n_images"]) for d, r in zip(denoise, rows)]).median())
     outside_img = float(pd.Series([max(0.0, r["latency_median_ms"] - d) / r["n_images"]
                                    for d, r in zip(denoise, rows)]).median())
@@ -98,7 +84,7 @@ def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path
         total_ms += per_pass * (int(s.get("warmup", 1)) + int(s.get("repeats", 3))) + run_overhead
     new_refs = 0
     if reference_steps:
-        seen = {(json.dumps(_json_list(r.get("prompts"))), json.dumps(_json_list(r.get("seeds"))),
+        seen = {(json.dumps(json_list(r.get("prompts"))), json.dumps(json_list(r.get("seeds"))),
                  r.get("height"), r.get("width")) for r in rows}
         todo = {(json.dumps(list(s.get("prompts") or [])), json.dumps(list(s.get("seeds") or [])),
                  s.get("height"), s.get("width")) for s in specs}
