@@ -24,7 +24,8 @@ from live import free_port, wait_until
 
 from studio_core.errors import SweepBusy
 from studio_core.measure.engine import Engine
-from studio_core.store.store import RunStore, now
+from studio_core.store.schema import now
+from studio_core.store.store import RunStore
 from studio_core.study.sweep import run_sweep, sweep_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

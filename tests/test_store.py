@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from studio_core.errors import StoreError, StoreReadOnly
-from studio_core.store.store import RunStore, migrations
+from studio_core.store.schema import migrations
+from studio_core.store.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

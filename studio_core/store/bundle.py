@@ -39,7 +39,8 @@ from studio_core.errors import StoreError
 from studio_core.models import EMBEDDED_MODEL_NAME
 from studio_core.store.provenance import git_commit
 from studio_core.store.safepaths import check_path, file_target, replace_atomically
-from studio_core.store.store import JSON_COLUMNS, RunStore, migrations, now
+from studio_core.store.schema import JSON_COLUMNS, migrations, now
+from studio_core.store.store import RunStore
 
 __all__ = ["bundle_study"]
 

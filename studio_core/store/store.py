@@ -21,7 +21,6 @@ Rules the code keeps:
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import hashlib
 import io
@@ -36,23 +35,15 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
 from studio_core.errors import StoreError, StoreReadOnly, UnsafePath
+from studio_core.store.liveness import run_process_ended
 from studio_core.store.safepaths import file_target, inside, replace_atomically
+from studio_core.store.schema import JSON_COLUMNS, TABLES, migrations, now
 
-__all__ = ["DEFAULT_DATA_DIR", "TABLES", "RunStore", "StoreError", "StoreReadOnly", "migrations", "now", "pid_taken_over"]
+__all__ = ["DEFAULT_DATA_DIR", "RunStore"]
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-RUN_STATUSES = ("running", "ok", "failed", "interrupted")
-TABLES = ("runs", "refs", "sweeps", "images")
-JSON_COLUMNS = ("prompts", "seeds", "knobs", "latencies_ms", "knob_report", "images", "config_json", "env_json")
-
-migrations = Migrations("studio")
-
-
-
-
 
 
 @contextmanager
@@ -61,86 +52,6 @@ def _unsafe_as_store_error():
         yield
     except UnsafePath as exc:
         raise StoreError(str(exc)) from exc
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-@migrations()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db["runs"].create({
-        # identity and lifecycle
-        "id": int, "created_at": str, "finished_at": str, "status": str, "error": str,
-        "pid": int, "host": str, "sweep_id": int, "sweep_index": int,
-        # configuration: every RunSpec field as a column, plus the whole spec as JSON
-        "config_hash": str, "config_json": str, "model": str, "model_path": str, "model_fingerprint": str,
-        "pipeline_class": str, "prompt_set": str, "prompts": str, "n_prompts": int, "seeds": str,
-        "n_images": int, "steps": int, "sampler": str, "scheduler_class": str, "timestep_spacing": str,
-        "guidance": float, "height": int, "width": int, "batch_size": int, "precision": str, "device": str,
-        "knobs": str, "knobs_label": str, "warmup": int, "repeats": int,
-        # timing (milliseconds; median and spread over the timed repeats)
-        "load_ms": float, "cold_ms": float, "latency_median_ms": float, "latency_iqr_ms": float,
-        "latency_min_ms": float, "latency_max_ms": float, "latency_mean_ms": float, "latencies_ms": str,
-        "per_image_ms": float, "text_encode_ms": float, "denoise_ms": float, "step_mean_ms": float,
-        "decode_ms": float, "nfe": int, "repeats_identical": int,
-        # memory
-        "peak_mem_bytes": int, "mem_baseline_bytes": int, "peak_mem_kind": str,
-        # quality against the reference, and prompt fidelity
-        "reference_id": int, "psnr": float, "psnr_std": float, "ssim": float, "ssim_std": float,
-        "lpips": float, "fidelity_top1": float, "fidelity_top5": float, "fidelity_n": int, "metrics_note": str,
-        # what the knobs did, the images, the environment
-        "knob_report": str, "knobs_inactive": str, "images": str,
-        "device_name": str, "torch_version": str, "diffusers_version": str, "threads": int,
-        "git_commit": str, "python_version": str, "env_json": str,
-    }, pk="id")
-    db["runs"].create_index(["status"])
-    db["runs"].create_index(["sweep_id", "sweep_index"])
-    db["runs"].create_index(["config_hash"])
-    db["refs"].create({
-        "id": int, "ref_key": str, "created_at": str, "model_fingerprint": str, "config_json": str,
-        "images": str, "generate_ms": float, "env_json": str,
-    }, pk="id")
-    db["refs"].create_index(["ref_key"], unique=True)
-    db["sweeps"].create({
-        "id": int, "sweep_key": str, "name": str, "preset": str, "question": str, "config_json": str,
-        "n_total": int, "status": str, "pid": int, "created_at": str, "finished_at": str,
-    }, pk="id")
-    db["sweeps"].create_index(["sweep_key"])
-    db["images"].create({"hash": str, "width": int, "height": int, "n_bytes": int, "created_at": str}, pk="hash")
-
-
-PID_CLOCK_SLACK_S = 2.0  # psutil's process start times rest on a boot time kept in whole seconds
-
-
-def pid_taken_over(pid: int, since: str) -> bool:
-    """Whether ``pid`` now belongs to a process started after ``since`` (the ISO time a row was
-    written): the process that wrote the row has ended and another one got its number."""
-    import psutil
-
-    try:
-        started = psutil.Process(pid).create_time()
-        written = _dt.datetime.fromisoformat(since).timestamp()
-    except (psutil.Error, TypeError, ValueError):  # gone (callers check that first), or no time
-        return False
-    return started > written + PID_CLOCK_SLACK_S
-
-
-def _run_process_ended(pid: int | None, created_at: str | None) -> str | None:
-    """Why the process that wrote a ``running`` row (at ``created_at``) no longer runs it, or None."""
-    import psutil
-
-    ended = f"process {pid} ended during the run (killed or crashed"
-    if not (pid and psutil.pid_exists(pid)):
-        return ended + ")"
-    if pid_taken_over(pid, created_at):
-        return f"{ended}); pid {pid} now belongs to a process started after the run"
-    try:
-        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            return ended + "; a zombie not yet reaped)"
-    except psutil.Error:
-        pass
-    return None
 
 
 def _dumps(value: Any) -> str:
@@ -361,7 +272,7 @@ class RunStore:
                     if rid not in wanted:
                         continue
                     why = reason or "stopped before it finished"
-                elif rhost == host and (ended := _run_process_ended(pid, created)):
+                elif rhost == host and (ended := run_process_ended(pid, created)):
                     why = reason or ended
                 else:
                     continue

@@ -36,7 +36,7 @@ import yaml
 
 from studio_core.errors import SpecError, SweepBusy
 from studio_core.spec import RunSpec, resolve
-from studio_core.store.store import pid_taken_over
+from studio_core.store.liveness import pid_taken_over
 
 __all__ = ["Sweep", "SweepBusy", "load_preset", "run_sweep", "sweep_from_dict"]
 

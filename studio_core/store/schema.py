@@ -1,0 +1,67 @@
+"""The study database's schema: its tables and columns, as registered migrations applied in order, once.
+
+A new column or table is a new ``@migrations()`` function after the last one (``m002_...``); existing
+studies get it the next time they are opened for writing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+__all__ = ["JSON_COLUMNS", "RUN_STATUSES", "TABLES", "migrations", "now"]
+
+RUN_STATUSES = ("running", "ok", "failed", "interrupted")
+TABLES = ("runs", "refs", "sweeps", "images")
+JSON_COLUMNS = ("prompts", "seeds", "knobs", "latencies_ms", "knob_report", "images", "config_json", "env_json")
+
+migrations = Migrations("studio")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create({
+        # identity and lifecycle
+        "id": int, "created_at": str, "finished_at": str, "status": str, "error": str,
+        "pid": int, "host": str, "sweep_id": int, "sweep_index": int,
+        # configuration: every RunSpec field as a column, plus the whole spec as JSON
+        "config_hash": str, "config_json": str, "model": str, "model_path": str, "model_fingerprint": str,
+        "pipeline_class": str, "prompt_set": str, "prompts": str, "n_prompts": int, "seeds": str,
+        "n_images": int, "steps": int, "sampler": str, "scheduler_class": str, "timestep_spacing": str,
+        "guidance": float, "height": int, "width": int, "batch_size": int, "precision": str, "device": str,
+        "knobs": str, "knobs_label": str, "warmup": int, "repeats": int,
+        # timing (milliseconds; median and spread over the timed repeats)
+        "load_ms": float, "cold_ms": float, "latency_median_ms": float, "latency_iqr_ms": float,
+        "latency_min_ms": float, "latency_max_ms": float, "latency_mean_ms": float, "latencies_ms": str,
+        "per_image_ms": float, "text_encode_ms": float, "denoise_ms": float, "step_mean_ms": float,
+        "decode_ms": float, "nfe": int, "repeats_identical": int,
+        # memory
+        "peak_mem_bytes": int, "mem_baseline_bytes": int, "peak_mem_kind": str,
+        # quality against the reference, and prompt fidelity
+        "reference_id": int, "psnr": float, "psnr_std": float, "ssim": float, "ssim_std": float,
+        "lpips": float, "fidelity_top1": float, "fidelity_top5": float, "fidelity_n": int, "metrics_note": str,
+        # what the knobs did, the images, the environment
+        "knob_report": str, "knobs_inactive": str, "images": str,
+        "device_name": str, "torch_version": str, "diffusers_version": str, "threads": int,
+        "git_commit": str, "python_version": str, "env_json": str,
+    }, pk="id")
+    db["runs"].create_index(["status"])
+    db["runs"].create_index(["sweep_id", "sweep_index"])
+    db["runs"].create_index(["config_hash"])
+    db["refs"].create({
+        "id": int, "ref_key": str, "created_at": str, "model_fingerprint": str, "config_json": str,
+        "images": str, "generate_ms": float, "env_json": str,
+    }, pk="id")
+    db["refs"].create_index(["ref_key"], unique=True)
+    db["sweeps"].create({
+        "id": int, "sweep_key": str, "name": str, "preset": str, "question": str, "config_json": str,
+        "n_total": int, "status": str, "pid": int, "created_at": str, "finished_at": str,
+    }, pk="id")
+    db["sweeps"].create_index(["sweep_key"])
+    db["images"].create({"hash": str, "width": int, "height": int, "n_bytes": int, "created_at": str}, pk="hash")
