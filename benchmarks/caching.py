@@ -48,6 +48,7 @@ def main() -> None:
     from studio_core.knobs import KNOBS
     from studio_core.measure.engine import Engine, image_metrics
     from studio_core.measure.environment import resolve_device
+    from studio_core.measure.pipelines import call_kwargs
     from studio_core.spec import RunSpec, resolve
     from studio_core.store.store import RunStore
 
@@ -91,7 +92,7 @@ def main() -> None:
             raise SystemExit(f"{name}: {reason}")
         applied = knob.apply(pipe, settings)
         try:
-            kwargs = Engine._call_kwargs([(knob, settings, applied)])
+            kwargs = call_kwargs([(knob, settings, applied)])
             if not warm:
                 return timer(**kwargs)
             with applied.instrument() if applied.instrument is not None else contextlib.nullcontext():

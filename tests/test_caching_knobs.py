@@ -12,6 +12,7 @@ from studio_core.knobs import KNOBS
 from studio_core.knobs.cross_attention_cache import CrossAttentionCacheSettings, cross_attention_modules
 from studio_core.knobs.deepcache import DeepCacheSettings, down_layers, full_steps, skipped_modules
 from studio_core.measure.engine import Engine
+from studio_core.measure.pipelines import call_kwargs
 from studio_core.spec import model_info
 from studio_core.store.store import RunStore
 
@@ -36,7 +37,7 @@ def _with(knob, pipe, settings, steps=6, guidance=2.0, count=False):
     """(images, report, images after undo) of one call with the knob applied."""
     applied = knob.apply(pipe, settings)
     try:
-        kwargs = Engine._call_kwargs([(knob, settings, applied)])
+        kwargs = call_kwargs([(knob, settings, applied)])
         if count:
             with applied.instrument():
                 images = _images(pipe, kwargs, steps, guidance)
@@ -76,7 +77,7 @@ def test_deepcache_repeats_are_identical_and_a_new_call_starts_fresh(tiny_pipe):
     settings = DeepCacheSettings(interval=2)
     applied = DC.apply(tiny_pipe, settings)
     try:
-        kwargs = Engine._call_kwargs([(DC, settings, applied)])
+        kwargs = call_kwargs([(DC, settings, applied)])
         first, second = _images(tiny_pipe, kwargs), _images(tiny_pipe, kwargs)
     finally:
         applied.undo()

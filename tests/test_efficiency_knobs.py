@@ -22,6 +22,7 @@ from studio_core.knobs.attention import sdpa_probe_reason
 from studio_core.knobs.compile import COMPILE_CONFLICTS, FULLGRAPH_CONFLICTS, inductor_reason
 from studio_core.knobs.component_precision import dtype_probe_reason
 from studio_core.measure.engine import Engine
+from studio_core.measure.pipelines import call_kwargs
 from studio_core.models import load_pipeline
 from studio_core.spec import RunSpec, resolve
 from studio_core.store.store import RunStore
@@ -48,7 +49,7 @@ def _run(knob, pipe, settings, size=32, n=1, instrument=True):
     """(images, report) of one call with the knob applied; the knob is undone afterwards."""
     applied = knob.apply(pipe, settings)
     try:
-        kwargs = Engine._call_kwargs([(knob, settings, applied)])
+        kwargs = call_kwargs([(knob, settings, applied)])
         if instrument and applied.instrument is not None:
             with applied.instrument():
                 images = _images(pipe, kwargs, size, n)

@@ -86,22 +86,9 @@ class Engine:
         self._models_run: dict[str, str] = {}  # model as given -> its folder, for every model run so far
         self.store.mark_interrupted()
 
-    @property
-    def max_pipelines(self) -> int:
-        """How many loaded pipelines are kept between runs."""
-        return self._pipes.max_pipelines
-
     def pipeline(self, info: ModelInfo, device: str, options: dict) -> tuple[object, float]:
         """A loaded pipeline for (model, device, load options) and its load ms (``PipelineCache.get_or_load``)."""
         return self._pipes.get_or_load(info, device, options)
-
-    @staticmethod
-    def call_pipeline(pipe, spec: RunSpec, call_kwargs: dict, probe: Probe | None = None) -> np.ndarray:
-        """All images of ``spec`` in prompt-major order (``generate``: one generator per image)."""
-        return generate(pipe, spec.images(), batch=spec.batch_size, on_call=probe.new_call if probe else None,
-                        **call_kwargs)
-
-    _call_kwargs = staticmethod(call_kwargs)  # benchmarks and knob tests chain call arguments through this
 
     def reference_for(self, spec: RunSpec, info: ModelInfo, reference: dict | None = None,
                       device: str = "cpu") -> tuple[dict, np.ndarray]:
@@ -176,7 +163,9 @@ class Engine:
         clock, meter = Clock(device), peak_memory_meter(device)
         try:
             kwargs = call_kwargs(applied)
-            one_pass = lambda probe: self.call_pipeline(pipe, spec, kwargs, probe)  # noqa: E731
+            def one_pass(probe: Probe) -> np.ndarray:  # all images in prompt-major order, one generator each
+                return generate(pipe, spec.images(), batch=spec.batch_size, on_call=probe.new_call, **kwargs)
+
             # 4. warm up (first call = cold), then the timed repeats
             stage("warm-up")
             base_mem = meter.reset()
