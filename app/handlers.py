@@ -102,8 +102,6 @@ class Studio:
 
     # what tests and scripts reach through the page: the study behind it
     store = property(lambda self: self.service.store)
-    engine = property(lambda self: self.service.engine)
-    device = property(lambda self: self.service.device)
     read_only = property(lambda self: self.service.read_only)
     reference = property(lambda self: self.service.reference)
 

@@ -35,7 +35,7 @@ def test_endpoints_are_named_and_measurements_pass_the_device_queue(tiny_demo):
     for name in ("generate", "sweep"):  # no gradio limit: the handler admits or refuses at once
         fn = _fn(tiny_demo, name)
         assert fn.concurrency_id == "gpu" and fn.concurrency_limit is None
-    assert tiny_demo.studio.device.limit == 4  # then one at a time on the device lock (tests/test_serving.py)
+    assert tiny_demo.studio.service.device.limit == 4  # then one at a time on the device lock (tests/test_serving.py)
     assert tiny_demo._queue.max_size == 32  # reads queue beside a measurement instead of waiting forever
     assert tiny_demo.studio.service._engine is None  # the engine (and torch) comes with the first run
 

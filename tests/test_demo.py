@@ -114,7 +114,7 @@ def _ids(study):
 
 def test_the_demo_opens_the_study_read_only_without_an_engine(demo_served, study):
     demo, _url, _client, err, _before = demo_served
-    assert demo.studio.engine is None and demo.studio.read_only and demo.studio.store.read_only
+    assert demo.studio.service.engine is None and demo.studio.read_only and demo.studio.store.read_only
     assert f"demo of study {STUDY}" in err and "integrity check ok, 4 runs" in err
 
 

@@ -217,18 +217,18 @@ def test_the_device_queue_admits_up_to_its_limit_and_a_waiter_can_give_up():
 @contextlib.contextmanager
 def gated(studio):
     """Hold every run at the door of the engine until the gate opens (the device stays taken)."""
-    gate, real = threading.Event(), studio.engine.run
+    gate, real = threading.Event(), studio.service.engine.run
 
     def run(*args, **kwargs):
         gate.wait(300)
         return real(*args, **kwargs)
 
-    studio.engine.run = run
+    studio.service.engine.run = run
     try:
         yield gate
     finally:
         gate.set()
-        studio.engine.run = real
+        studio.service.engine.run = real
 
 
 def _desc(job) -> str:
@@ -241,7 +241,7 @@ def test_a_full_line_is_refused_at_once_and_reads_go_on(served):
     before = store.db["runs"].count
     with gated(studio) as gate:
         jobs = [client.submit(_spec(model, seeds=[10 + i]), api_name="/generate") for i in range(MAX_WAITING + 3)]
-        wait_until(lambda: studio.device.admitted == MAX_WAITING and sum(j.done() for j in jobs) == 3,
+        wait_until(lambda: studio.service.device.admitted == MAX_WAITING and sum(j.done() for j in jobs) == 3,
                   what="two admitted and three refused")
         refused = [j for j in jobs if j.done()]
         waiting = [j for j in jobs if not j.done()]
@@ -260,7 +260,7 @@ def test_a_full_line_is_refused_at_once_and_reads_go_on(served):
             gallery, card = job.result(timeout=300)
             assert len(gallery) == 1 and "Run " in card
     assert store.db["runs"].count == before + MAX_WAITING
-    assert {r["status"] for r in store.runs()[before:]} == {"ok"} and studio.device.admitted == 0
+    assert {r["status"] for r in store.runs()[before:]} == {"ok"} and studio.service.device.admitted == 0
 
 
 def test_a_generation_waiting_behind_a_sweep_says_so(served):
@@ -270,7 +270,7 @@ def test_a_generation_waiting_behind_a_sweep_says_so(served):
              "reference": REF}
     with gated(studio) as gate:
         sweep_job = client.submit(sweep, False, api_name="/sweep")
-        wait_until(lambda: studio.device.holder.startswith("sweep 'holds the device'"), what="the sweep to start")
+        wait_until(lambda: studio.service.device.holder.startswith("sweep 'holds the device'"), what="the sweep to start")
         job = client.submit(_spec(model, seeds=[20]), api_name="/generate")
         wait_until(lambda: "waiting for the device: sweep 'holds the device'" in _desc(job),
                   what="the generation to name the sweep it waits for")
