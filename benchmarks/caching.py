@@ -41,11 +41,11 @@ CONFIGS = [
 ]
 
 def main() -> None:
-    import torch
     from _harness import PassTimer, print_table, setup_line, setup_of, time_rounds, write_results
     from architectures import sd15_pipeline
 
     from studio_core.knobs import KNOBS
+    from studio_core.knobs.component_precision import torch_dtype
     from studio_core.measure.engine import Engine, image_metrics
     from studio_core.measure.environment import resolve_device
     from studio_core.measure.pipelines import call_kwargs
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     a = ap.parse_args()
     device = resolve_device(a.device)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
+    dtype = torch_dtype(a.dtype)
 
     # the pipeline, its images and the reference
     engine = Engine(RunStore(tempfile.mkdtemp(prefix="caching-bench-")))

@@ -49,9 +49,9 @@ def main() -> None:
     from studio_core.errors import SpecError
     from studio_core.knobs import KNOBS
     from studio_core.knobs._hooks import denoiser_of
+    from studio_core.knobs.component_precision import torch_dtype
     from studio_core.knobs.quantization import component_modules, weight_bytes
     from studio_core.measure.engine import Engine, image_metrics
-    from studio_core.measure.pipelines import DTYPES
     from studio_core.models import load_pipeline
     from studio_core.spec import RunSpec, resolve
     from studio_core.store.store import RunStore
@@ -81,7 +81,7 @@ def main() -> None:
             except SpecError as exc:
                 refused[label] = exc.allowed
                 continue
-        pipe = load_pipeline(info.path, device=device, dtype=DTYPES[precision])
+        pipe = load_pipeline(info.path, device=device, dtype=torch_dtype(precision))
         if raw is not None:
             settings = knob.parse(raw)
             reason = knob.supports(pipe, settings)

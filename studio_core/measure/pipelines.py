@@ -6,15 +6,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-import torch
-
 from studio_core.errors import KnobUnsupported
 from studio_core.knobs import Applied, knobs_in
+from studio_core.knobs.component_precision import torch_dtype
 from studio_core.spec import ModelInfo, RunSpec
 
-__all__ = ["DTYPES", "AppliedKnobs", "PipelineCache", "apply_knobs", "call_kwargs", "load_options", "undo_knobs"]
+__all__ = ["AppliedKnobs", "PipelineCache", "apply_knobs", "call_kwargs", "load_options", "undo_knobs"]
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 AppliedKnobs = list[tuple[object, object, Applied]]  # (knob, settings, what applying it returned), in order
 
 
@@ -38,8 +36,8 @@ class PipelineCache(OrderedDict):
         for old in [k for k in self if k[0] == info.path and k[1] != info.fingerprint]:
             del self[old]
         t0 = time.perf_counter()
-        parts = {role: DTYPES[p] for role, p in options.get("component_dtypes", ())}  # component_precision knob
-        pipe = load_pipeline(info.path, device=device, dtype=DTYPES[options.get("dtype", "fp32")],
+        parts = {role: torch_dtype(p) for role, p in options.get("component_dtypes", ())}  # component_precision knob
+        pipe = load_pipeline(info.path, device=device, dtype=torch_dtype(options.get("dtype", "fp32")),
                              component_dtypes=parts or None)
         load_ms = (time.perf_counter() - t0) * 1000
         self[key] = pipe
