@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from app import cards, plots, tables, widgets
+from app import cards, compare, grid, pictures, plots, tables, widgets
 from studio_core.errors import ModelLoadError, SpecError, StoreError, StudioBusy, SweepBusy
 from studio_core.spec import RunSpec, model_info, resolve
 from studio_core.study.estimate import format_duration
@@ -168,7 +168,7 @@ class Studio:
     def gallery(self, row: dict, limit: int = 64) -> list[tuple]:
         pairs = tables.image_pairs(row)
         images = self.store.load_images(row["images"][:limit]) if row.get("images") else []
-        return [(plots.pixel_upscale(im, 256), f"{p} · seed {s}") for im, (p, s) in zip(images, pairs)]
+        return [(pictures.pixel_upscale(im, 256), f"{p} · seed {s}") for im, (p, s) in zip(images, pairs)]
 
     # ------------------------------------------------------------------ Sweep
     def sweep_dict(self, parts: dict, axes: list[tuple[str, str]], name: str, question: str) -> dict:
@@ -238,7 +238,7 @@ class Studio:
         g = self.service.sweep_grid(sweep_id)
         if not g.axes:
             return f"<p>Sweep {sweep_id} has no recorded axes to lay out a grid.</p>"
-        return cards.sweep_grid_html(g.axes, g.runs_by_index, self.store.load_images,
+        return grid.sweep_grid_html(g.axes, g.runs_by_index, self.store.load_images,
                                      title=f"Sweep {sweep_id}: {g.sweep['name']} ({g.sweep['status']})")
 
     def sweep_grid(self, sweep_id: Any) -> str:
@@ -303,7 +303,7 @@ class Studio:
             images = {int(r["id"]): self.store.load_images(r["images"]) for r in rows if r.get("images")}
         except StoreError as exc:
             raise self.error(exc) from None
-        return (cards.compare_html(rows, images), tables.differing_settings(rows), tables.metric_deltas(rows))
+        return (compare.compare_html(rows, images), tables.differing_settings(rows), tables.metric_deltas(rows))
 
     # ------------------------------------------------------------------ Runs
     def runs_table(self, status: str, sweep_id: Any, model: str):

@@ -1,7 +1,7 @@
-"""Pure figure and picture functions: ``make_*(df or arrays, ...) -> plotly Figure or uint8 image``.
+"""The frontier figure: ``make_frontier_plot(runs DataFrame, ...) -> plotly Figure``, and its hover texts.
 
-Nothing here reads the store or the widgets; the UI passes DataFrames (``RunStore.runs_frame``) and
-numpy images in and shows what comes out.
+Nothing here reads the store or the widgets; the UI passes DataFrames (``RunStore.runs_frame``) in and
+shows what comes out. Pictures (upscaling, heatmaps, ``<img>`` tags) are in ``app.pictures``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -17,15 +16,7 @@ from plotly.colors import qualitative
 from studio_core.store.rows import is_missing
 from studio_core.study.frontier import COSTS, QUALITIES, pareto_front
 
-__all__ = [
-    "QUALITY_LABELS",
-    "heat_colors",
-    "hover_text",
-    "make_colorbar",
-    "make_diff_heatmap",
-    "make_frontier_plot",
-    "pixel_upscale",
-]
+__all__ = ["QUALITY_LABELS", "hover_text", "make_frontier_plot"]
 
 QUALITY_LABELS = {
     "psnr": "PSNR vs reference (dB)", "ssim": "SSIM vs reference", "lpips": "LPIPS vs reference",
@@ -176,35 +167,3 @@ def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "lat
     if log_x:
         fig.update_xaxes(type="log")
     return fig
-
-
-# ------------------------------------------------------------------------------------------ pictures
-def pixel_upscale(image: np.ndarray, target: int = 256) -> np.ndarray:
-    """Nearest-neighbour upscale for display, so a 32x32 image shows its pixels rather than a blur."""
-    k = max(1, target // max(image.shape[:2]))
-    return image.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else image
-
-
-# an 'inferno'-like ramp: black (same) -> purple -> red -> orange -> pale yellow (very different)
-_HEAT_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=float)
-
-
-def heat_colors(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to RGB uint8 along the heat ramp (piecewise linear between anchors)."""
-    v = np.clip(np.asarray(values, dtype=float), 0.0, 1.0) * (len(_HEAT_ANCHORS) - 1)
-    lo = np.floor(v).astype(int).clip(0, len(_HEAT_ANCHORS) - 2)
-    t = (v - lo)[..., None]
-    return np.round(_HEAT_ANCHORS[lo] * (1 - t) + _HEAT_ANCHORS[lo + 1] * t).astype(np.uint8)
-
-
-def make_diff_heatmap(a: np.ndarray, b: np.ndarray, vmax: float = 128.0) -> np.ndarray:
-    """Colour-mapped |a - b| per pixel (mean over RGB, 0..255 scale), saturating at ``vmax``."""
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=-1)
-    return heat_colors(diff / vmax)
-
-
-def make_colorbar(width: int = 256, height: int = 12) -> np.ndarray:
-    """The heat ramp as a horizontal bar (left: no difference, right: ``vmax`` or more)."""
-    return np.repeat(heat_colors(np.linspace(0, 1, width))[None], height, axis=0)

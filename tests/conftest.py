@@ -9,6 +9,7 @@ from typing import Literal
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ("browser_kit",)  # the browser tests' fixtures: served, browser, page, far_apart_runs
 TINY_CAPTIONS = ["grinning face", "red heart", "man scientist: dark skin tone", "flag: France", "keycap: 7"]
 
 

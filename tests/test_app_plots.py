@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import cards, plots
+from app import cards, compare, grid, pictures, plots
 
 
 def _runs():
@@ -46,22 +46,22 @@ def test_frontier_plot_lower_is_better_metric_memory_in_mib_and_empty():
 
 def test_pixel_upscale_is_nearest_neighbour():
     img = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
-    big = plots.pixel_upscale(img, 8)
+    big = pictures.pixel_upscale(img, 8)
     assert big.shape == (8, 8, 3) and (big[:4, :4] == img[0, 0]).all() and (big[4:, 4:] == img[1, 1]).all()
-    assert plots.pixel_upscale(np.zeros((512, 512, 3), np.uint8), 256).shape == (512, 512, 3)
+    assert pictures.pixel_upscale(np.zeros((512, 512, 3), np.uint8), 256).shape == (512, 512, 3)
 
 
 def test_diff_heatmap_colours():
     a = np.zeros((4, 4, 3), np.uint8)
     b = a.copy()
     b[0, 0] = 255
-    heat = plots.make_diff_heatmap(a, b, vmax=255)
+    heat = pictures.make_diff_heatmap(a, b, vmax=255)
     assert heat.shape == (4, 4, 3) and heat.dtype == np.uint8
     assert tuple(heat[1, 1]) == (0, 0, 4) and tuple(heat[0, 0]) == (252, 255, 164)  # ends of the ramp
-    assert tuple(plots.heat_colors(np.array(0.5))) == (188, 55, 84)
+    assert tuple(pictures.heat_colors(np.array(0.5))) == (188, 55, 84)
     with pytest.raises(ValueError, match="differ in shape"):
-        plots.make_diff_heatmap(a, np.zeros((8, 8, 3), np.uint8))
-    assert plots.make_colorbar(16, 2).shape == (2, 16, 3)
+        pictures.make_diff_heatmap(a, np.zeros((8, 8, 3), np.uint8))
+    assert pictures.make_colorbar(16, 2).shape == (2, 16, 3)
 
 
 # ------------------------------------------------------------------------------------------ cards
@@ -105,7 +105,7 @@ def test_sweep_grid_annotates_each_cell():
     axes = [("steps", (2, 4)), ("sampler", ("DDIM", "Euler"))]
     runs = {0: _ok_row(id=1), 1: _ok_row(id=2, latency_median_ms=22.0), 2: _ok_row(id=3, knobs_inactive=None),
             3: {"id": 4, "status": "failed", "error": "boom"}}
-    html = cards.sweep_grid_html(axes, runs, lambda hashes: np.zeros((len(hashes), 32, 32, 3), np.uint8),
+    html = grid.sweep_grid_html(axes, runs, lambda hashes: np.zeros((len(hashes), 32, 32, 3), np.uint8),
                                  title="Sweep 1")
     assert html.count("<img") == 6 and html.count("data-sweep-index") == 4
     assert "steps = 2" in html and "sampler = Euler" in html and "22.0 ms" in html and "PSNR 30.00 dB" in html
@@ -114,7 +114,7 @@ def test_sweep_grid_annotates_each_cell():
     # cells are placed by grid order: index 1 is (steps=2, sampler=Euler), second row, first column
     rows = html.split("<tr>")
     assert "run 2" in rows[3].split("</td>")[0]
-    three = cards.sweep_grid_html(axes + [("precision", ("fp32", "fp16"))], {}, lambda h: None)
+    three = grid.sweep_grid_html(axes + [("precision", ("fp32", "fp16"))], {}, lambda h: None)
     assert three.count("<table") == 2 and "precision = fp16" in three and "not run" in three
 
 
@@ -123,7 +123,7 @@ def test_compare_html_shows_shared_pairs_and_differences():
     b = a.copy()
     b[1] = 40
     rows = [_ok_row(id=1), _ok_row(id=2)]
-    html = cards.compare_html(rows, {1: a, 2: b})
+    html = compare.compare_html(rows, {1: a, 2: b})
     assert "sun<br>seed 0" in html and "sun<br>seed 1" in html and "|run 2 − run 1|" in html
     assert "mean |Δ| 0.0" in html and "mean |Δ| 40.0" in html and "40 or more" in html
-    assert "share no (prompt, seed)" in cards.compare_html([rows[0], _ok_row(id=3, prompts=["moon"])], {})
+    assert "share no (prompt, seed)" in compare.compare_html([rows[0], _ok_row(id=3, prompts=["moon"])], {})

@@ -197,6 +197,9 @@ class AttentionBackendKnob(Knob):
                         "(set precision fp16/bf16, or use backend efficient or math)")
         return None
 
+    def label(self, settings) -> str:
+        return f"SDPA {settings.backend}"
+
     def supports(self, pipe, settings: AttentionBackendSettings) -> str | None:
         denoiser = denoiser_of(pipe)
         if denoiser is None:

@@ -8,12 +8,12 @@ itself to a loaded pipeline for one run, undoes itself afterwards, and reports w
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, ContextManager
 
 from studio_core.errors import SpecError
 
-__all__ = ["Applied", "Knob", "KnobReport"]
+__all__ = ["Applied", "Knob", "KnobReport", "value_text"]
 
 
 @dataclass
@@ -24,6 +24,17 @@ class KnobReport:
     active: bool
     summary: str
     details: dict = field(default_factory=dict)
+
+
+def value_text(v: Any) -> str:
+    """A setting's value as people write it: ``on``/``off`` for flags, ``0.5`` not ``0.50000``, ``default`` for None."""
+    if v is None:
+        return "default"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v).replace("_", " ")
 
 
 def _nothing() -> None:
@@ -96,6 +107,18 @@ class Knob:
 
     def describe(self, settings) -> Any:
         return asdict(settings) if hasattr(settings, "__dataclass_fields__") else settings
+
+    def label(self, settings) -> str:
+        """A short name of these settings for people ("DeepCache N=3", "ToMe 50%"): how the page, the hovers
+        and the CLI tables name the knob. The default is the title without its parenthesis, then every
+        setting that differs from its default; knobs override it with their field's usual notation."""
+        changed = [f"{f.name.replace('_', ' ')} {value_text(getattr(settings, f.name))}" for f in fields(settings)
+                   if f.default is not MISSING and getattr(settings, f.name) != f.default]
+        return self.short_title + (" " + ", ".join(changed) if changed else "")
+
+    @property
+    def short_title(self) -> str:
+        return self.title.split(" (")[0]
 
     # ---- support
     def check_model(self, info, settings) -> str | None:

@@ -257,6 +257,16 @@ class CompileKnob(Knob):
                 return f"fullgraph=True cannot compile with {other}: {FULLGRAPH_CONFLICTS[other]}"
         return None
 
+    def label(self, settings) -> str:
+        extra = [] if settings.mode == "default" else [settings.mode]
+        if settings.components != "denoiser":
+            extra.append(settings.components)
+        if settings.backend != "inductor":
+            extra.append(settings.backend)
+        if settings.fullgraph:
+            extra.append("fullgraph")
+        return "compile" + (f" ({', '.join(extra)})" if extra else "")
+
     def supports(self, pipe, settings: CompileSettings) -> str | None:
         targets = compiled_targets(pipe, settings.components)
         if not targets:

@@ -167,6 +167,10 @@ class ComponentPrecisionKnob(Knob):
                 check_choice(f"{self.field_name}.{name}", value, PRECISIONS,
                              "fp32, fp16, bf16, or unset (the run's precision)")
 
+    def label(self, settings: ComponentPrecisionSettings) -> str:
+        parts = [f"{name.replace('_', ' ')} {p}" for name, p in self.requested(settings).items()]
+        return " · ".join(parts) if parts else "component precision (all as the run)"
+
     def is_baseline(self, settings: ComponentPrecisionSettings) -> bool:
         return all(getattr(settings, n) is None for n in COMPONENTS)
 

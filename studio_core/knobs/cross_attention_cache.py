@@ -118,6 +118,9 @@ class CrossAttentionCacheKnob(Knob):
         check_int(f"{self.field_name}.gate_step", settings.gate_step, 1, 1000, "a whole number of steps from 1 to 1000")
         check_bool(f"{self.field_name}.drop_cfg", settings.drop_cfg)
 
+    def label(self, settings) -> str:
+        return f"T-GATE from step {settings.gate_step}" + ("" if settings.drop_cfg else ", keeps CFG")
+
     def check_model(self, info, settings) -> str | None:
         cfg = denoiser_config(info)
         cls = cfg.get("_class_name")

@@ -192,6 +192,12 @@ class DeepCacheKnob(Knob):
         check_number(f"{f}.center", settings.center, 0.0, 1.0, "a fraction of the steps from 0 to 1")
         check_number(f"{f}.power", settings.power, 1.0, 4.0, "a number from 1 (uniform spacing) to 4")
 
+    def label(self, settings) -> str:
+        extra = [f"branch {settings.branch}"] if settings.branch else []
+        if settings.schedule != "uniform":
+            extra.append(f"non-uniform (centre {settings.center:g}, power {settings.power:g})")
+        return f"DeepCache N={settings.interval}" + (" " + ", ".join(extra) if extra else "")
+
     def is_baseline(self, settings) -> bool:
         return False  # N=1 asks for DeepCache and caches nothing: flagged as "did nothing"
 

@@ -91,6 +91,11 @@ class MemoryKnob(Knob):
         for name in ("channels_last", "vae_slicing", "vae_tiling"):
             check_bool(f"{self.field_name}.{name}", getattr(settings, name))
 
+    def label(self, settings: MemorySettings) -> str:
+        parts = [name for flag, name in (("channels_last", "channels-last"), ("vae_slicing", "VAE slicing"),
+                                         ("vae_tiling", "VAE tiling")) if getattr(settings, flag)]
+        return " · ".join(parts) if parts else "memory layout unchanged"
+
     def is_baseline(self, settings: MemorySettings) -> bool:
         return not (settings.channels_last or settings.vae_slicing or settings.vae_tiling)
 

@@ -282,6 +282,14 @@ class QuantizationKnob(Knob):
         check_int(f"{f}.group_size", settings.group_size, min(GROUP_SIZES), max(GROUP_SIZES), group_sizes)
         check_choice(f"{f}.group_size", settings.group_size, GROUP_SIZES, group_sizes)
 
+    def label(self, settings: QuantizationSettings) -> str:
+        scheme = settings.scheme.replace("_weight_only", " weight-only").replace("_dynamic", " dynamic")
+        scheme = scheme.replace("bnb_", "bitsandbytes ")
+        extra = [] if settings.components == "denoiser" else [settings.components]
+        if settings.scheme == "int4_weight_only" and settings.group_size != 64:
+            extra.append(f"group {settings.group_size}")
+        return scheme + (f" ({', '.join(extra)})" if extra else "")
+
     def check_model(self, info, settings: QuantizationSettings) -> str | None:
         if settings.components == "denoiser":
             return None

@@ -15,7 +15,7 @@ import importlib.util
 from dataclasses import dataclass
 
 from studio_core.knobs import register
-from studio_core.knobs.base import Applied, Knob, KnobReport
+from studio_core.knobs.base import Applied, Knob, KnobReport, value_text
 
 __all__ = ["SAMPLERS", "SCHEDULER_COMPATIBLES", "SamplerKnob", "TIMESTEP_SPACINGS", "TIMESTEP_SPACING_SCHEDULERS",
            "compatible_names"]
@@ -162,10 +162,12 @@ class SamplerKnob(Knob):
             ts = pipe.scheduler.timesteps
             changed = sd.cls != type(original).__name__ or bool(overrides)
             details = {"scheduler": sd.cls, "from": type(original).__name__, "overrides": overrides,
-                       "stochastic": sd.stochastic, "calls_per_step": sd.order,
+                       "stochastic": sd.stochastic, "calls_per_step": sd.order, "model_default": not changed,
                        "timesteps": [int(t) for t in ts[:3]] + (["..."] if len(ts) > 3 else []) if ts is not None else None}
-            summary = (f"{type(original).__name__} -> {sd.cls}" if changed else f"model's own {sd.cls}") + (
-                f" {overrides}" if overrides else "") + (" (stochastic)" if sd.stochastic else "")
+            settings_text = ", ".join(f"{k.replace('_', ' ')} {value_text(v)}" for k, v in overrides.items())
+            summary = (f"{type(original).__name__} -> {sd.cls}" if changed else
+                       f"the model's own {sd.cls} (its default, nothing to change)") + (
+                f" with {settings_text}" if settings_text else "") + (" (stochastic)" if sd.stochastic else "")
             return KnobReport(self.name, changed, summary, details)
 
         return Applied(self.name, undo=undo, report=report)

@@ -322,6 +322,12 @@ class TokenMergingKnob(Knob):
         check_choice(f"{f}.max_downsample", settings.max_downsample, (1, 2, 4, 8), "1, 2, 4 or 8")
         check_bool(f"{f}.random_dst", settings.random_dst)
 
+    def label(self, settings) -> str:
+        extra = [] if settings.max_downsample == 1 else [f"down to 1/{settings.max_downsample}"]
+        if not settings.random_dst:
+            extra.append("fixed dst")
+        return f"ToMe {settings.ratio:.0%}" + (" " + ", ".join(extra) if extra else "")
+
     def check_model(self, info, settings) -> str | None:
         cfg = denoiser_config(info)
         cls = cfg.get("_class_name") or info.denoiser

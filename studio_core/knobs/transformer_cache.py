@@ -250,6 +250,13 @@ class TransformerCacheKnob(Knob):
         return {"method": settings.method, **{k: v for k, v in (
             (fld.name, getattr(settings, fld.name)) for fld in fields(settings)) if v is not None and k != "method"}}
 
+    def label(self, settings: TransformerCacheSettings) -> str:
+        e = effective(settings)
+        short = {"first_block": f"FBCache {e.get('threshold', 0):g}", "faster": "FasterCache",
+                 "pyramid_attention_broadcast": f"PAB every {e.get('block_skip_range')}",
+                 "taylorseer": f"TaylorSeer order {e.get('max_order')}", "mag": f"MagCache {e.get('threshold', 0):g}"}
+        return short[settings.method]
+
     def _label(self, settings: TransformerCacheSettings) -> str:
         e = effective(settings)
         if settings.method == "first_block":

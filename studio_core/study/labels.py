@@ -1,0 +1,214 @@
+"""How a run is named for people: configurations, samplers, knob settings, column titles and numbers.
+
+The page (cards, hovers, tables), the CLI tables and the sweep grids all name runs through these
+functions, so a reader never meets ``nan``, ``None``, a raw dict or JSON: "DDIM (model default) ·
+DeepCache N=3 · ToMe 50%", "median latency (ms)", "12.3 ms", "n/a". Pure functions of run rows
+(dicts from ``RunStore.get_run`` or records of ``runs_frame``); knob settings are named by each
+knob's own ``Knob.label``. No torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+from studio_core.knobs import KNOBS
+from studio_core.knobs.sampler import SAMPLERS
+from studio_core.store.rows import is_missing
+
+__all__ = [
+    "COLUMN_LABELS",
+    "NOISY_IQR_RATIO",
+    "configuration",
+    "inactive_knobs",
+    "knob_items",
+    "knobs_text",
+    "mib",
+    "ms",
+    "noisy",
+    "num",
+    "number",
+    "sampler_is_model_default",
+    "sampler_text",
+]
+
+# column -> what a person reads as its title (tables, axes, CSV-free views); units in parentheses
+COLUMN_LABELS: dict[str, str] = {
+    "id": "run", "created_at": "created", "status": "status", "sweep_id": "sweep", "model": "model",
+    "prompt_set": "prompt set", "n_images": "images", "steps": "steps", "sampler": "sampler",
+    "configuration": "configuration", "guidance": "guidance", "precision": "precision", "height": "height (px)",
+    "width": "width (px)", "size": "size (px)", "knobs_label": "knobs", "knobs": "knobs",
+    "latency_median_ms": "median latency (ms)", "latency_iqr_ms": "latency IQR (ms)",
+    "latency_min_ms": "fastest repeat (ms)", "latency_max_ms": "slowest repeat (ms)",
+    "per_image_ms": "per image (ms)", "cold_ms": "cold call (ms)", "load_ms": "model load (ms)",
+    "text_encode_ms": "text encode (ms)", "denoise_ms": "denoise (ms)", "step_mean_ms": "per step (ms)",
+    "decode_ms": "VAE decode (ms)", "nfe": "denoiser calls", "peak_mem_bytes": "peak memory (MiB)",
+    "peak_mem_mib": "peak memory (MiB)", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS",
+    "fidelity_top1": "fidelity top-1", "fidelity_top5": "fidelity top-5", "knobs_inactive": "did nothing",
+    "noise": "timing noise", "error": "error", "device_name": "device", "threads": "threads",
+    "batch_size": "batch size", "timestep_spacing": "timestep spacing", "scheduler_class": "scheduler class",
+    "warmup": "warm-up calls", "repeats": "timed repeats", "torch_version": "torch", "device": "device setting",
+    "diffusers_version": "diffusers", "git_commit": "commit",
+}
+
+# A timing is flagged noisy when its IQR is more than this fraction of its median. Repeats of one
+# configuration on a quiet machine keep IQR/median under a few percent (benchmarks/results); a quarter
+# means the repeats disagree by more than the differences most knobs make, so the median alone misleads.
+NOISY_IQR_RATIO = 0.25
+
+
+# ------------------------------------------------------------------------------------------ numbers
+def num(v: Any) -> float | None:
+    """A finite float, or None for blanks, NaN, infinities and text."""
+    if isinstance(v, bool):
+        return float(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) or math.isinf(f) else f
+
+
+def number(v: Any, digits: int = 2, unit: str = "") -> str:
+    """``12.35 ms`` / ``1,234 ms`` / ``n/a``: fixed decimals, thousands separated, never ``nan``."""
+    f = num(v)
+    if f is None:
+        return "n/a"
+    text = f"{f:,.0f}" if abs(f) >= 1000 else f"{f:.{digits}f}"
+    return f"{text} {unit}".rstrip() if unit else text
+
+
+def ms(v: Any) -> str:
+    """Milliseconds for reading: 2 decimals under 10, 1 under 1000, whole above."""
+    f = num(v)
+    if f is None:
+        return "n/a"
+    return number(f, 2 if abs(f) < 10 else (1 if abs(f) < 1000 else 0))
+
+
+def mib(v_bytes: Any) -> str:
+    """Bytes as ``123.4 MiB`` (or ``1.23 GiB``)."""
+    f = num(v_bytes)
+    if f is None:
+        return "n/a"
+    return f"{f / 2**30:.2f} GiB" if f >= 2**30 else f"{f / 2**20:.1f} MiB"
+
+
+def noisy(row: Mapping) -> str | None:
+    """Why this run's timing should not be trusted alone, or None: its IQR is over ``NOISY_IQR_RATIO``
+    of its median (with at least 3 repeats; fewer have no spread to judge)."""
+    med, iqr = num(row.get("latency_median_ms")), num(row.get("latency_iqr_ms"))
+    n = num(row.get("repeats")) or 0
+    if med is None or iqr is None or med <= 0 or n < 3:
+        return None
+    if iqr / med > NOISY_IQR_RATIO:
+        return (f"noisy timing: IQR {ms(iqr)} ms is {iqr / med:.0%} of the median (over "
+                f"{NOISY_IQR_RATIO:.0%}); rerun on a quieter machine or with more repeats")
+    return None
+
+
+# ------------------------------------------------------------------------------------------ knobs
+def knob_items(row_or_knobs: Any) -> dict[str, dict]:
+    """The run's optional knobs and their settings: from a row's ``knobs`` (JSON text or dict), or a
+    knobs dict itself."""
+    v = row_or_knobs.get("knobs") if isinstance(row_or_knobs, Mapping) and "knobs" in row_or_knobs else row_or_knobs
+    if isinstance(v, str):
+        try:
+            v = json.loads(v) if v.strip() else {}
+        except ValueError:
+            return {}
+    return {str(k): (s if isinstance(s, dict) else {}) for k, s in v.items()} if isinstance(v, Mapping) else {}
+
+
+def _knob_label(name: str, settings: dict) -> str:
+    knob = KNOBS.get(name)
+    if knob is None:
+        return name
+    try:
+        return knob.label(knob.parse(settings))
+    except Exception:  # a row written by an older knob: its name, never a traceback
+        return knob.short_title
+
+
+def knobs_text(row_or_knobs: Any, empty: str = "") -> str:
+    """``"DeepCache N=3 · ToMe 50%"`` (apply order), or ``empty`` when the run uses no optional knob."""
+    items = knob_items(row_or_knobs)
+    order = sorted(items, key=lambda k: (KNOBS[k].order if k in KNOBS else 999, k))
+    return " · ".join(_knob_label(k, items[k]) for k in order) or empty
+
+
+def _reports(row: Mapping) -> list[dict]:
+    r = row.get("knob_report")
+    if isinstance(r, str):
+        try:
+            r = json.loads(r)
+        except ValueError:
+            return []
+    return [x for x in r if isinstance(x, dict)] if isinstance(r, list) else []
+
+
+def sampler_is_model_default(row: Mapping) -> bool:
+    """True when the run used the model's own scheduler unchanged: ``default``, or a named sampler that
+    is the same (its report says it changed nothing)."""
+    sampler = row.get("sampler")
+    if is_missing(sampler) or sampler in ("", "default"):
+        return True
+    for r in _reports(row):
+        if r.get("knob") == "sampler":
+            return not r.get("active")
+    return "sampler" in _names(row.get("knobs_inactive"))
+
+
+def _scheduler_name(cls: Any) -> str:
+    if is_missing(cls) or not cls:
+        return "the model's own sampler"
+    for name, sd in SAMPLERS.items():
+        if sd.cls == cls and not sd.overrides:
+            return name
+    return str(cls).removesuffix("Scheduler") or str(cls)
+
+
+def sampler_text(row: Mapping) -> str:
+    """``"DDIM (model default)"`` for the model's own scheduler, whether asked for as ``default`` or by
+    name; otherwise the sampler's name (with its timestep spacing when set)."""
+    sampler = row.get("sampler")
+    if is_missing(sampler) or sampler in ("", "default"):
+        name = _scheduler_name(row.get("scheduler_class"))
+    else:
+        name = str(sampler)
+    spacing = row.get("timestep_spacing")
+    extra = "" if is_missing(spacing) or not spacing else f", {spacing} spacing"
+    if sampler_is_model_default(row):
+        return f"{name} (model default{extra})"
+    return name + (f" ({spacing} spacing)" if extra else "")
+
+
+def _names(text: Any) -> list[str]:
+    return [] if is_missing(text) or not text else [k.strip() for k in str(text).split(",") if k.strip()]
+
+
+def inactive_knobs(row: Mapping) -> list[str]:
+    """Knobs asked to do something that did nothing (titles, e.g. "DeepCache N=1"): never the sampler
+    left at the model's own, which is a baseline, not a failure."""
+    items = knob_items(row)
+    out = []
+    for name in _names(row.get("knobs_inactive")):
+        if name == "sampler":
+            continue
+        out.append(_knob_label(name, items[name]) if name in items else
+                   (KNOBS[name].short_title if name in KNOBS else name))
+    return out
+
+
+def configuration(row: Mapping) -> str:
+    """Sampler and active knobs (and precision other than fp32): what makes two runs of one model at one
+    step count different. ``"DPM++ 2M · fp16 · DeepCache N=3"``."""
+    parts = [sampler_text(row)]
+    precision = row.get("precision")
+    if not is_missing(precision) and precision and precision != "fp32":
+        parts.append(str(precision))
+    knobs = knobs_text(row)
+    if knobs:
+        parts.append(knobs)
+    return " · ".join(parts)
