@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BadOutput",
     "DeviceWaitStopped",
     "KnobUnsupported",
     "ModelLoadError",
@@ -56,6 +57,11 @@ class SweepBusy(RuntimeError):
 
 class StudioBusy(RuntimeError):
     """More generations or sweeps than the studio admits at once are already running or waiting."""
+
+
+class BadOutput(RuntimeError):
+    """A pipeline returned something that is not a picture: NaN or infinite values, or images that are
+    constant or (nearly) all black. The message says which images and what to try."""
 
 
 class DeviceWaitStopped(RuntimeError):

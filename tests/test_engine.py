@@ -87,9 +87,11 @@ def test_knobs_are_undone_and_a_knob_that_did_nothing_says_so(engine, tiny_pipel
     assert not pipe.unet._forward_pre_hooks and "decode" not in pipe.vae.__dict__  # probes removed
     assert r.row["knobs_inactive"] is None
     same = engine.run(_spec(tiny_pipeline_dir, sampler="DDIM", repeats=1), reference=REF)
-    assert same.row["knobs_inactive"] == "sampler"  # DDIM on a DDIM model changes nothing
+    assert same.row["knobs_inactive"] is None  # DDIM on a DDIM model: the model's own, a baseline, not a flag
     report = [k for k in same.row["knob_report"] if k["knob"] == "sampler"][0]
-    assert report["active"] is False and "model's own" in report["summary"]
+    assert report["active"] is False and report["details"]["model_default"] and "model's own" in report["summary"]
+    idle = engine.run(_spec(tiny_pipeline_dir, repeats=1, knobs={"deepcache": {"interval": 1}}), reference=REF)
+    assert idle.row["knobs_inactive"] == "deepcache"  # asked for, cached nothing: flagged
 
 
 def test_bad_spec_fails_before_any_row(engine, tiny_pipeline_dir):

@@ -25,7 +25,7 @@ def test_latency_spread_known_answers():
     assert s == {"median": 3.0, "iqr": 2.0, "min": 1.0, "max": 5.0, "mean": 3.0}
     # two values: quartiles interpolate to 12.5 and 17.5
     assert latency_spread([10.0, 20.0]) == {"median": 15.0, "iqr": 5.0, "min": 10.0, "max": 20.0, "mean": 15.0}
-    assert latency_spread([7.0]) == {"median": 7.0, "iqr": 0.0, "min": 7.0, "max": 7.0, "mean": 7.0}
+    assert latency_spread([7.0]) == {"median": 7.0, "iqr": None, "min": 7.0, "max": 7.0, "mean": 7.0}  # no spread
     with pytest.raises(ValueError, match="no latencies"):
         latency_spread([])
 

@@ -14,9 +14,10 @@
    ``torch.cuda.max_memory_allocated`` on GPU and the process's peak resident set (VmHWM, reset before
    the timed part) on CPU.
 5. Undo the knobs; collect what each knob reports it did.
-6. Score the images against the reference of (model, prompts, seeds, resolution), generated once and
-   kept (``reference``): PSNR and SSIM (torchmetrics), LPIPS only when its backbone weights are on
-   disk, and prompt fidelity for the embedded model (``quality``).
+6. Check the output is a picture (``sanity``: NaN or infinite values, flat or all-black images fail the run
+   with the reason and what to try), then score the images against the reference of (model, prompts,
+   seeds, resolution), generated once and kept (``reference``): PSNR and SSIM (torchmetrics), LPIPS
+   only when its backbone weights are on disk, and prompt fidelity for the embedded model (``quality``).
 7. Finish the row (``ok``), or record ``failed`` with the reason (``failures``); Ctrl-C marks it
    ``interrupted``. An allocation the device refuses is ``failed`` with a reason that starts "out of
    memory" and says what to make smaller; the loaded pipelines are dropped so the memory comes back.
@@ -47,6 +48,7 @@ from studio_core.measure.memory import peak_memory_meter
 from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, load_options, undo_knobs
 from studio_core.measure.quality import image_metrics
 from studio_core.measure.reference import reference_for, reference_spec
+from studio_core.measure.sanity import check_pictures
 from studio_core.measure.timing import Clock, Probe, timed_pass, timing_summary
 from studio_core.spec import ModelInfo, RunSpec, config_hash, resolve
 from studio_core.store.store import RunStore
@@ -119,6 +121,7 @@ class Engine:
         results: dict = {}
         try:
             images, reports = self._measure(spec, info, device, results, stage)
+            check_pictures(images)  # a flat or black frame is a failure, not a low PSNR
             stage("scoring")
             results.update(self._score(spec, info, device, images, reference))
             if not results["repeats_identical"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from studio_core.errors import KnobUnsupported, ModelLoadError, SpecError
+from studio_core.errors import BadOutput, KnobUnsupported, ModelLoadError, SpecError
 from studio_core.spec import RunSpec
 
 __all__ = ["failure_reason", "is_out_of_memory", "load_failure_reason", "lost_model_reason", "model_problem",
@@ -70,7 +70,7 @@ def failure_reason(exc: Exception, spec: RunSpec, device: str, model_path: str) 
         return out_of_memory_reason(exc, spec, device)
     if isinstance(exc, ModelLoadError):
         return load_failure_reason(exc, model_path)
-    if isinstance(exc, (SpecError, KnobUnsupported)):
+    if isinstance(exc, (SpecError, KnobUnsupported, BadOutput)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from studio_core.measure.sanity import check_finite
+
 __all__ = ["generate", "to_uint8"]
 
 
@@ -24,7 +26,8 @@ def generate(pipe, pairs: Sequence[tuple[str, int]], *, batch: int | None = None
     """(N, H, W, 3) uint8 images of ``pairs`` in order, ``batch`` per pipeline call (default: all in one).
 
     ``call_kwargs`` go to every pipeline call (steps, guidance, knobs' arguments); ``on_call`` runs
-    before each call (the engine's probe starts a new call record there)."""
+    before each call (the engine's probe starts a new call record there). NaN or infinite output is a
+    ``BadOutput`` error (``studio_core.measure.sanity``)."""
     import torch
 
     pairs = list(pairs)
@@ -39,5 +42,6 @@ def generate(pipe, pairs: Sequence[tuple[str, int]], *, batch: int | None = None
                 on_call()
             gens = [torch.Generator().manual_seed(int(s)) for _, s in chunk]
             res = pipe([p for p, _ in chunk], generator=gens, output_type="np", **call_kwargs)
+            check_finite(res.images)  # NaN would turn into black uint8 pixels unnoticed
             out.append(to_uint8(res.images))
     return np.concatenate(out)

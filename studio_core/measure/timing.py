@@ -137,13 +137,14 @@ def timed_pass(pipe, run: Callable[[Probe], np.ndarray], clock: Clock) -> TimedP
     return TimedPass(images, total_ms, parts, sum(c["nfe"] for c in probe.calls))
 
 
-def latency_spread(latencies: Sequence[float]) -> dict[str, float]:
-    """Median, interquartile range (inclusive-method quartiles; 0 for one value), min, max and mean."""
+def latency_spread(latencies: Sequence[float]) -> dict[str, float | None]:
+    """Median, interquartile range (inclusive-method quartiles), min, max and mean. One value has no
+    spread: its IQR is None (shown "n/a"), never a 0 that would read as a perfectly steady timing."""
     lat = list(latencies)
     if not lat:
         raise ValueError("no latencies to summarise")
-    q = statistics.quantiles(lat, n=4, method="inclusive") if len(lat) > 1 else [lat[0]] * 3
-    return {"median": statistics.median(lat), "iqr": q[2] - q[0], "min": min(lat), "max": max(lat),
+    q = statistics.quantiles(lat, n=4, method="inclusive") if len(lat) > 1 else None
+    return {"median": statistics.median(lat), "iqr": q[2] - q[0] if q else None, "min": min(lat), "max": max(lat),
             "mean": statistics.fmean(lat)}
 
 
