@@ -1,51 +1,110 @@
-"""Runs as text for people: the Generate tab's and the Runs tab's metrics card (Markdown).
+"""Runs as text for people: the metrics card of the Generate tab and the Runs tab (Markdown with a little
+inline HTML: the time bar and the images beside their reference).
 
 Every number carries its setup and spread (median with IQR, min..max and n; quality with its std;
-memory with what was measured), knobs that changed nothing are flagged, Pure functions of run rows.
+memory with what was measured). A noisy timing (IQR over ``labels.NOISY_IQR_RATIO`` of the median) is
+flagged, and so is a stage the run's settings do not touch that ran ``STAGE_SLOWDOWN`` times slower than
+in the pinned baseline (the machine was busy). Against a pinned baseline run the card gives latency ×,
+PSNR Δ and memory Δ, saying "within noise" when the two runs' IQR ranges overlap. Pure functions of run
+rows (and of images the caller loaded); no ``nan``, ``None`` or raw dicts reach the text.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import ast
+import html
+import json
+import re
+from typing import Any, Mapping, Sequence
 
-from app.plots import _num
+import numpy as np
 
-__all__ = ["knob_lines", "metrics_card", "setup_line"]
+from app.pictures import img_tag
+from studio_core.knobs import KNOBS
+from studio_core.knobs.base import GROUPS
+from studio_core.study import labels
+from studio_core.study.labels import num
 
+__all__ = ["EMPTY_CARD", "PIN_HINT", "REFERENCE_PAIRS", "STAGE_SLOWDOWN", "baseline_text", "knob_lines", "metrics_card",
+           "reference_strip", "setup_line", "timing_flags", "time_bar"]
 
-def _ms(v: Any) -> str:
-    f = _num(v)
-    if f is None:
-        return "n/a"
-    return f"{f:.2f}" if f < 10 else (f"{f:.1f}" if f < 1000 else f"{f:,.0f}")
+_ms = labels.ms  # app.grid imports it under this name
 
+# a stage none of the run's settings touches, this many times slower (per image) than in the baseline: a busy machine
+STAGE_SLOWDOWN = 3.0
+# images shown beside their reference on the card
+REFERENCE_PAIRS = 4
+# knobs of this group act inside the denoising loop only: they never change text encode or decode times
+DENOISE_ONLY_GROUP = GROUPS[1]
+EMPTY_CARD = ("Generate to see the latency and its breakdown, peak memory, quality against a same-seed reference, "
+              "and the change against a baseline run you pin above.")
+PIN_HINT = ("**Baseline:** none pinned. Pick a run in *Baseline run* (above the card) to see this run's "
+            "latency ×, PSNR Δ and memory Δ against it.")
 
-def _bytes(v: Any) -> str:
-    f = _num(v)
-    if f is None:
-        return "n/a"
-    return f"{f / 2**30:.2f} GiB" if f >= 2**30 else f"{f / 2**20:.1f} MiB"
-
-
+# the segments of the time bar: (row column, name, colour)
+_STAGES = (("text_encode_ms", "text encode", "#4e79a7"), ("denoise_ms", "denoise", "#f28e2b"),
+           ("decode_ms", "VAE decode", "#59a14f"), (None, "other", "#bab0ac"))
 _MEM_KINDS = {"cpu_peak_rss": "peak resident memory of the process (CPU)",
               "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated"}
+_DICT = re.compile(r"\{[^{}]*\}")
+
+
+def _minus(text: str) -> str:
+    """A signed number with a real minus sign."""
+    return text.replace("-", "−")
+
+
+def _readable(summary: Any) -> str:
+    """A knob report's summary for people: arrows for ``->``, a dict written as ``key value`` pairs (older
+    rows wrote ``DPMSolverMultistepScheduler {'use_karras_sigmas': True}``), never braces."""
+    def pairs(match: re.Match) -> str:
+        try:
+            d = ast.literal_eval(match.group(0))
+        except (ValueError, SyntaxError):
+            return match.group(0).strip("{}")
+        if not isinstance(d, dict):
+            return str(d)
+        items = [f"{str(k).replace('_', ' ')} {'on' if v is True else 'off' if v is False else v}"
+                 for k, v in d.items()]
+        return ("with " + ", ".join(items)) if items else ""
+
+    text = _DICT.sub(pairs, str(summary or "no report"))
+    return text.replace("->", "→").replace("{", "(").replace("}", ")").strip()
+
+
+def _knob_title(name: str, row: Mapping) -> str:
+    """The knob as the card names it: an optional knob by its label with this run's settings ("DeepCache
+    N=3"), a built-in one by its title ("Sampler")."""
+    items = labels.knob_items(row.get("knobs"))
+    if name in items:
+        return labels.knobs_text({name: items[name]}) or name
+    return KNOBS[name].short_title if name in KNOBS else name.replace("_", " ")
 
 
 def knob_lines(row: Mapping) -> list[str]:
-    """One line per knob report: what it did, ``[did nothing]`` when it changed nothing although
-    asked to, ``(baseline)`` when doing nothing was the point (e.g. fp32)."""
-    inactive = {k.strip() for k in str(row.get("knobs_inactive") or "").split(",") if k.strip()}
+    """One line per knob report: what it did, ``[did nothing]`` when it changed nothing although asked to,
+    ``(baseline)`` when doing nothing was the point (fp32, the model's own sampler)."""
+    inactive = {k.strip() for k in str(row.get("knobs_inactive") or "").split(",") if k.strip()} - {"sampler"}
+    reports = row.get("knob_report") or []
+    if isinstance(reports, str):
+        try:
+            reports = json.loads(reports)
+        except ValueError:
+            reports = []
     out = []
-    for r in row.get("knob_report") or []:
-        flag = "" if r.get("active") else ("  **[did nothing]**" if r.get("knob") in inactive else "  (baseline)")
-        out.append(f"{r.get('knob')}: {r.get('summary')}{flag}")
+    for r in reports if isinstance(reports, list) else []:
+        if not isinstance(r, dict):
+            continue
+        name = str(r.get("knob") or "knob")
+        flag = "" if r.get("active") else (" **[did nothing]**" if name in inactive else " (baseline)")
+        out.append(f"**{_knob_title(name, row)}**: {_readable(r.get('summary'))}{flag}")
     return out
 
 
 def setup_line(row: Mapping) -> str:
     """Device, threads, library versions and commit: what a number was measured on."""
     parts = [str(row.get("device_name") or "unknown device")]
-    if _num(row.get("threads")):
+    if num(row.get("threads")):
         parts.append(f"{int(row['threads'])} torch threads")
     if row.get("torch_version"):
         parts.append(f"torch {row['torch_version']}")
@@ -56,56 +115,254 @@ def setup_line(row: Mapping) -> str:
     return " · ".join(parts)
 
 
-def metrics_card(row: Mapping, reference: Mapping | None = None) -> str:
-    """The Generate tab's metrics card for one run (Markdown)."""
+def _n_images(row: Mapping) -> int:
+    return int(num(row.get("n_images")) or 0)
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def time_bar(row: Mapping) -> str:
+    """The median pass as a stacked bar (text encode / denoise / VAE decode / other) with its legend,
+    or "" when the run has no breakdown."""
+    total = num(row.get("latency_median_ms"))
+    parts = [(name, colour, num(row.get(col))) for col, name, colour in _STAGES if col]
+    if not total or total <= 0 or all(v is None for _, _, v in parts):
+        return ""
+    known = sum(v or 0 for _, _, v in parts)
+    parts.append((_STAGES[-1][1], _STAGES[-1][2], max(total - known, 0.0)))
+    scale = max(total, known)
+    segments, legend = [], []
+    for name, colour, v in parts:
+        if v is None:
+            continue
+        share = v / scale
+        tip = f"{name} {labels.ms(v)} ms ({share:.0%})"
+        if share > 0:
+            segments.append(f'<span title="{tip}" style="width:{100 * share:.2f}%;background:{colour}"></span>')
+        extra = ""
+        if name == "denoise":
+            extra = (f" ({labels.ms(row.get('step_mean_ms'))} ms per step, "
+                     f"{_plural(int(num(row.get('nfe')) or 0), 'denoiser call')})")
+        legend.append(f'<span style="color:{colour}">■</span> {name} {labels.ms(v)} ms{extra}')
+    bar = ('<div title="time breakdown of the median pass" style="display:flex;height:14px;width:100%;'
+           'max-width:560px;border-radius:3px;overflow:hidden;background:#eee;margin:2px 0 4px 0">'
+           + "".join(segments) + "</div>")
+    return f"**Breakdown** (median pass)\n\n{bar}\n\n" + " · ".join(legend)
+
+
+def _interval(row: Mapping) -> tuple[float, float] | None:
+    med = num(row.get("latency_median_ms"))
+    if med is None:
+        return None
+    half = (num(row.get("latency_iqr_ms")) or 0.0) / 2
+    return med - half, med + half
+
+
+def _per_image(row: Mapping, col: str) -> float | None:
+    v, n = num(row.get(col)), _n_images(row)
+    return v / n if v is not None and n else None
+
+
+def _run_name(row: Mapping) -> str:
+    steps = num(row.get("steps"))
+    return (f"run {int(row['id'])} ({labels.configuration(row)}"
+            + (f", {int(steps)} steps" if steps is not None else "") + ")")
+
+
+def baseline_text(row: Mapping, baseline: Mapping) -> str:
+    """This run against the pinned baseline: latency × (per image when the two made different numbers of
+    images) with "within noise" when the median ± IQR/2 ranges overlap, PSNR Δ in dB, peak memory Δ in MiB."""
+    if int(baseline["id"]) == int(row["id"]):
+        return f"**Baseline:** this is the pinned baseline, {_run_name(baseline)}."
+    head = f"**Against the baseline**, {_run_name(baseline)}:"
+    parts = []
+    same_n = _n_images(row) == _n_images(baseline)
+    mine, theirs = _interval(row), _interval(baseline)
+    if not same_n:
+        mine = None if mine is None or not _n_images(row) else tuple(v / _n_images(row) for v in mine)
+        theirs = None if theirs is None or not _n_images(baseline) else tuple(v / _n_images(baseline) for v in theirs)
+    a = num(row.get("latency_median_ms" if same_n else "per_image_ms"))
+    b = num(baseline.get("latency_median_ms" if same_n else "per_image_ms"))
+    if a is not None and b:
+        ratio = a / b
+        what = "latency" if same_n else "latency per image"
+        vs = f"{labels.ms(a)} vs {labels.ms(b)} ms median"
+        if mine and theirs and mine[0] <= theirs[1] and theirs[0] <= mine[1]:
+            verdict = f"within noise: {vs}, the IQR ranges overlap"
+        else:
+            verdict = f"{abs(1 - ratio):.0%} {'faster' if ratio < 1 else 'slower'}: {vs}"
+        parts.append(f"**{ratio:.2f}×** the baseline's {what} ({verdict})")
+    else:
+        parts.append("latency × n/a (a run without timings)")
+    pa, pb = num(row.get("psnr")), num(baseline.get("psnr"))
+    if pa is not None and pb is not None:
+        d = pa - pb
+        word = "same" if abs(d) < 0.005 else ("better" if d > 0 else "worse")
+        parts.append(f"PSNR **{_minus(f'{d:+.2f}')}** dB ({word}: {pa:.2f} vs {pb:.2f} dB)")
+    else:
+        parts.append("PSNR Δ n/a")
+    ma, mb = num(row.get("peak_mem_bytes")), num(baseline.get("peak_mem_bytes"))
+    if ma is not None and mb is not None:
+        d = (ma - mb) / 2**20
+        word = "same" if abs(d) < 0.05 else ("less" if d < 0 else "more")
+        parts.append(f"peak memory **{_minus(f'{d:+.1f}')}** MiB ({word})")
+    else:
+        parts.append("memory Δ n/a")
+    notes = []
+    if not same_n:
+        notes.append(f"the baseline made {_plural(_n_images(baseline), 'image')}, this run "
+                     f"{_n_images(row)}: latency compared per image")
+    if (row.get("model"), row.get("prompts"), row.get("seeds")) != (
+            baseline.get("model"), baseline.get("prompts"), baseline.get("seeds")):
+        notes.append("other model, prompts or seeds: PSNR compares scores against different references")
+    tail = f" *({'; '.join(notes)})*" if notes else ""
+    return f"{head} " + " · ".join(parts) + tail
+
+
+def _stage_setup(row: Mapping) -> tuple:
+    """What can change text encode and VAE decode times: everything but the sampler, the steps and the
+    knobs that act inside the denoising loop only."""
+    knobs = {k: v for k, v in labels.knob_items(row.get("knobs")).items()
+             if getattr(KNOBS.get(k), "group", None) != DENOISE_ONLY_GROUP}
+    return (row.get("model"), num(row.get("height")), num(row.get("width")), num(row.get("guidance")),
+            row.get("precision"), json.dumps(knobs, sort_keys=True, default=str))
+
+
+def timing_flags(row: Mapping, baseline: Mapping | None = None) -> list[str]:
+    """Warnings about the timing: noisy repeats (``labels.noisy``), and, against a baseline with the same
+    settings outside the denoising loop, a text encode or VAE decode ``STAGE_SLOWDOWN`` times slower per
+    image, which no setting explains."""
+    flags = []
+    why = labels.noisy(row)
+    if why:
+        head, _, rest = why.partition(":")
+        flags.append(f"⚠ **{head.capitalize()}**:{rest}")
+    if baseline is not None and int(baseline["id"]) != int(row["id"]) and _stage_setup(row) == _stage_setup(baseline):
+        for col, name, _ in _STAGES[:3]:
+            if col == "denoise_ms":
+                continue
+            a, b = _per_image(row, col), _per_image(baseline, col)
+            if a is not None and b and a / b >= STAGE_SLOWDOWN:
+                flags.append(f"⚠ **{name} {a / b:.1f}× the baseline's** ({labels.ms(a)} vs {labels.ms(b)} ms per "
+                             "image) although no setting that touches it differs: the machine was likely busy; "
+                             "run again to check")
+    return flags
+
+
+def _reference_setup(reference: Mapping) -> str:
+    """``DPM++ 2M, 10 steps, fp32``: how a reference was made."""
+    sampler = reference.get("sampler")
+    sampler = "the model's own sampler" if sampler in (None, "", "default") else str(sampler)
+    steps = num(reference.get("steps"))
+    return sampler + (f", {int(steps)} steps" if steps is not None else "") + f", {reference.get('precision') or 'fp32'}"
+
+
+def _reference_name(reference: Mapping | None) -> str:
+    return f"reference ({_reference_setup(reference)})" if reference else "reference"
+
+
+def reference_strip(row: Mapping, images: Sequence[np.ndarray] | None, reference_images: Sequence[np.ndarray] | None,
+                    reference: Mapping | None = None, size: int = 96) -> str:
+    """The run's first images, each beside its same-seed reference image, captioned; "" without both."""
+    if images is None or reference_images is None or not len(images) or not len(reference_images):
+        return ""
+    prompts, seeds = list(row.get("prompts") or []), list(row.get("seeds") or [])
+    pairs = [(p, s) for p in prompts for s in seeds]
+    ref_name = _reference_name(reference)
     rid = int(row["id"])
-    status = row.get("status")
+    cells = []
+    for i, (mine, ref) in enumerate(zip(images, reference_images)):
+        what = f"{pairs[i][0]} · seed {pairs[i][1]}" if i < len(pairs) else f"image {i + 1}"
+        pair = "".join(f'<div style="text-align:center">{img_tag(im, size, f"{who}: {what}")}{caption}</div>'
+                       for im, who, caption in ((mine, f"run {rid}", f"run {rid}"), (ref, ref_name, "reference")))
+        cells.append('<div style="margin:0 18px 8px 0;font-size:12px;line-height:1.35;text-align:center">'
+                     f'<div style="display:flex;gap:4px">{pair}</div>{html.escape(what)}</div>')
+    n = _n_images(row) or len(images)
+    shown = f"the first {len(cells)} of {n} images" if n > len(cells) else _plural(len(cells), "image")
+    return (f"**Beside the {html.escape(ref_name)}** ({shown}, same prompts and seeds)\n\n"
+            f'<div style="display:flex;flex-wrap:wrap">{"".join(cells)}</div>')
+
+
+def _latency_line(row: Mapping) -> str:
+    n = int(num(row.get("repeats")) or len(row.get("latencies_ms") or []))
+    n_img = _n_images(row)
+    med, iqr = num(row.get("latency_median_ms")), num(row.get("latency_iqr_ms"))
+    if iqr is None:
+        spread = "one repeat, so no spread" if n == 1 else "no spread recorded"
+    else:
+        share = f", {iqr / med:.0%} of the median (noisy above {labels.NOISY_IQR_RATIO:.0%})" if med else ""
+        spread = (f"IQR {labels.ms(iqr)} ms{share}; min..max {labels.ms(row.get('latency_min_ms'))}.."
+                  f"{labels.ms(row.get('latency_max_ms'))} ms")
+    return (f"**Latency** {labels.ms(med)} ms median of {_plural(n, 'timed repeat')} ({spread}) for {_plural(n_img, 'image')} · "
+            f"{labels.ms(row.get('per_image_ms'))} ms per image · cold (first) call {labels.ms(row.get('cold_ms'))} ms"
+            + (f" · model load {labels.ms(row.get('load_ms'))} ms" if num(row.get("load_ms"))
+               else " · model was already loaded"))
+
+
+def _quality_line(row: Mapping, reference: Mapping | None) -> str:
+    ref = ""
+    if reference:
+        ref = (f" #{reference.get('id')} ({_reference_setup(reference)}, guidance "
+               f"{labels.number(reference.get('guidance'), 1)}, same prompts and seeds)")
+    n_img = _n_images(row)
+    if n_img > 1:
+        q = [f"PSNR {labels.number(row['psnr'])} ± {labels.number(row.get('psnr_std') or 0)} dB",
+             f"SSIM {labels.number(row.get('ssim'), 4)} ± {labels.number(row.get('ssim_std') or 0, 4)}"]
+        over = f"mean ± std over {n_img} images"
+    else:
+        q = [f"PSNR {labels.number(row['psnr'])} dB", f"SSIM {labels.number(row.get('ssim'), 4)}"]
+        over = "one image, so no spread"
+    q.append(f"LPIPS {labels.number(row.get('lpips'), 4)}")
+    return f"**Quality** vs reference{ref}: " + " · ".join(q) + f" ({over})"
+
+
+def metrics_card(row: Mapping, reference: Mapping | None = None, *, baseline: Mapping | None = None,
+                 baseline_hint: bool = False, images: Sequence[np.ndarray] | None = None,
+                 reference_images: Sequence[np.ndarray] | None = None) -> str:
+    """The metrics card of one run (Markdown). ``baseline`` is the pinned run to compare with; without one,
+    ``baseline_hint`` says how to pin it (the Generate tab). ``images`` and ``reference_images`` (the first
+    few of each, same order) are shown side by side."""
+    rid = int(row["id"])
+    status = row.get("status") or "unknown"
     lines = [f"### Run {rid}: {status}"]
+    what = [labels.configuration(row)]
+    for col, fmt in (("steps", "{:.0f} steps"), ("guidance", "guidance {:g}")):
+        if num(row.get(col)) is not None:
+            what.append(fmt.format(num(row[col])))
+    if num(row.get("height")) is not None and num(row.get("width")) is not None:
+        what.append(f"{int(num(row['height']))}x{int(num(row['width']))} px")
+    lines.append("*" + " · ".join(what) + "*")
     if status != "ok":
         lines.append(f"**Error:** {row.get('error') or 'unknown'}")
-    n = _num(row.get("repeats"))
-    lat = row.get("latencies_ms") or []
-    if _num(row.get("latency_median_ms")) is not None:
-        n_img = int(row.get("n_images") or 0)
-        lines.append(
-            f"**Latency** {_ms(row['latency_median_ms'])} ms median of {int(n or len(lat))} timed repeats "
-            f"(IQR {_ms(row.get('latency_iqr_ms'))} ms, min..max {_ms(row.get('latency_min_ms'))}.."
-            f"{_ms(row.get('latency_max_ms'))} ms) for {n_img} image{'s' if n_img != 1 else ''} · "
-            f"{_ms(row.get('per_image_ms'))} ms per image · cold (first) call {_ms(row.get('cold_ms'))} ms"
-            + (f" · model load {_ms(row.get('load_ms'))} ms" if _num(row.get("load_ms"))
-               else " · model was already loaded"))
-        step = _num(row.get("step_mean_ms"))
-        lines.append(
-            f"**Breakdown** (median pass): text encode {_ms(row.get('text_encode_ms'))} ms · denoise "
-            f"{_ms(row.get('denoise_ms'))} ms ({_ms(step)} ms per step, {int(row.get('nfe') or 0)} denoiser calls) · "
-            f"VAE decode {_ms(row.get('decode_ms'))} ms")
-    if _num(row.get("peak_mem_bytes")) is not None:
+    lines += timing_flags(row, baseline)
+    if num(row.get("latency_median_ms")) is not None:
+        lines.append(_latency_line(row))
+        bar = time_bar(row)
+        if bar:
+            lines.append(bar)
+    if baseline is not None:
+        lines.append(baseline_text(row, baseline))
+    elif baseline_hint:
+        lines.append(PIN_HINT)
+    if num(row.get("peak_mem_bytes")) is not None:
         kind = row.get("peak_mem_kind") or ""
-        lines.append(f"**Peak memory** {_bytes(row['peak_mem_bytes'])} ({_MEM_KINDS.get(kind, kind)}; "
-                     f"{_bytes(row.get('mem_baseline_bytes'))} before the timed part)")
-    if _num(row.get("psnr")) is not None:
-        ref = ""
-        if reference:
-            ref = (f" #{reference.get('id')} ({reference.get('sampler')}, {reference.get('steps')} steps, "
-                   f"guidance {reference.get('guidance')}, fp32, same prompts and seeds)")
-        n_img = int(row.get("n_images") or 0)
-        if n_img > 1:
-            q = [f"PSNR {float(row['psnr']):.2f} ± {float(row.get('psnr_std') or 0):.2f} dB",
-                 f"SSIM {float(row['ssim']):.4f} ± {float(row.get('ssim_std') or 0):.4f}"]
-            over = f"mean ± std over {n_img} images"
-        else:
-            q = [f"PSNR {float(row['psnr']):.2f} dB", f"SSIM {float(row['ssim']):.4f}"]
-            over = "one image, so no spread"
-        q.append(f"LPIPS {float(row['lpips']):.4f}" if _num(row.get("lpips")) is not None else "LPIPS n/a")
-        lines.append(f"**Quality** vs reference{ref}: " + " · ".join(q) + f" ({over})")
-    if _num(row.get("fidelity_top1")) is not None:
-        lines.append(f"**Prompt fidelity** top-1 {float(row['fidelity_top1']):.0%} · top-5 "
-                     f"{float(row.get('fidelity_top5') or 0):.0%} (n={int(row.get('fidelity_n') or 0)}; "
+        lines.append(f"**Peak memory** {labels.mib(row['peak_mem_bytes'])} ({_MEM_KINDS.get(kind, kind or 'peak')}; "
+                     f"{labels.mib(row.get('mem_baseline_bytes'))} before the timed part)")
+    if num(row.get("psnr")) is not None:
+        lines.append(_quality_line(row, reference))
+    strip = reference_strip(row, images, reference_images, reference)
+    if strip:
+        lines.append(strip)
+    if num(row.get("fidelity_top1")) is not None:
+        lines.append(f"**Prompt fidelity** top-1 {num(row['fidelity_top1']):.0%} · top-5 "
+                     f"{num(row.get('fidelity_top5')) or 0:.0%} (n={int(num(row.get('fidelity_n')) or 0)}; "
                      "nearest training image by caption)")
     if row.get("metrics_note"):
         lines.append(f"*Note: {row['metrics_note']}*")
     knobs = knob_lines(row)
     if knobs:
-        lines.append("**Knobs**\n" + "\n".join(f"- {k}" for k in knobs))
+        lines.append("**Knobs**\n\n" + "\n".join(f"- {k}" for k in knobs))
     lines.append(f"**Setup** {setup_line(row)}")
     return "\n\n".join(lines)

@@ -24,9 +24,12 @@ import pandas as pd
 
 from app import cards, compare, grid, pictures, plots, tables, widgets
 from studio_core.errors import ModelLoadError, SpecError, StoreError, StudioBusy, SweepBusy
-from studio_core.spec import RunSpec, model_info, resolve
+from studio_core.knobs.sampler import samplers_for
+from studio_core.spec import RunSpec, defaults_text, model_info, resolve
+from studio_core.study import labels
 from studio_core.study.estimate import format_duration
 from studio_core.study.service import StudyService
+from studio_core.study.sweep import preset_yaml
 
 __all__ = ["DEMO_MESSAGE", "MAX_ID", "NO_AXIS", "Studio", "parse_id"]
 
@@ -36,6 +39,8 @@ USER_ERRORS = (SpecError, ModelLoadError, StoreError, SweepBusy)
 NO_AXIS = "(none)"
 MAX_ID = 2**63 - 1  # SQLite's largest INTEGER
 DEMO_MESSAGE = "Read-only demo of {study}: generation and sweeps are off"
+CELL_IMAGE_PX = 512  # a clicked sweep cell's images are shown at least this large (nearest-neighbour)
+THUMB_PX = grid.THUMB_SIZES[1]  # the sweep grid's thumbnails unless the page asks for another size
 
 
 def _user_error(exc: BaseException, hide: tuple[str, str] | None = None) -> gr.Error:
@@ -73,6 +78,10 @@ def parse_id(value: Any, what: str = "run") -> int | None:
         raise gr.Error(f"{shown} is not a {what} id: {what} ids are whole numbers from 1 up", title="No such "
                        f"{what}", print_exception=False)
     return number
+
+
+_KINDS = {"epsilon": "noise prediction", "v_prediction": "v-prediction", "flow": "flow matching",
+          "consistency": "consistency-distilled", "sample": "sample prediction"}
 
 
 def _stage_fraction(stage: str) -> float:
@@ -137,20 +146,31 @@ class Studio:
             info = model_info(model)
         except (SpecError, ModelLoadError) as exc:
             return [gr.skip()] * len(settings) + [f"**Model:** {exc}"] + [gr.skip()] * len(knobs)
+        if info.unsupported:  # refused before any work: say why, leave the form as it is
+            return ([gr.skip()] * len(settings) + [f"**Model:** {info.pipeline_class}: {info.unsupported}"]
+                    + [gr.skip()] * len(knobs))
         d = info.defaults
-        native = info.sample_size or 512
+        native = info.sample_size
         defaults = {"steps": d["num_inference_steps"], "guidance": d["guidance_scale"],
                     "height": d.get("height") or native, "width": d.get("width") or native}
-        updates = [gr.update(value=defaults[s.name]) if s.builtin and s.name in defaults else gr.skip()
-                   for s in settings]
-        text = (f"**Model:** {info.pipeline_class} · own scheduler {info.scheduler_class} · native {native} px "
-                f"(multiples of {info.size_multiple}) · defaults {defaults['steps']} steps, guidance "
-                f"{defaults['guidance']:g}")
+        samplers = [("model default", "default"), *((widgets.choice_label(n), n) for n in samplers_for(info))]
+        updates = []
+        for s in settings:
+            if s.builtin and s.name in defaults:
+                updates.append(gr.update(value=defaults[s.name]))
+            elif (s.knob, s.name) == ("sampler", "sampler"):  # only the samplers that serve this model
+                updates.append(gr.update(choices=samplers, value="default"))
+            else:
+                updates.append(gr.skip())
+        text = (f"**Model:** {info.pipeline_class} · own scheduler {info.scheduler_class} "
+                f"({_KINDS.get(info.prediction_type, info.prediction_type)}) · native {native} px (multiples of "
+                f"{info.size_multiple}) · {defaults_text(info)} · {len(samplers) - 1} samplers serve it")
         return updates + [text] + [widgets.knob_availability(knob, info) for knob in knobs]
 
-    def generate(self, spec: dict, progress=gr.Progress()):
-        """Run one spec; the images (pixel-upscaled) and the metrics card. Waits in line for the device
-        (saying behind what), or is refused at once when the line is full."""
+    def generate(self, spec: dict, baseline: Any = None, progress=gr.Progress()):
+        """Run one spec; the images (pixel-upscaled), the metrics card (against the pinned ``baseline`` run,
+        if any) and the run's id (kept by the page to redraw the card when the baseline changes). Waits in
+        line for the device (saying behind what), or is refused at once when the line is full."""
         self.refuse_in_demo()
         if not isinstance(spec, dict):
             raise gr.Error("no run spec: press Generate", print_exception=False)
@@ -163,7 +183,33 @@ class Studio:
             raise self.error(exc) from None
         if row["status"] != "ok":
             raise gr.Error(f"run {row['id']} failed: {row.get('error')}", title="Run failed", print_exception=False)
-        return self.gallery(row), cards.metrics_card(row, self.store.reference_config(row.get("reference_id")))
+        return self.gallery(row), self.generate_card(row, baseline), row["id"]
+
+    def generate_card(self, row: dict, baseline: Any = None) -> str:
+        """The Generate tab's card of a run: its images beside the reference's, and the change against the
+        pinned baseline run (or how to pin one; a baseline run gone from the study is said so)."""
+        bid = parse_id(baseline)
+        base, gone = None, ""
+        if bid is not None:
+            try:
+                base = self.store.get_run(bid)
+            except StoreError:
+                gone = f"\n\n*The pinned baseline, run {bid}, is not in {self.where}.*"
+        n = cards.REFERENCE_PAIRS
+        images = self.store.load_images(row["images"][:n]) if row.get("images") else None
+        return cards.metrics_card(row, self.store.reference_config(row.get("reference_id")), baseline=base,
+                                  baseline_hint=True, images=images,
+                                  reference_images=self.store.reference_images(row.get("reference_id"), n)) + gone
+
+    def shown_card(self, run_id: Any, baseline: Any = None) -> str:
+        """The card of the run the Generate tab shows, redrawn against a newly pinned baseline."""
+        rid = parse_id(run_id)
+        if rid is None:
+            return cards.EMPTY_CARD
+        try:
+            return self.generate_card(self.store.get_run(rid), baseline)
+        except StoreError as exc:
+            raise self.error(exc) from None
 
     def gallery(self, row: dict, limit: int = 64) -> list[tuple]:
         pairs = tables.image_pairs(row)
@@ -185,18 +231,45 @@ class Studio:
         again = (f" A sweep with these configurations already finished (sweep {e.finished_sweep}): tick "
                  "*run again* to repeat it, or start to show its grid.") if e.finished_sweep is not None else ""
         n_img = e.images_per_run
+        basis = f"\n\n<small>{e.basis}</small>" if e.seconds is not None else ""  # else the line says it all
         return (f"**{e.runs} runs** ({e.shape}), {n_img} image{'s' if n_img != 1 else ''} x {e.passes_per_run} "
-                f"passes each; {when}.{again}\n\n<small>{e.basis}</small>")
+                f"passes each; {when}.{again}{basis}")
+
+    def sweep_preview(self, parts: dict, axes: list[tuple[str, str]], name: str, question: str) -> tuple[str, str]:
+        """The estimate and the preset YAML of the sweep the Sweep tab describes right now, or why it cannot
+        run yet (the YAML stays when only a cell fails to resolve). Never raises: the page calls it on
+        every change of an input, so a corrected value clears the message at once."""
+        try:
+            sweep = self.sweep_dict(parts, axes, name, question)
+        except Exception as exc:
+            return self._cannot(exc), ""
+        text = preset_yaml(sweep)
+        try:
+            return self.estimate(sweep), text
+        except Exception as exc:
+            return self._cannot(exc), text
+
+    def _cannot(self, exc: BaseException) -> str:
+        """Why a sweep cannot run yet, naming an axis as people do ("DeepCache: interval = 'x'")."""
+        if isinstance(exc, SpecError):
+            what = labels.axis_label(exc.field.removeprefix("grid."))
+            text = f"{what} = {exc.value!r} is not allowed: {exc.allowed}"
+        else:
+            text = self.error(exc).message
+        return f"**Cannot run this grid yet:** {text}"
 
     def cancel(self, request: gr.Request):
         self.refuse_in_demo()
         self.service.cancel(getattr(request, "session_hash", None))
         return "Cancelling: the sweep stops after the run in progress (runs are never cut in half)."
 
-    def run_sweep(self, sweep: dict, rerun: bool, request: gr.Request, progress=gr.Progress()):
-        """Run (or resume) a sweep, updating the grid after every run; Cancel stops between runs. Like a
-        generation, it waits in line for the device or is refused when the line is full."""
+    def run_sweep(self, sweep: dict, rerun: bool, request: gr.Request, size: Any = THUMB_PX,
+                  progress=gr.Progress()):
+        """Run (or resume) a sweep, updating the grid (``size`` px thumbnails) after every run; Cancel stops
+        between runs. Like a generation, it waits in line for the device or is refused when the line is
+        full. Yields (grid, status, the shown sweep's id)."""
         self.refuse_in_demo()
+        px = self._thumb_size(size)
         try:
             s = self.service.sweep(sweep)
         except Exception as exc:
@@ -212,15 +285,17 @@ class Studio:
                         progress((0, event.total), desc=f"{s.name}: {text}", unit="runs")
                         if text != shown:
                             shown = text
-                            yield gr.skip(), f"**Waiting** for the device: {event.holder} is running."
+                            yield gr.skip(), f"**Waiting** for the device: {event.holder} is running.", gr.skip()
                     elif event.kind == "run":
                         status = f"run {event.done} of {event.total} done ({event.row.get('status')})"
                         progress((event.done, event.total), desc=f"{s.name}: {status}", unit="runs")
-                        yield self.grid(event.row.get("sweep_id")), f"**Running** {s.name}: {status}."
+                        sid = event.row.get("sweep_id")
+                        yield self.grid(sid, px), f"**Running** {s.name}: {status}.", sid
                     elif event.kind == "stopped":
-                        yield gr.skip(), f"**Cancelled** {s.name} before it started: nothing ran."
+                        yield gr.skip(), f"**Cancelled** {s.name} before it started: nothing ran.", gr.skip()
                     else:
-                        yield self.grid(event.result["sweep_id"]), self._finished(s.name, event.result)
+                        sid = event.result["sweep_id"]
+                        yield self.grid(sid, px), self._finished(s.name, event.result), sid
         except Exception as exc:  # refused (the line is full), or an error that stopped the sweep
             raise self.error(exc) from None
 
@@ -231,37 +306,69 @@ class Studio:
                "(kept from an earlier start).")
         return msg + (f" {res['note']}" if res.get("note") else "")
 
-    def grid(self, sweep_id: int | None) -> str:
+    @staticmethod
+    def _thumb_size(size: Any) -> int:
+        """A thumbnail size from the page or an API caller: one of ``grid.THUMB_SIZES`` (blank: ``THUMB_PX``)."""
+        if size is None or size == "":
+            return THUMB_PX
+        if str(size).strip() not in {str(n) for n in grid.THUMB_SIZES}:
+            raise gr.Error(f"thumbnail size {str(size)[:20]!r}: one of {', '.join(map(str, grid.THUMB_SIZES))} px",
+                           print_exception=False)
+        return int(str(size).strip())
+
+    def grid(self, sweep_id: int | None, size: int = THUMB_PX) -> str:
         """The annotated grid of a sweep in the store (running or finished), from its recorded axes."""
         if sweep_id is None:
             return ""
         g = self.service.sweep_grid(sweep_id)
         if not g.axes:
             return f"<p>Sweep {sweep_id} has no recorded axes to lay out a grid.</p>"
-        return grid.sweep_grid_html(g.axes, g.runs_by_index, self.store.load_images,
+        return grid.sweep_grid_html(g.axes, g.runs_by_index, self.store.load_images, image_size=size,
                                      title=f"Sweep {sweep_id}: {g.sweep['name']} ({g.sweep['status']})")
 
-    def sweep_grid(self, sweep_id: Any) -> str:
-        """The grid of a sweep picked by id (the Sweep tab's picker, ``/sweep_grid``): a read."""
+    def sweep_grid(self, sweep_id: Any, size: Any = THUMB_PX) -> str:
+        """The grid of a sweep picked by id with ``size`` px thumbnails: a read."""
         sid = parse_id(sweep_id, "sweep")
+        px = self._thumb_size(size)
         if sid is None:
             return "<p>Pick a sweep to see its grid.</p>"
         try:
-            return self.grid(sid)
+            return self.grid(sid, px)
         except StoreError as exc:
             raise self.error(exc) from None
+
+    def picked_grid(self, sweep_id: Any, size: Any = THUMB_PX) -> tuple[str, int | None]:
+        """The Sweep tab's picker (``/sweep_grid``): that sweep's grid, and its id (kept by the page, so the
+        grid can be drawn again at another thumbnail size)."""
+        return self.sweep_grid(sweep_id, size), parse_id(sweep_id, "sweep")
+
+    def cell_images(self, token: str):
+        """A clicked grid cell (``"<run id>@<time>"`` from the page hook): its images at full size (small
+        ones upscaled nearest-neighbour, so pixels stay sharp), labelled with the run's configuration."""
+        try:
+            row = self.store.get_run(parse_id(str(token).split("@")[0]))
+        except (gr.Error, StoreError):
+            return gr.skip()
+        images = self.store.load_images(row["images"]) if row.get("images") else []
+        items = [(pictures.pixel_upscale(im, CELL_IMAGE_PX), f"{p} · seed {s}")
+                 for im, (p, s) in zip(images, tables.image_pairs(row))]
+        steps = f" · {int(row['steps'])} steps" if labels.num(row.get("steps")) is not None else ""
+        return gr.update(value=items, label=f"Run {int(row['id'])}: {labels.configuration(row)}{steps}, full size",
+                         visible=True)
 
     def sweep_choices(self) -> list[tuple[str, int]]:
         return tables.sweep_choices(self.store.sweeps())
 
     # ------------------------------------------------------------------ Frontier
     def frontier(self, quality: str, cost: str, color: str, symbol: str, model: str, prompt_set: str,
-                 sweep_id: Any, selected: list | None, log_x: bool = False):
+                 sweep_id: Any, selected: list | None, log_x: bool = False, spread: bool = False):
+        """The frontier of the successful runs the filters pick; ``spread`` draws latency quartile bars."""
         sid = None if sweep_id in (None, "", tables.ALL) else parse_id(sweep_id, "sweep")
         frame = self.store.runs_frame(matching=tables.run_filters("ok", sid, model, prompt_set))
         sel = [i for i in (parse_id(v) for v in (selected or [])) if i is not None]
         return plots.make_frontier_plot(frame, quality, cost, None if color == NO_AXIS else color,
-                                        None if symbol == NO_AXIS else symbol, sel, log_x=bool(log_x))
+                                        None if symbol == NO_AXIS else symbol, sel, log_x=bool(log_x),
+                                        spread=bool(spread))
 
     def filter_choices(self):
         """Current choices of the model / prompt set / sweep / run filters, from the whole log."""
@@ -295,15 +402,28 @@ class Studio:
         parsed = [parse_id(i) for i in ids]
         if None in parsed:
             raise gr.Error("a blank run id: give two to four run ids", print_exception=False)
-        if len(parsed) < 2:
-            return ("<p>Select two to four runs to compare (the first is the baseline).</p>",
-                    pd.DataFrame(columns=["setting"]), pd.DataFrame(columns=["metric"]))
+        if len(parsed) < 2:  # a sentence; the page hides the tables (compare_tables)
+            return compare.compare_html([], {}), pd.DataFrame(columns=["setting"]), pd.DataFrame(columns=["metric"])
         try:
             rows = [self.store.get_run(i) for i in parsed]
             images = {int(r["id"]): self.store.load_images(r["images"]) for r in rows if r.get("images")}
         except StoreError as exc:
             raise self.error(exc) from None
-        return (compare.compare_html(rows, images), tables.differing_settings(rows), tables.metric_deltas(rows))
+        settings = tables.differing_settings(rows)
+        if settings.empty:  # the same configuration run twice: say so rather than show a table of nothing
+            settings = pd.DataFrame([{"setting": "(every setting)", **{c: "the same" for c in settings.columns[1:]}}])
+        return compare.compare_html(rows, images), settings, tables.metric_deltas(rows)
+
+    @staticmethod
+    def compare_tables(ids: Any):
+        """Show the two Compare tables once two to four runs are picked, at the tab's width with one equal
+        column per run (text wraps inside its cell, never a header cut as "ru / n / 9"); hide them
+        otherwise, where an empty table would show placeholder headers."""
+        n = len(ids) if isinstance(ids, (list, tuple)) else 0
+        if not 2 <= n <= 4:
+            return gr.update(visible=False), gr.update(visible=False)
+        shown = gr.update(visible=True, column_widths=["20%", *[f"{80 // n}%"] * n])
+        return shown, shown
 
     # ------------------------------------------------------------------ Runs
     def runs_table(self, status: str, sweep_id: Any, model: str):

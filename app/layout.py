@@ -25,27 +25,39 @@ never by its path on the server.
 from __future__ import annotations
 
 import html
+import warnings
 from pathlib import Path
 
 import gradio as gr
 
-from app import tables, widgets
-from app.handlers import NO_AXIS, Studio
+from app import cards, compare, grid, plots, tables, widgets
+from app.handlers import NO_AXIS, THUMB_PX, Studio
 from studio_core.errors import ModelLoadError, SpecError
 from studio_core.models import EMBEDDED_MODEL_NAME, list_cached_pipelines
 from studio_core.prompts import PROMPT_SETS
 from studio_core.spec import DEVICES, model_info
 from studio_core.store.store import RunStore
+from studio_core.study import labels
 from studio_core.study.frontier import COSTS, QUALITIES
 from studio_core.study.service import StudyService
 
-__all__ = ["FRONTIER_CLICK_JS", "build_demo"]
+__all__ = ["FRONTIER_CLICK_JS", "PAGE_CSS", "build_demo"]
 
-COLOR_COLUMNS = ["sampler", "steps", "precision", "guidance", "knobs_label", "height", "sweep_id", "model",
-                 "prompt_set", "device_name"]
+# (label, value) of what frontier points can be coloured or marked by; the values are the run columns the API has
+# always taken, plus "configuration" (sampler and active knobs)
+COLOR_COLUMNS = [(label, value) for value, label in plots.GROUPS.items()]
 STATUSES = [tables.ALL, "ok", "failed", "running", "interrupted"]
+# the page's own CSS rules (component HTML cannot carry <style>): one comment per rule, tab by tab
+PAGE_CSS = """
+/* Generate: the results column stays in view beside the form while the knob groups opened make it longer */
+#generate-results { position: sticky; top: 8px; align-self: flex-start; }
+/* Generate: while a run goes, its progress bar replaces the hint beside the button instead of covering it */
+#generate-progress .pending { visibility: hidden; }
+"""
 # the page-load hook that turns a click on a frontier point into that run's id (plotly has no gradio click event)
 FRONTIER_CLICK_JS = Path(__file__).parent / "static" / "frontier_click.js"
+# the page-load hook that turns a click on a sweep grid's cell into that run's id (HTML has no click event)
+GRID_CLICK_JS = Path(__file__).parent / "static" / "grid_click.js"
 
 
 def _banner(studio: Studio) -> str:
@@ -79,13 +91,17 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
     extra_knobs = [k for k in knobs if not k.builtin_field]
     settings = [s for k in builtin_knobs + extra_knobs for s in widgets.knob_settings(k)]  # widget order
     knob_names = [k.name for k in extra_knobs]
-    axes = list(widgets.axis_choices())
+    axes = [(labels.axis_label(a), a) for a in widgets.axis_choices()]  # named for people, sent as paths
     models = [model] if read_only else [EMBEDDED_MODEL_NAME] + [repo for repo, _ in list_cached_pipelines()]
     if model not in models:
         models.insert(0, model)
     off = not read_only  # the Generate and Sweep controls work
+    active_text = widgets.active_summary({s.axis: defaults.get(s.name, s.default) for s in settings}, {})
 
-    with gr.Blocks(title="Diffusion Efficiency Studio") as demo:
+    with warnings.catch_warnings():  # gradio 6 takes css= in launch(); given here, every launcher gets it
+        warnings.filterwarnings("ignore", message="The parameters have been moved", category=UserWarning)
+        demo = gr.Blocks(title="Diffusion Efficiency Studio", css=PAGE_CSS)
+    with demo:
         gr.Markdown("# Diffusion Efficiency Studio\nFind the fastest configuration that still looks right: every "
                     "run is timed (median of repeats, with spread), scored against a same-seed reference, and "
                     f"kept in `{studio.where}`.", elem_id="studio-header")
@@ -98,54 +114,73 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                     gr.Markdown("This page shows a study recorded with the studio. To time your own configurations, "
                                 "run the studio yourself: `python app.py` (see the README).",
                                 elem_id="demo-generate-note")
-                with gr.Row(visible=off):  # kept (hidden) in a demo: its endpoints answer with the banner
-                    with gr.Column(scale=2, min_width=360):
-                        model_box = gr.Dropdown(models, value=model, allow_custom_value=True, label="Model",
-                                                info="'emoji-sd' (embedded), a diffusers folder, or a cached repo id",
-                                                elem_id="model")
-                        model_text = gr.Markdown()
+                with gr.Row(visible=off, equal_height=False):  # kept (hidden) in a demo: its endpoints answer
+                    with gr.Column(scale=5, min_width=420, elem_id="generate-form"):
                         with gr.Row():
+                            model_box = gr.Dropdown(models, value=model, allow_custom_value=True, label="Model",
+                                                    info="'emoji-sd' (embedded), a diffusers folder, or a cached "
+                                                         "repo id", elem_id="model", scale=3)
                             prompt_set = gr.Dropdown([widgets.NO_PROMPT_SET, *PROMPT_SETS], label="Prompt set",
-                                                     value=widgets.NO_PROMPT_SET, elem_id="prompt-set")
-                            seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2 or 0-3", elem_id="seeds")
-                        prompts = gr.Textbox("grinning face", lines=3, label="Prompts (one per line)",
-                                             elem_id="prompts")
-                        setting_boxes: list = []
-                        with gr.Group():  # one-setting knobs share a line; a knob with several gets its own
-                            for line in widgets.widget_lines(builtin_knobs):
-                                with gr.Row():
-                                    for knob in line:
-                                        for s in widgets.knob_settings(knob):
-                                            setting_boxes.append(widgets.setting_widget(knob, s, defaults))
-                        enables: list = []
-                        if extra_knobs:
-                            with gr.Accordion("More knobs (each off until you tick it)", open=True):
-                                for knob in extra_knobs:
+                                                     value=widgets.NO_PROMPT_SET, elem_id="prompt-set", scale=2,
+                                                     min_width=160)
+                        model_text = gr.Markdown(elem_id="model-line")
+                        with gr.Row():
+                            prompts = gr.Textbox("grinning face", lines=2, label="Prompts (one per line)",
+                                                 elem_id="prompts", scale=3)
+                            seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2 or 0-3", elem_id="seeds",
+                                               scale=1, min_width=120)
+                        boxes: dict = {}  # setting axis -> its widget, made in the form's order
+                        with gr.Row():  # what every run sets, from the model's defaults: always in view
+                            for knob in builtin_knobs:
+                                for s in widgets.knob_settings(knob):
+                                    if widgets.is_core(s):
+                                        boxes[s.axis] = widgets.setting_widget(knob, s, defaults)
+                        with gr.Row(equal_height=True, elem_id="generate-bar"):
+                            generate_btn = gr.Button("Generate" if off else "Generate (off in this read-only demo)",
+                                                     variant="primary", elem_id="generate-btn", interactive=off,
+                                                     scale=1, min_width=150)
+                            # the run's progress shows here, beside the button (show_progress_on below)
+                            gen_progress = gr.Markdown("A run waits in line for the device, warms up, then times its "
+                                                       "repeats; its progress shows here.", elem_id="generate-progress",
+                                                       scale=2, min_width=240, min_height=48)
+                        active_md = gr.Markdown(active_text, elem_id="active-knobs")
+                        enabled_by: dict = {}  # knob name -> its "use" box
+                        for group, members in widgets.knob_groups(knobs):  # closed: the button stays near the top
+                            with gr.Accordion(widgets.group_label(group, members), open=False,
+                                              elem_id="group-" + "-".join(group.replace("&", " ").split())):
+                                for knob in members:
+                                    own = [s for s in widgets.knob_settings(knob) if not widgets.is_core(s)]
                                     with gr.Group():
-                                        enables.append(gr.Checkbox(False, label=f"use {knob.title}",
-                                                                   info=knob.description,
-                                                                   elem_id=f"use-{knob.name}"))
-                                        with gr.Row():
-                                            for s in widgets.knob_settings(knob):
-                                                setting_boxes.append(widgets.setting_widget(knob, s, defaults))
-                        with gr.Accordion("Measurement", open=False):
+                                        if not knob.builtin_field:
+                                            enabled_by[knob.name] = gr.Checkbox(False, label=f"use {knob.title}",
+                                                                                info=knob.description,
+                                                                                elem_id=f"use-{knob.name}")
+                                        for line in widgets.setting_rows(own):
+                                            with gr.Row():
+                                                for s in line:
+                                                    boxes[s.axis] = widgets.setting_widget(knob, s, defaults)
+                        with gr.Accordion("Measurement", open=False, elem_id="measurement"):
                             with gr.Row():
                                 warmup = gr.Number(1, precision=0, minimum=1, label="Warm-up calls", elem_id="warmup")
                                 repeats = gr.Number(3, precision=0, minimum=1, label="Timed repeats", elem_id="repeats")
+                            with gr.Row():
                                 device = gr.Dropdown(list(DEVICES), value="auto", label="Device")
-                                batch = gr.Number(None, precision=0, label="Batch size",
-                                                  placeholder="all images in one call")
-                        generate_btn = gr.Button("Generate" if off else "Generate (off in this read-only demo)",
-                                                 variant="primary", elem_id="generate-btn", interactive=off)
+                                batch = gr.Number(None, precision=0, minimum=0, label="Batch size", elem_id="batch",
+                                                  placeholder="all", info="images per pipeline call; blank or 0 = "
+                                                                          "all images in one call")
                         with gr.Accordion("Run spec (what the engine receives)", open=False):
                             spec_json = gr.JSON(label="run spec", elem_id="spec-json")
-                    with gr.Column(scale=3):
+                    with gr.Column(scale=6, min_width=480, elem_id="generate-results"):
                         gallery = gr.Gallery(label="Images (nearest-neighbour upscaled)", format="png", columns=4,
-                                             height=320, object_fit="contain", fit_columns=False,
+                                             height=230, object_fit="contain", fit_columns=False,
                                              elem_id="gallery")
-                        card = gr.Markdown("Generate to see latency, breakdown, memory and quality here.",
-                                           elem_id="metrics-card")
-            # the order widgets.split_values reads them in
+                        baseline_box = gr.Dropdown([], value=None, label="Baseline run",
+                                                   info="pin a finished run: the card compares against it",
+                                                   elem_id="baseline-run")
+                        card = gr.Markdown(cards.EMPTY_CARD, elem_id="metrics-card")
+                        shown_run = gr.State(None)  # the run the card shows: redrawn when the baseline changes
+            setting_boxes = [boxes[s.axis] for s in settings]  # the order widgets.split_values reads them in
+            enables = [enabled_by[name] for name in knob_names]
             gen_inputs = [model_box, prompts, prompt_set, seeds, warmup, repeats, device, batch, *setting_boxes,
                           *enables]
 
@@ -153,41 +188,58 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
             with gr.Tab("Sweep", id="sweep") as sweep_tab:
                 with gr.Column(visible=off):  # a demo shows recorded grids only
                     gr.Markdown("Runs a grid over the **Generate tab's settings** as the base: pick up to three axes "
-                                "(X across, Y down, Z one table each) and comma-separated values.")
+                                "(X across, Y down, Z one table each) and comma-separated values. A knob's axis "
+                                "also takes `off`: that cell runs without the knob, the baseline in the same grid.")
                     axis_rows = []
                     for name, axis, vals in (("X", "steps", "4, 8"), ("Y", "sampler", "DDIM, DPM++ 2M"),
                                              ("Z", NO_AXIS, "")):
                         with gr.Row():
-                            a = gr.Dropdown([NO_AXIS, *axes] if name != "X" else axes, value=axis, label=f"{name} axis",
-                                            elem_id=f"axis-{name.lower()}", scale=1)
+                            a = gr.Dropdown([(NO_AXIS, NO_AXIS), *axes] if name != "X" else axes, value=axis,
+                                            label=f"{name} axis", elem_id=f"axis-{name.lower()}", scale=1)
                             v = gr.Textbox(vals, label=f"{name} values", elem_id=f"values-{name.lower()}", scale=2,
                                            info=widgets.axis_hint(axis) if axis != NO_AXIS else "")
                         axis_rows += [a, v]
                     with gr.Row():
-                        sweep_name = gr.Textbox("", label="Name", placeholder="ui sweep: <axes>", scale=1)
-                        question = gr.Textbox("", label="Question it answers", scale=2)
+                        sweep_name = gr.Textbox("", label="Name", placeholder="ui sweep: <axes>", scale=1,
+                                                elem_id="sweep-name")
+                        question = gr.Textbox("", label="Question it answers", scale=2, elem_id="sweep-question")
                         rerun = gr.Checkbox(False, label="run again even if this sweep already finished", scale=1)
                     estimate_md = gr.Markdown(elem_id="sweep-estimate")
+                    with gr.Accordion("Sweep spec as YAML: save it under presets/ to run it with "
+                                      "python -m studio_core sweep", open=False, elem_id="sweep-spec-box"):
+                        sweep_yaml = gr.Code(language="yaml", interactive=False, show_label=False,
+                                             elem_id="sweep-spec")
+                    sweep_json = gr.JSON(visible=False)  # the sweep Start sends on (the /sweep API takes it)
                     with gr.Row():
                         start_btn = gr.Button("Start sweep" if off else "Start sweep (off in this read-only demo)",
                                               variant="primary", elem_id="start-sweep", interactive=off)
                         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-sweep", visible=off)
                     sweep_status = gr.Markdown(elem_id="sweep-status")
-                with gr.Row():
+                with gr.Row(equal_height=True):
                     sweep_pick = gr.Dropdown([], value=None, label="Show the grid of a recorded sweep",
                                              elem_id="sweep-pick", scale=3)
+                    thumb_size = gr.Radio(list(grid.THUMB_SIZES), value=THUMB_PX, label="Thumbnail size (px)",
+                                          elem_id="thumb-size", scale=1, min_width=220)
                 grid_html = gr.HTML(elem_id="sweep-grid")
-                with gr.Accordion("Sweep spec (the YAML preset equivalent)", open=False, visible=off):
-                    sweep_json = gr.JSON(label="sweep")
+                grid_sweep = gr.State(None)  # the id of the sweep the grid shows: redrawn at another size
+                grid_click = gr.Textbox(visible="hidden", elem_id="grid-click")  # written by grid_click.js
+                cell_gallery = gr.Gallery(label="A cell's images at full size", format="png", columns=6, height=560,
+                                          object_fit="contain", preview=True, fit_columns=False, visible=False,
+                                          elem_id="grid-cell")  # shown once a cell is clicked
 
             # ---------------------------------------------------------------- 3. Frontier
             with gr.Tab("Frontier", id="frontier"):
                 with gr.Row():
-                    quality = gr.Dropdown(list(QUALITIES), value="psnr", label="Quality", elem_id="f-quality")
-                    cost = gr.Dropdown([(v, k) for k, v in COSTS.items()], value="latency_median_ms", label="Cost")
-                    color = gr.Dropdown(COLOR_COLUMNS, value="sampler", label="Colour by")
-                    symbol = gr.Dropdown([NO_AXIS, *COLOR_COLUMNS], value="precision", label="Symbol by")
-                    log_x = gr.Checkbox(False, label="log cost axis", scale=0, min_width=140)
+                    quality = gr.Dropdown([(plots.QUALITY_LABELS.get(q, q), q) for q in QUALITIES], value="psnr",
+                                          label="Quality", elem_id="f-quality")
+                    cost = gr.Dropdown([(v, k) for k, v in COSTS.items()], value="latency_median_ms", label="Cost",
+                                       elem_id="f-cost")
+                    color = gr.Dropdown(COLOR_COLUMNS, value="configuration", label="Colour by", elem_id="f-color")
+                    symbol = gr.Dropdown([(NO_AXIS, NO_AXIS), *COLOR_COLUMNS], value=NO_AXIS, label="Symbol by",
+                                         elem_id="f-symbol")
+                    with gr.Column(scale=0, min_width=190):
+                        log_x = gr.Checkbox(False, label="log cost axis", elem_id="f-log-x")
+                        spread = gr.Checkbox(False, label="latency spread (IQR bars)", elem_id="f-spread")
                 with gr.Row():
                     f_model = gr.Dropdown([tables.ALL], value=tables.ALL, label="Model")
                     f_set = gr.Dropdown([tables.ALL], value=tables.ALL, label="Prompt set")
@@ -206,20 +258,19 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                             label="Runs to compare (2-4; the first is the baseline)",
                                             elem_id="frontier-selection")
                     to_compare = gr.Button("Compare these", scale=1, elem_id="to-compare")
-                timer = gr.Timer(timer_s, active=off)  # a demo's study never changes
-                version = gr.State(None)
 
             # ---------------------------------------------------------------- 4. Compare
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     compare_ids = gr.Dropdown([], value=[], multiselect=True, max_choices=4, scale=4,
                                               label="Runs (2-4; the first is the baseline)", elem_id="compare-ids")
-                    compare_btn = gr.Button("Compare", scale=1)
-                compare_view = gr.HTML(elem_id="compare-view")
-                with gr.Row():
-                    settings_df = gr.Dataframe(label="Settings that differ", interactive=False, wrap=True)
-                    deltas_df = gr.Dataframe(label="Metrics (later runs: change vs the first)", interactive=False,
-                                             wrap=True)
+                    compare_btn = gr.Button("Compare", scale=1, elem_id="compare-btn")
+                compare_view = gr.HTML(compare.compare_html([], {}), elem_id="compare-view")
+                # hidden until two runs are compared: an empty table would show placeholder headers
+                settings_df = gr.Dataframe(label="Settings that differ", interactive=False, wrap=True, visible=False,
+                                           elem_id="compare-settings", max_height=600)
+                deltas_df = gr.Dataframe(label="Metrics (later runs: change vs the first)", interactive=False,
+                                         wrap=True, visible=False, elem_id="compare-metrics", max_height=800)
 
             # ---------------------------------------------------------------- 5. Runs
             with gr.Tab("Runs", id="runs") as runs_tab:
@@ -229,20 +280,27 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                     r_model = gr.Dropdown([tables.ALL], value=tables.ALL, label="Model")
                     refresh_btn = gr.Button("Refresh", scale=0)
                     download = gr.DownloadButton("Download CSV", elem_id="download-csv", scale=0)
-                table = gr.Dataframe(interactive=False, max_height=420, elem_id="runs-table",
+                table = gr.Dataframe(interactive=False, max_height=420, elem_id="runs-table", pinned_columns=1,
                                      label="Runs, newest first: click a row for its details, a header to sort. "
                                            "The CSV has every column of these runs.")
                 with gr.Row():
-                    run_id = gr.Number(None, precision=0, label="Run id", scale=0, min_width=140, elem_id="run-id")
+                    # text, not a number box: an empty number box would read "0", which is no run
+                    run_id = gr.Textbox("", label="Run id", placeholder="click a row, or type an id", scale=0,
+                                        min_width=200, elem_id="run-id")
                     show_btn = gr.Button("Show details", scale=0)
                 with gr.Row():
                     with gr.Column(scale=3):
                         detail_card = gr.Markdown(elem_id="run-details")
-                        detail_json = gr.JSON(label="full configuration")
+                        with gr.Accordion("Full configuration (the run spec as JSON, to copy)", open=False):
+                            detail_json = gr.JSON(label="full configuration")
                     with gr.Column(scale=2):
                         detail_gallery = gr.Gallery(label="Images", format="png", columns=4, height=320,
                                                     object_fit="contain", fit_columns=False)
 
+        # outside the tabs, so it ticks whichever tab is open: a tab's components mount only once it is shown, and
+        # a timer inside the Frontier tab left the recorded sweeps and the filters stale until it was opened
+        timer = gr.Timer(timer_s, active=off)  # a demo's study never changes
+        version = gr.State(None)  # study_version() when the filters were last refreshed
         if read_only:  # every Generate and Sweep control is shown as it would be, greyed out
             for comp in [*gen_inputs, *axis_rows, sweep_name, question, rerun]:
                 comp.interactive = False
@@ -257,59 +315,86 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
             except SpecError as exc:
                 raise studio.error(exc) from None
 
+        def sweep_parts(values):
+            """The Sweep tab's values (the Generate form, three axes, name, question) as ``sweep_dict`` takes them."""
+            xa, xv, ya, yv, za, zv, name, q = values[n_gen:]
+            return (widgets.split_values(values[:n_gen], settings, knob_names), [(xa, xv), (ya, yv), (za, zv)],
+                    name, q)
+
         def build_sweep(*values):
             studio.refuse_in_demo()
-            parts = widgets.split_values(values[:n_gen], settings, knob_names)
-            xa, xv, ya, yv, za, zv, name, q = values[n_gen:]
             try:
-                sweep = studio.sweep_dict(parts, [(xa, xv), (ya, yv), (za, zv)], name, q)
+                sweep = studio.sweep_dict(*sweep_parts(values))
                 return sweep, studio.estimate(sweep)
             except Exception as exc:
                 raise studio.error(exc) from None
 
-        def estimate(*values):
-            try:
-                return build_sweep(*values)[1]
-            except gr.Error as exc:
-                return f"**Cannot run this grid yet:** {exc.message}"
+        def preview(*values):
+            return studio.sweep_preview(*sweep_parts(values))
 
         def model_changed(m):
             return studio.model_changed(m, settings, extra_knobs)
 
+        def active_line(*values):
+            return widgets.active_summary(dict(zip((s.axis for s in settings), values[:n_settings])),
+                                          dict(zip(knob_names, values[n_settings:])))
+
         # Generate: check the spec at once (outside the device queue), then measure it. No gradio limit:
-        # the handler admits or refuses at once, and the device lock puts admitted runs in line.
+        # the handler admits or refuses at once, and the device lock puts admitted runs in line. Progress
+        # shows once, beside the button; the card compares with the pinned baseline, and is redrawn when
+        # another is pinned. The "Active:" line follows the knob widgets.
         if not read_only:
             model_box.change(model_changed, model_box, [*setting_boxes[:n_settings], model_text, *enables],
                              api_visibility="private", trigger_mode="always_last")
-        generate_btn.click(build_spec, gen_inputs, spec_json, api_name="build_spec").success(
-            studio.generate, spec_json, [gallery, card], api_name="generate", concurrency_id="gpu",
-            concurrency_limit=None)
+            knob_widgets = [b for s, b in zip(settings, setting_boxes) if not widgets.is_core(s)] + enables
+            gr.on([b.change for b in knob_widgets], active_line, [*setting_boxes, *enables], active_md,
+                  api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        generate_btn.click(build_spec, gen_inputs, spec_json, api_name="build_spec", show_progress="hidden").success(
+            studio.generate, [spec_json, baseline_box], [gallery, card, shown_run], api_name="generate",
+            concurrency_id="gpu", concurrency_limit=None, show_progress_on=gen_progress)
+        baseline_box.focus(lambda: gr.update(choices=studio.filter_choices()[3]), None, baseline_box,
+                           api_visibility="private", show_progress="hidden")
+        baseline_box.change(studio.shown_card, [shown_run, baseline_box], card, api_visibility="private",
+                            show_progress="hidden")
 
-        # Sweep: number of runs and estimate before starting; grid after every run; Cancel between runs
+        # Sweep: number of runs, estimate and YAML spec before starting, checked again on every change of any input
+        # (the Generate form is the base); grid after every run; Cancel between runs; a clicked cell's images
         sweep_inputs = gen_inputs + axis_rows + [sweep_name, question]
         if not read_only:
-            for comp in axis_rows:
-                comp.change(estimate, sweep_inputs, estimate_md, api_visibility="private",
-                            trigger_mode="always_last", show_progress="hidden")
+            # one listener for all of them: "always_last" then runs the newest values after the check in flight,
+            # so an older check (an error since corrected) can never land after a newer one
+            gr.on([sweep_tab.select, *[c.change for c in sweep_inputs]], preview, sweep_inputs,
+                  [estimate_md, sweep_yaml], api_visibility="private", trigger_mode="always_last",
+                  show_progress="hidden")
             for a, v in zip(axis_rows[::2], axis_rows[1::2]):
                 a.change(lambda axis: gr.update(info=widgets.axis_hint(axis) if axis != NO_AXIS else ""), a, v,
                          api_visibility="private", show_progress="hidden")
-            sweep_tab.select(estimate, sweep_inputs, estimate_md, api_visibility="private", show_progress="hidden")
-        start_btn.click(build_sweep, sweep_inputs, [sweep_json, estimate_md], api_name="build_sweep").success(
-            studio.run_sweep, [sweep_json, rerun], [grid_html, sweep_status], api_name="sweep",
+        sweep_run = start_btn.click(build_sweep, sweep_inputs, [sweep_json, estimate_md],
+                                    api_name="build_sweep").success(
+            studio.run_sweep, [sweep_json, rerun, thumb_size], [grid_html, sweep_status, grid_sweep], api_name="sweep",
             concurrency_id="gpu", concurrency_limit=None)
         cancel_btn.click(studio.cancel, None, sweep_status, api_name="cancel_sweep", concurrency_limit=None)
         # any recorded sweep's grid, without running anything (ids come raw: parse_id checks them)
-        sweep_pick.change(studio.sweep_grid, sweep_pick, grid_html, api_name="sweep_grid", preprocess=False)
+        sweep_pick.change(studio.picked_grid, [sweep_pick, thumb_size], [grid_html, grid_sweep], api_name="sweep_grid",
+                          preprocess=False)
+        thumb_size.change(studio.grid, [grid_sweep, thumb_size], grid_html, api_visibility="private",
+                          show_progress="hidden")
+        grid_click.change(studio.cell_images, grid_click, cell_gallery, api_visibility="private")
+        demo.load(None, None, None, js=GRID_CLICK_JS.read_text(encoding="utf-8"), api_visibility="private")
 
         # Frontier: redraw on any control, and when the store changes (polled; also during a sweep)
-        f_inputs = [quality, cost, color, symbol, f_model, f_set, f_sweep, selection, log_x]
+        f_inputs = [quality, cost, color, symbol, f_model, f_set, f_sweep, selection, log_x, spread]
+
+        def study_version():
+            """Changes whenever a run or a sweep starts or ends: the cue to redraw the plot and refresh the
+            filters (a sweep's row is written before its first run and finished after its last)."""
+            return store.runs_version(), tuple((s["id"], s["status"]) for s in store.sweeps())
 
         def refresh_filters():
             models_, sets_, sweeps_, _runs = studio.filter_choices()
             return (gr.update(choices=models_), gr.update(choices=sets_), gr.update(choices=sweeps_),
                     gr.update(choices=sweeps_), gr.update(choices=models_),
-                    gr.update(choices=studio.sweep_choices()), store.runs_version())
+                    gr.update(choices=studio.sweep_choices()), study_version())
 
         def newest_sweep(current):
             """A demo opens the Sweep tab on its newest sweep's grid."""
@@ -324,7 +409,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         filter_outputs = [f_model, f_set, f_sweep, r_sweep, r_model, sweep_pick, version]
 
         def tick(ver, *f_values):
-            if store.runs_version() == ver:
+            if study_version() == ver:
                 return [gr.skip()] * (len(filter_outputs) + 1)
             return [studio.frontier(*f_values), *refresh_filters()]
 
@@ -332,6 +417,12 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
             comp.change(studio.frontier, f_inputs, plot, api_visibility="private", show_progress="hidden")
         timer.tick(tick, [version, *f_inputs], [plot, *filter_outputs], api_visibility="private",
                    show_progress="hidden", concurrency_limit=None)
+        # the recorded sweeps and sweep filters follow a sweep's start (the timer) and its end at once, the picker
+        # then naming the sweep the grid shows; the Runs tab's Refresh brings them up to date too
+        sweep_run.then(refresh_filters, None, filter_outputs, api_visibility="private", show_progress="hidden").then(
+            lambda sid: gr.update(choices=studio.sweep_choices(), value=sid), grid_sweep, sweep_pick,
+            api_visibility="private", show_progress="hidden")
+        refresh_btn.click(refresh_filters, None, filter_outputs, api_visibility="private", show_progress="hidden")
         for picker in (selection, compare_ids):
             picker.focus(run_choices, None, picker, api_visibility="private", show_progress="hidden")
         click_box.change(studio.clicked, [click_box, selection], [thumb, thumb_md, selection],
@@ -339,12 +430,14 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         to_compare.click(lambda ids: (gr.update(choices=studio.filter_choices()[3], value=ids),
                                       gr.Tabs(selected="compare")),
                          selection, [compare_ids, tabs], api_visibility="private").then(
-            studio.compare, compare_ids, [compare_view, settings_df, deltas_df], api_visibility="private")
+            studio.compare, compare_ids, [compare_view, settings_df, deltas_df], api_visibility="private").then(
+            studio.compare_tables, compare_ids, [settings_df, deltas_df], api_visibility="private")
         gr.Button(visible=False).click(studio.frontier, f_inputs, plot, api_name="plot_frontier")
 
         # Compare
         compare_btn.click(studio.compare, compare_ids, [compare_view, settings_df, deltas_df], api_name="compare_runs",
-                          preprocess=False)
+                          preprocess=False).then(studio.compare_tables, compare_ids, [settings_df, deltas_df],
+                                                 api_visibility="private")
 
         # Runs: table and CSV follow the filters; a row click shows that run
         r_inputs = [r_status, r_sweep, r_model]

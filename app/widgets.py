@@ -6,11 +6,13 @@ same name (``steps``, ``height``/``width``, ``sampler``/``timestep_spacing`` ...
 goes under ``spec["knobs"][name]`` and is off until the user ticks "use". So a newly registered knob
 appears in the UI (and as a sweep axis) without UI code. The parsing functions are pure, so they are
 unit-tested without a browser. The gradio components themselves are made at the end
-(``setting_widget``, ``widget_lines``, ``knob_availability``), from the same ``Setting``s.
+(``setting_widget``, ``knob_availability``), from the same ``Setting``s, and laid out by
+``knob_groups`` / ``setting_rows`` with an ``active_summary`` line.
 """
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal, Mapping, Sequence
@@ -19,28 +21,36 @@ import gradio as gr
 
 from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS, Knob
+from studio_core.knobs.base import GROUPS
 from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS
 from studio_core.spec import DEVICES, PRECISIONS
+from studio_core.study.labels import axis_label
+from studio_core.study.sweep import OFF
 
 __all__ = [
     "AXIS_EXTRA",
     "GENERATE_FIELDS",
     "NO_PROMPT_SET",
     "Setting",
+    "active_summary",
     "axis_choices",
     "axis_hint",
     "build_spec",
     "build_sweep",
+    "choice_label",
     "coerce",
+    "group_label",
+    "is_core",
     "knob_availability",
+    "knob_groups",
     "knob_settings",
     "parse_axis_values",
     "parse_prompts",
     "parse_seeds",
     "registry_knobs",
+    "setting_rows",
     "setting_widget",
     "split_values",
-    "widget_lines",
 ]
 
 NO_PROMPT_SET = "(my prompts)"
@@ -53,6 +63,8 @@ BUILTIN_CHOICES: dict[tuple[str, str], tuple] = {
 # model default (studio_defaults.json key) of each built-in numeric setting
 MODEL_DEFAULT_KEYS = {"steps": "num_inference_steps", "guidance": "guidance_scale", "height": "height",
                       "width": "width"}
+# words of setting names written as people write them in widget labels ("VAE slicing", "Drop CFG")
+ACRONYMS = {"vae": "VAE", "cfg": "CFG"}
 # sweep axes that are run-spec fields but not knob settings
 AXIS_EXTRA: dict[str, tuple[type, bool]] = {"seeds": (int, False), "batch_size": (int, True)}
 
@@ -118,7 +130,7 @@ def registry_knobs(knobs: Mapping[str, Knob] | None = None) -> list[Knob]:
 
 def axis_choices(knobs: Mapping[str, Knob] | None = None) -> dict[str, tuple[type, bool]]:
     """Every sweep axis -> (value type, None allowed): built-in spec fields, seeds, and
-    ``knobs.<knob>.<setting>`` of the other knobs."""
+    ``knobs.<knob>.<setting>`` of the other knobs (the page names them by ``labels.axis_label``)."""
     axes: dict[str, tuple[type, bool]] = {}
     for knob in registry_knobs(knobs):
         for s in knob_settings(knob):
@@ -128,15 +140,16 @@ def axis_choices(knobs: Mapping[str, Knob] | None = None) -> dict[str, tuple[typ
 
 
 def axis_hint(axis: str, knobs: Mapping[str, Knob] | None = None) -> str:
-    """What values a sweep axis takes, for the values box."""
+    """What values a sweep axis takes, for the values box; a knob's axis also takes ``off`` (no knob)."""
     for knob in registry_knobs(knobs):
         for s in knob_settings(knob):
             if s.axis == axis:
                 none = "; none = the model's or knob's own" if s.optional else ""
+                off = f"; off = without {knob.short_title} (the baseline in the same grid)" if not s.builtin else ""
                 if s.choices:
-                    return "any of: " + ", ".join(map(str, s.choices)) + none
+                    return "any of: " + ", ".join(map(str, s.choices)) + none + off
                 return {int: "whole numbers, e.g. 10, 20", float: "numbers, e.g. 1, 3, 7.5",
-                        bool: "true, false"}.get(s.kind, "text values") + none
+                        bool: "true, false"}.get(s.kind, "text values") + none + off
     if axis == "seeds":
         return "one seed per column, e.g. 0, 1, 2"
     if axis == "batch_size":
@@ -206,14 +219,17 @@ def coerce(setting: Setting, value: Any) -> Any:
 
 def parse_axis_values(axis: str, text: str, kind: type, optional: bool = False) -> list:
     """Comma-separated values of one sweep axis, typed (``"10, 20"`` -> ``[10, 20]``); ``none`` is
-    None (the model's or the knob's own value) where the setting allows it."""
+    None (the model's or the knob's own value) where the setting allows it, and on a knob's axis ``off``
+    is that knob left out (``sweep.OFF``; a flag of a knob is then written true / false)."""
     parts = [p.strip() for p in (text or "").split(",")]
     parts = [p for p in parts if p]
     if not parts:
         raise SpecError(f"grid.{axis}", text, "comma-separated values, e.g. 10, 20")
     out = []
     for p in parts:
-        if optional and p.lower() == "none":
+        if axis.startswith("knobs.") and p.lower() == OFF:
+            out.append(OFF)
+        elif optional and p.lower() == "none":
             out.append(None)
         elif kind is int:
             out.append(_int(p, f"grid.{axis}"))
@@ -292,7 +308,8 @@ def build_sweep(base: dict, axes: list[tuple[str | None, str]], *, name: str = "
     """A sweep dict (as ``studio_core.sweep.sweep_from_dict`` takes) from a base spec and 1-3 axes.
 
     ``axes`` is ``[(axis or None, "comma, separated, values"), ...]`` in X, Y, Z order; the grid runs
-    the first given axis outermost. An axis value overrides the base (and a knob axis turns its knob on).
+    the first given axis outermost. An axis value overrides the base (and a knob axis turns its knob on,
+    except in its ``off`` cells).
     """
     kinds = axis_choices(knobs)
     grid: dict[str, list] = {}
@@ -306,7 +323,8 @@ def build_sweep(base: dict, axes: list[tuple[str | None, str]], *, name: str = "
         grid[axis] = parse_axis_values(axis, text, *kinds[axis])
     if not grid:
         raise SpecError("axis", None, "at least one axis with values (X)")
-    base = {k: v for k, v in base.items() if k not in grid}
+    # unset fields (None, no knobs) are the run spec's own defaults: left out, the preset reads shorter
+    base = {k: v for k, v in base.items() if k not in grid and v is not None and v != {}}
     if "seeds" in grid:
         base.pop("seeds", None)
     # a knob axis means that knob is on: drop the same setting from the base, keep its other settings
@@ -314,7 +332,7 @@ def build_sweep(base: dict, axes: list[tuple[str | None, str]], *, name: str = "
         if axis.startswith("knobs."):
             _, knob, setting = axis.split(".")
             base.setdefault("knobs", {}).setdefault(knob, {}).pop(setting, None)
-    data = {"name": name.strip() or "ui sweep: " + " x ".join(grid), "question": question.strip(),
+    data = {"name": name.strip() or "ui sweep: " + " x ".join(map(axis_label, grid)), "question": question.strip(),
             "base": base, "grid": grid}
     if reference:
         data["reference"] = dict(reference)
@@ -334,28 +352,38 @@ def knob_availability(knob: Knob, info) -> dict:
     return gr.update(interactive=True, info=knob.description)
 
 
+def choice_label(value: Any) -> str:
+    """A dropdown choice as people read it: ``int8_weight_only`` -> "int8 weight-only", ``denoiser+vae`` ->
+    "denoiser + vae" (the value sent stays the identifier)."""
+    text = str(value).replace("_weight_only", " weight-only").replace("_", " ")
+    return re.sub(r"(?<=\w)\+(?=\w)", " + ", text)  # not the "++" of "DPM++"
+
+
 def setting_widget(knob: Knob, s: Setting, defaults: dict) -> gr.components.Component:
-    """The widget of one setting: a dropdown for choices (with a blank "(... own)" when optional), a
-    checkbox for a flag, a number box; ``defaults`` are the model's values of the built-in settings."""
+    """The widget of one setting: a dropdown for choices (with a blank "default" when optional: the knob's
+    own value), a checkbox for a flag, a number box; ``defaults`` are the model's values of the built-in
+    settings. Choices read as words ("int8 weight-only"); dropdowns are wide enough to show them."""
     if s.name == knob.name or len(knob.Settings.__dataclass_fields__) == 1:
         label = knob.title
     else:  # an optional knob's settings sit under its own "use ..." box: the setting's name is enough
-        label = f"{knob.title}: {s.title}" if s.builtin else s.title.capitalize()
-    own = f"({knob.title.split(' (')[0].lower()}'s own)"
+        words = [ACRONYMS.get(w.lower(), w) for w in s.title.split()]
+        label = f"{knob.title}: {' '.join(words)}" if s.builtin else " ".join([words[0][:1].upper() + words[0][1:],
+                                                                                *words[1:]])
+    own = f"{knob.short_title.lower()}'s own" if s.builtin else "default"
     value = defaults.get(s.name, s.default) if s.builtin else s.default
     eid = "setting-" + s.axis.replace(".", "-")
     if s.choices:
-        choices = [("default (the model's own)", c) if (knob.name, s.name, c) == ("sampler", "sampler", "default")
-                   else c for c in s.choices]
+        choices = [("model default", c) if (knob.name, s.name, c) == ("sampler", "sampler", "default")
+                   else (choice_label(c), c) for c in s.choices]
         if s.optional:
             choices = [(own, "")] + choices
             value = "" if value is None else value
-        first = choices[0][1] if isinstance(choices[0], tuple) else choices[0]
-        return gr.Dropdown(choices, value=value if value is not None else first, label=label, elem_id=eid,
-                           min_width=110)
+        longest = max(len(text) for text, _ in choices)  # wide enough for its longest value, rows wrap for it
+        return gr.Dropdown(choices, value=value if value is not None else choices[0][1], label=label, elem_id=eid,
+                           min_width=max(150, 8 * longest + 60))
     if s.kind is bool and s.optional:  # three states: unset, true, false
-        return gr.Dropdown([(own, ""), ("true", "true"), ("false", "false")], label=label, elem_id=eid,
-                           value="" if value is None else str(bool(value)).lower(), min_width=110)
+        return gr.Dropdown([(own, ""), ("on", "true"), ("off", "false")], label=label, elem_id=eid,
+                           value="" if value is None else str(bool(value)).lower(), min_width=150)
     if s.kind is bool:
         return gr.Checkbox(value=bool(value), label=label, elem_id=eid, min_width=110)
     if s.kind in (int, float) and s.optional and not s.builtin:  # blank = the knob's own value
@@ -368,14 +396,67 @@ def setting_widget(knob: Knob, s: Setting, defaults: dict) -> gr.components.Comp
     return gr.Textbox(value=value or "", label=label, elem_id=eid, min_width=110)
 
 
-def widget_lines(knobs: list[Knob], per_line: int = 3) -> list[list]:
-    """Knobs grouped into widget lines: consecutive one-setting knobs together (up to ``per_line``)."""
-    lines: list[list] = []
+# ------------------------------------------------------------------------------------------ the form's shape
+def is_core(s: Setting) -> bool:
+    """Whether a setting sits in the Generate tab's always-open line above the knob groups: the built-in
+    ones the model gives a default (steps, guidance, size), which every run sets."""
+    return s.builtin and s.name in MODEL_DEFAULT_KEYS
+
+
+def knob_groups(knobs: Sequence[Knob]) -> list[tuple[str, list[Knob]]]:
+    """(group, knobs) in ``GROUPS`` order, then any other group in the order first met: the Generate tab's
+    closed accordions. Built-in knobs whose settings are all core are left out (they sit above)."""
+    by_group: dict[str, list[Knob]] = {g: [] for g in GROUPS}
     for knob in knobs:
-        single = len(knob_settings(knob)) == 1
-        if single and lines and len(lines[-1]) < per_line and all(
-                len(knob_settings(k)) == 1 for k in lines[-1]):
-            lines[-1].append(knob)
-        else:
-            lines.append([knob])
-    return lines
+        if all(is_core(s) for s in knob_settings(knob)):
+            continue
+        by_group.setdefault(knob.group, []).append(knob)
+    return [(g, ks) for g, ks in by_group.items() if ks]
+
+
+def _short_name(knob: Knob) -> str:
+    """A knob's shortest common name: the acronym in its title's parenthesis ("ToMe", "T-GATE"), else its
+    title before any parenthesis or slash ("Memory layout")."""
+    inner = knob.title.partition(" (")[2].rstrip(")")
+    if inner and " " not in inner and len(inner) <= 8:
+        return inner
+    return knob.short_title.split(" / ")[0]
+
+
+def group_label(group: str, knobs: Sequence[Knob]) -> str:
+    """An accordion's title: the group and what is inside ("Caching & tokens: DeepCache · T-GATE · ToMe ...")."""
+    return f"{group[:1].upper()}{group[1:]}: " + " · ".join(_short_name(k) for k in knobs)
+
+
+def setting_rows(settings: Sequence[Setting], per_row: int = 3) -> list[list[Setting]]:
+    """Settings in rows of at most ``per_row``, so a dropdown has the room to show its value."""
+    return [list(settings[i:i + per_row]) for i in range(0, len(settings), per_row)]
+
+
+def active_summary(values: Mapping[str, Any], enabled: Mapping[str, bool],
+                   knobs: Mapping[str, Knob] | None = None) -> str:
+    """One line naming what the form changes from the model's own pipeline, in apply order: a built-in
+    knob's non-core values unless they are its baseline (the model's sampler, fp32), each ticked knob by
+    its ``Knob.label`` ("**Active:** DPM++ 2M · DeepCache N=3 · ToMe 50%"), or that nothing is changed.
+    Values still being typed that do not parse are named by the knob's title, never an error."""
+    parts = []
+    for knob in registry_knobs(knobs):
+        settings = [s for s in knob_settings(knob) if not is_core(s)]
+        if knob.builtin_field:
+            shown = {s.name: v for s in settings if (v := values.get(s.axis)) not in (None, "", "default")}
+            try:
+                baseline = knob.is_baseline(knob.parse({s.name: coerce(s, values.get(s.axis)) for s in settings}))
+            except Exception:
+                baseline = False
+            if shown and not baseline:
+                parts.append(", ".join(choice_label(v) if s == knob.name else f"{choice_label(v)} {choice_label(s)}"
+                                       for s, v in shown.items()))
+        elif enabled.get(knob.name):
+            try:
+                typed = {s.name: coerce(s, values.get(s.axis)) for s in settings}
+                parts.append(knob.label(knob.parse({k: v for k, v in typed.items() if v is not None})))
+            except Exception:
+                parts.append(knob.short_title)
+    if not parts:
+        return "**Active:** none: the model's own sampler in fp32, no knob ticked"
+    return "**Active:** " + " · ".join(parts)

@@ -2,7 +2,11 @@
 
 Every command takes ``--data-dir`` (default ``STUDIO_DATA_DIR`` or ``<project>/data``). Bad input
 exits with status 2 and one line naming the field, the value and what is allowed. ``run`` and
-``sweep`` reach the engine the way the page does, through ``studio_core.study.service``.
+``sweep`` reach the engine the way the page does, through ``studio_core.study.service``. ``export``,
+``frontier``, ``runs`` and ``bundle`` open the study read-only (``RunStore(read_only=True)``): they
+create, migrate and write nothing, so a bundle keeps the hash its ``bundle.json`` records; ``knobs``
+does not open it at all. Tables name their columns for people (``COLUMN_LABELS``) and leave a cell
+blank where there is no value; ``run --json`` prints the stored row as it is, for programs.
 """
 
 from __future__ import annotations
@@ -10,9 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from contextlib import contextmanager
+from pathlib import PurePath
+from typing import Any, Iterator, Mapping
 
 from studio_core.errors import ModelLoadError, SpecError, StoreError, SweepBusy, UnsafePath
+from studio_core.knobs import KNOBS
+from studio_core.store.rows import is_missing
+from studio_core.study.labels import COLUMN_LABELS, axis_label, axis_value, configuration, inactive_knobs, noisy, num
 
 __all__ = ["COMMANDS", "main"]
 
@@ -107,36 +116,105 @@ def _spec_from_args(a) -> dict:
             "device": a.device, "knobs": knobs, "warmup": a.warmup, "repeats": a.repeats}
 
 
-SUMMARY = ["id", "status", "sampler", "steps", "guidance", "precision", "knobs_label", "latency_median_ms",
-           "latency_iqr_ms", "step_mean_ms", "peak_mem_bytes", "psnr", "ssim", "fidelity_top5", "knobs_inactive",
-           "error"]
+RUN_COLUMNS = ["id", "status", "model", "configuration", "steps", "guidance", "latency_median_ms", "latency_iqr_ms",
+               "step_mean_ms", "peak_mem_bytes", "psnr", "ssim", "fidelity_top5", "knobs_inactive", "noise"]
+# number columns -> (decimals, divisor): bytes read as MiB; fidelity is a share, read as a percentage
+DECIMALS = {"guidance": (1, 1), "latency_median_ms": (1, 1), "latency_iqr_ms": (1, 1), "per_image_ms": (1, 1),
+            "step_mean_ms": (2, 1), "peak_mem_bytes": (1, 2**20), "psnr": (2, 1), "ssim": (3, 1), "lpips": (3, 1)}
+PERCENT = ("fidelity_top1", "fidelity_top5")
+WHOLE = ("id", "steps", "sweep_id")
 
 
-def _table(frame, columns=SUMMARY) -> str:
-    import pandas as pd
+def _cell(row: Mapping, column: str) -> str:
+    """One cell as people read it: fixed decimals per column, a model folder by its name, blank for no value."""
+    if column == "configuration":
+        return configuration(row)
+    if column == "knobs_inactive":
+        return ", ".join(inactive_knobs(row))
+    if column == "noise":
+        return "" if noisy(row) is None else f"IQR {num(row['latency_iqr_ms']) / num(row['latency_median_ms']):.0%}"
+    value = num(row.get(column)) if column in (*DECIMALS, *PERCENT, *WHOLE) else row.get(column)
+    if is_missing(value) or value == "":
+        return ""
+    if column in DECIMALS:
+        digits, divisor = DECIMALS[column]
+        return f"{value / divisor:,.{digits}f}"
+    if column in PERCENT:
+        return f"{value:.0%}"
+    if column in WHOLE:
+        return str(int(value))
+    if column == "model" and str(value).startswith(("/", "~", ".")):
+        return PurePath(str(value)).name or str(value)
+    return str(value)
 
-    cols = [c for c in columns if c in frame.columns]
-    view = frame[cols].copy()
-    if "peak_mem_bytes" in view:
-        view["peak_mem_bytes"] = (view["peak_mem_bytes"] / 2**20).round(1)
-        view = view.rename(columns={"peak_mem_bytes": "peak_mem_MiB"})
-    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 60,
-                           "display.float_format", "{:.4g}".format):
-        return view.to_string(index=False)
+
+def _table(rows: list[Mapping], columns: list[str]) -> str:
+    """``rows`` as an aligned text table under ``COLUMN_LABELS`` titles, numbers right-aligned; a column
+    that no row has a value for is left out."""
+    cells = {c: [_cell(r, c) for r in rows] for c in columns}
+    shown = [c for c in columns if any(cells[c])]
+    titles = {c: COLUMN_LABELS.get(c, c) for c in shown}
+    widths = {c: max(len(titles[c]), *map(len, cells[c])) for c in shown}
+
+    def line(texts: dict[str, str]) -> str:
+        return "  ".join(texts[c].rjust(widths[c]) if c in (*DECIMALS, *PERCENT, *WHOLE, "noise")
+                         else texts[c].ljust(widths[c]) for c in shown).rstrip()
+
+    return "\n".join([line(titles), *(line({c: cells[c][i] for c in shown}) for i in range(len(rows)))])
 
 
-def cmd_run(a, store) -> int:
+def _errors(rows: list[Mapping]) -> list[str]:
+    """``run 7 failed: <why>`` for each run that did not finish, its reason's first line."""
+    out = []
+    for r in rows:
+        if r.get("status") in ("failed", "interrupted") and isinstance(r.get("error"), str) and r["error"]:
+            out.append(f"run {int(r['id'])} {r['status']}: {r['error'].strip().splitlines()[0]}")
+    return out
+
+
+def _print_runs(frame) -> None:
+    rows = frame.to_dict("records")
+    print(_table(rows, RUN_COLUMNS))
+    for line in _errors(rows):
+        print(line)
+
+
+def _knob_lines(row: Mapping) -> list[str]:
+    """What each knob did, titled for people: ``[did nothing]`` for a knob asked to act that changed nothing,
+    ``(model default)`` / ``(baseline)`` for one left as the model has it."""
+    asked = {k.strip() for k in str(row.get("knobs_inactive") or "").split(",") if k.strip()} - {"sampler"}
+    out = []
+    for r in row.get("knob_report") or []:
+        name = r.get("knob")
+        title = KNOBS[name].title if name in KNOBS else str(name)
+        flag = "" if r.get("active") else ("  [did nothing]" if name in asked else
+                                            "  (model default)" if name == "sampler" else "  (baseline)")
+        out.append(f"  {title}: {r.get('summary')}{flag}")
+    return out
+
+
+@contextmanager
+def _study(a, read_only: bool) -> Iterator:
+    """The study of ``--data-dir``, closed afterwards (so SQLite leaves no side file behind)."""
+    from studio_core.store.store import RunStore
+
+    store = RunStore(a.data_dir, read_only=read_only)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def cmd_run(a) -> int:
     from studio_core.study.service import StudyService
 
-    row = StudyService(store).run(_spec_from_args(a), on_stage=lambda s: print(f"  {s}...", file=sys.stderr))
+    with _study(a, read_only=False) as store:
+        row = StudyService(store).run(_spec_from_args(a), on_stage=lambda s: print(f"  {s}...", file=sys.stderr))
     if a.json:
         print(json.dumps(row, indent=2, default=str))
     else:
-        import pandas as pd
-
-        print(_table(pd.DataFrame([row])))
-        for r in row.get("knob_report") or []:
-            print(f"  {r['knob']}: {r['summary']}" + ("" if r["active"] else "  [did nothing]"))
+        print(_table([row], RUN_COLUMNS))
+        print("\n".join(_knob_lines(row)))
         if row.get("metrics_note"):
             print(f"  note: {row['metrics_note']}")
     if row["status"] != "ok":
@@ -145,7 +223,7 @@ def cmd_run(a, store) -> int:
     return 0
 
 
-def cmd_sweep(a, store) -> int:
+def cmd_sweep(a) -> int:
     from studio_core.study.sweep import load_preset
 
     sweep = load_preset(a.preset)
@@ -153,29 +231,30 @@ def cmd_sweep(a, store) -> int:
           file=sys.stderr)
     if a.dry_run:
         for cell in sweep.cells:
-            print("  " + ", ".join(f"{k}={v}" for k, v in cell.items()))
+            print("  " + ", ".join(f"{axis_label(k)} = {axis_value(k, v)}" for k, v in cell.items()))
         return 0
     from studio_core.study.service import StudyService
 
-    out = StudyService(store).run_sweep(sweep, new=a.new)
-    if out.get("note"):
-        print(out["note"], file=sys.stderr)
-    if out["interrupted"]:
-        print(f"interrupted earlier (rerun now): runs {out['interrupted']}", file=sys.stderr)
-    runs = store.runs_frame(matching={"sweep_id": out["sweep_id"]})
-    print(_table(runs))
+    with _study(a, read_only=False) as store:
+        out = StudyService(store).run_sweep(sweep, new=a.new)
+        if out.get("note"):
+            print(out["note"], file=sys.stderr)
+        if out["interrupted"]:
+            print(f"interrupted earlier (rerun now): runs {out['interrupted']}", file=sys.stderr)
+        _print_runs(store.runs_frame(matching={"sweep_id": out["sweep_id"]}))
     print(f"sweep {out['sweep_id']}: {out['status']}; ran {out['ran']}, already done {out['skipped']}")
     return 0
 
 
-def cmd_export(a, store) -> int:
+def cmd_export(a) -> int:
     matching = {k: v for k, v in {"sweep_id": a.sweep, "status": a.status}.items() if v is not None}
-    n = store.export_csv(a.csv, matching=matching)
+    with _study(a, read_only=True) as store:
+        n = store.export_csv(a.csv, matching=matching)
     print(f"wrote {n} runs to {a.csv}")
     return 0
 
 
-def cmd_frontier(a, store) -> int:
+def cmd_frontier(a) -> int:
     from studio_core.study.frontier import COSTS, QUALITIES, frontier_table
 
     if a.metric not in QUALITIES:
@@ -183,27 +262,36 @@ def cmd_frontier(a, store) -> int:
     if a.cost not in COSTS:
         raise SpecError("--cost", a.cost, f"one of {', '.join(COSTS)}")
     filters = {k: v for k, v in {"model": a.model, "prompt_set": a.prompt_set}.items() if v is not None}
-    front = frontier_table(store, a.cost, a.metric, sweep_id=a.sweep, filters=filters)
+    with _study(a, read_only=True) as store:
+        front = frontier_table(store, a.cost, a.metric, sweep_id=a.sweep, filters=filters)
     if front.empty:
         print("no successful runs with both values yet")
         return 0
-    print(f"Pareto front: {a.metric} ({'higher' if QUALITIES[a.metric] else 'lower'} is better) vs {a.cost}; "
-          f"{len(front)} runs")
-    print(_table(front, ["id", "sampler", "steps", "guidance", "precision", "knobs_label", a.cost,
-                         "latency_iqr_ms", a.metric, "device_name"]))
+    spread = ["latency_iqr_ms"] if a.cost == "latency_median_ms" else []
+    n_setups = front["setup"].nunique()
+    if n_setups > 1:  # never one front across models, machines, sizes or references
+        print(f"{n_setups} setups (model · device · size · reference), one Pareto front each")
+    for setup, runs in front.groupby("setup", sort=False):
+        print(f"Pareto front of {setup}: {COLUMN_LABELS[a.metric]}, {'higher' if QUALITIES[a.metric] else 'lower'} "
+              f"is better, against {COLUMN_LABELS[a.cost]}: {len(runs)} run{'s' if len(runs) > 1 else ''}")
+        print(_table(runs.to_dict("records"), ["id", "model", "configuration", "steps", "guidance", a.cost, *spread,
+                                               a.metric, "device_name"]))
     return 0
 
 
-def cmd_runs(a, store) -> int:
-    frame = store.runs_frame(matching={"sweep_id": a.sweep} if a.sweep is not None else None).tail(a.limit)
-    print(_table(frame) if len(frame) else "no runs yet")
+def cmd_runs(a) -> int:
+    with _study(a, read_only=True) as store:
+        frame = store.runs_frame(matching={"sweep_id": a.sweep} if a.sweep is not None else None).tail(a.limit)
+    if len(frame):
+        _print_runs(frame)
+    else:
+        print("no runs yet")
     return 0
 
 
-def cmd_knobs(a, store) -> int:
+def cmd_knobs(a) -> int:
     from dataclasses import fields
 
-    from studio_core.knobs import KNOBS
     from studio_core.knobs.sampler import SAMPLERS
 
     for knob in sorted(KNOBS.values(), key=lambda k: k.order):
@@ -214,10 +302,11 @@ def cmd_knobs(a, store) -> int:
     return 0
 
 
-def cmd_bundle(a, store) -> int:
+def cmd_bundle(a) -> int:
     from studio_core.store.bundle import bundle_study
 
-    info = bundle_study(store, a.out, a.sweep, archive=a.archive, keep_paths=a.keep_paths)
+    with _study(a, read_only=True) as store:
+        info = bundle_study(store, a.out, a.sweep, archive=a.archive, keep_paths=a.keep_paths)
     counts = ", ".join(f"{n} {what}" for what, n in info["counts"].items())
     print(f"bundled {counts} ({_size(info['bytes'])}) into {info['path']}")
     if a.archive:
@@ -230,13 +319,9 @@ def _size(n_bytes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from studio_core.store.store import RunStore
-
     a = _parser().parse_args(argv)
     try:
-        # bundle only reads its study: opened read-only, it neither migrates nor writes the source
-        store = RunStore(a.data_dir, read_only=a.command == "bundle") if a.command != "knobs" else None
-        return globals()[f"cmd_{a.command}"](a, store)
+        return globals()[f"cmd_{a.command}"](a)
     except (SpecError, ModelLoadError, StoreError, SweepBusy, UnsafePath) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ what is missing rather than a traceback from deep inside diffusers.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from studio_core.errors import ModelLoadError
@@ -16,12 +17,16 @@ from studio_core.errors import ModelLoadError
 __all__ = [
     "EMBEDDED_MODEL_DIR",
     "EMBEDDED_MODEL_NAME",
+    "SUPPORTED_PIPELINES",
     "ModelLoadError",
+    "PipelineFacts",
     "check_pipeline_folder",
     "list_cached_pipelines",
     "load_pipeline",
     "model_defaults",
+    "model_defaults_with_sources",
     "resolve_model",
+    "unsupported_reason",
 ]
 
 EMBEDDED_MODEL_NAME = "emoji-sd"
@@ -29,6 +34,34 @@ EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / EMBEDDED_MOD
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 
 
+@dataclass(frozen=True)
+class PipelineFacts:
+    """What the studio relies on about one pipeline class, read from diffusers 0.42.1 so that checking a spec
+    needs no torch: its ``__call__`` defaults, a latent size it hard-codes, and a step minimum with its reason.
+    ``tests/test_models.py`` checks the table against the installed diffusers."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    default_sample_size: int | None = None  # latent px when the pipeline fixes it (the denoiser config has none)
+    min_steps: int = 1
+    min_steps_reason: str = ""
+
+
+# The text-to-image pipelines the studio drives, each tested on a tiny pipeline built from config
+# (tests/test_families.py): every ``__call__`` takes prompt, num_inference_steps, guidance_scale, height,
+# width, generator and output_type. Others are refused before loading (``unsupported_reason``).
+SUPPORTED_PIPELINES: dict[str, PipelineFacts] = {
+    "StableDiffusionPipeline": PipelineFacts(50, 7.5),
+    "StableDiffusionXLPipeline": PipelineFacts(50, 5.0),
+    "PixArtAlphaPipeline": PipelineFacts(
+        20, 4.5, min_steps=2,
+        min_steps_reason="at 1 step PixArtAlphaPipeline takes the scheduler's second output (its one-step "
+                         "branch for distilled models), which its own DPM-Solver does not return"),
+    "StableDiffusion3Pipeline": PipelineFacts(28, 7.0),
+    "FluxPipeline": PipelineFacts(28, 3.5, default_sample_size=128),
+    "SanaPipeline": PipelineFacts(20, 4.5),
+}
+_TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def check_pipeline_folder(folder: str | Path) -> dict:
@@ -70,13 +103,39 @@ def check_pipeline_folder(folder: str | Path) -> dict:
     return index
 
 
+def unsupported_reason(index: dict) -> str | None:
+    """Why the studio cannot drive the pipeline of this ``model_index.json``, or None when it can."""
+    cls = index.get("_class_name", "")
+    if cls in SUPPORTED_PIPELINES:
+        return None
+    kind = ("an unconditional pipeline (no text encoder, so no prompt to time)"
+            if not any(isinstance(index.get(k), list) and index[k][0] for k in _TEXT_ENCODERS)
+            else "not one of the text-to-image pipelines the studio is tested on")
+    return f"{cls or 'this pipeline'} is {kind}; supported: {', '.join(SUPPORTED_PIPELINES)}"
+
+
+def model_defaults_with_sources(folder: str | Path) -> tuple[dict, dict]:
+    """The model's defaults (steps, guidance, height, width) and where each came from: the folder's
+    ``studio_defaults.json`` where it says, else the pipeline class's own ``__call__`` defaults. Height and
+    width are None unless the file sets them: the spec then takes the model's native size."""
+    folder = Path(folder)
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    cls = index.get("_class_name", "")
+    facts = SUPPORTED_PIPELINES.get(cls)
+    values = {"num_inference_steps": facts.num_inference_steps if facts else None,
+              "guidance_scale": facts.guidance_scale if facts else None, "height": None, "width": None}
+    sources = {k: f"{cls}.__call__" for k in ("num_inference_steps", "guidance_scale")} if facts else {}
+    own = folder / "studio_defaults.json"
+    if own.is_file():
+        documented = json.loads(own.read_text(encoding="utf-8"))
+        values.update(documented)
+        sources.update({k: "studio_defaults.json" for k in documented})
+    return values, sources
+
+
 def model_defaults(folder: str | Path) -> dict:
-    """The model's documented defaults (``studio_defaults.json``), or SD's own when it has none."""
-    path = Path(folder) / "studio_defaults.json"
-    base = {"guidance_scale": 7.5, "num_inference_steps": 50, "height": None, "width": None}
-    if path.is_file():
-        base.update(json.loads(path.read_text(encoding="utf-8")))
-    return base
+    """The model's defaults: ``studio_defaults.json`` where it has one, else its pipeline's own."""
+    return model_defaults_with_sources(folder)[0]
 
 
 def resolve_model(model: str | Path) -> str:

@@ -3,9 +3,10 @@
 Validation happens in two steps, both before any work starts:
 
 1. ``validate(spec)`` checks each field on its own (ranges, names, types).
-2. ``resolve(spec)`` opens the model folder's configs (no weights), fills the model's defaults
-   (steps, guidance, resolution), expands a named prompt set, and checks what depends on the model:
-   a resolution it can take, a sampler and knobs it supports.
+2. ``resolve(spec)`` opens the model folder's configs (no weights), refuses a pipeline the studio cannot
+   drive, fills the model's defaults (steps and guidance from ``studio_defaults.json`` or the pipeline's own
+   ``__call__``, resolution from the model's native size), expands a named prompt set, and checks what
+   depends on the model: a step count and resolution it can take, a sampler and knobs it supports.
 
 Every problem raises ``SpecError`` naming the field, the value and what is allowed. Nothing here
 imports torch or diffusers, so the UI can build and check specs cheaply.
@@ -22,8 +23,15 @@ from typing import Any
 from studio_core.errors import ModelLoadError, SpecError
 from studio_core.knobs import KNOBS, knobs_in
 from studio_core.knobs._validate import check_int, check_number
-from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS, compatible_names
-from studio_core.models import EMBEDDED_MODEL_DIR, check_pipeline_folder, model_defaults, resolve_model
+from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS, compatible_names, model_kind
+from studio_core.models import (
+    EMBEDDED_MODEL_DIR,
+    SUPPORTED_PIPELINES,
+    check_pipeline_folder,
+    model_defaults_with_sources,
+    resolve_model,
+    unsupported_reason,
+)
 from studio_core.prompts import PROMPT_SETS
 
 __all__ = [
@@ -34,6 +42,7 @@ __all__ = [
     "ModelInfo",
     "RunSpec",
     "config_hash",
+    "defaults_text",
     "model_info",
     "resolve",
     "validate",
@@ -47,8 +56,8 @@ MAX_PROMPT_CHARS = 1000
 REFERENCE_DEFAULT = {"sampler": "DPM++ 2M", "steps": 200}
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-
-
+# config key listing a VAE's encoder levels, by VAE class: each level past the first halves the image
+_VAE_LEVELS = {"AutoencoderKL": "block_out_channels", "AutoencoderDC": "encoder_block_out_channels"}
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,9 @@ class ModelInfo:
     time_cond_proj_dim: int | None
     defaults: dict
     fingerprint: str
+    prediction_type: str = "epsilon"  # what the denoiser predicts: epsilon, v_prediction, flow or consistency
+    defaults_source: dict = field(default_factory=dict)  # default's name -> where it came from
+    unsupported: str | None = None  # why the studio cannot drive this pipeline; None when it can
 
     @property
     def is_embedded(self) -> bool:
@@ -204,6 +216,41 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _vae_compression(index: dict, vae_cfg: dict) -> tuple[int, str]:
+    """Image pixels per latent pixel along a side, and the VAE it comes from; 1 in pixel space (no VAE)."""
+    vae = index.get("vae")
+    if not (isinstance(vae, list) and vae[0]):
+        return 1, "no VAE: pixel space"
+    levels = vae_cfg.get(_VAE_LEVELS.get(vae[1], "block_out_channels"))
+    if not levels:  # diffusers' pipelines assume 8 where the VAE config does not say
+        return 8, f"{vae[1]} (8x assumed)"
+    return 2 ** (len(levels) - 1), f"{vae[1]} {2 ** (len(levels) - 1)}x"
+
+
+def _geometry(index: dict, denoiser: str, den_cfg: dict, vae_cfg: dict) -> tuple[int | None, int, str]:
+    """(native size in px, the multiple height and width must be, how the native size was found).
+
+    Native: the denoiser's ``sample_size`` latent pixels (or the size the pipeline hard-codes, Flux's 128)
+    times the VAE's compression, what the pipeline computes when called without a size. Multiple: the VAE's
+    compression times, for a UNet, its downsamplings, for a transformer, its patch size, and 2 more where
+    the pipeline packs 2x2 latent patches into channels (Flux: in_channels = 4 x the VAE's latent channels)."""
+    compression, vae_text = _vae_compression(index, vae_cfg)
+    if denoiser == "unet":
+        multiple = compression * 2 ** (len(den_cfg.get("block_out_channels", [0])) - 1)
+    else:
+        latent_channels = vae_cfg.get("latent_channels", vae_cfg.get("z_dim"))
+        packed = 2 if latent_channels and den_cfg.get("in_channels") == 4 * latent_channels else 1
+        multiple = compression * int(den_cfg.get("patch_size", 2) or 1) * packed
+    facts = SUPPORTED_PIPELINES.get(index.get("_class_name", ""))
+    sample = den_cfg.get("sample_size")
+    if isinstance(sample, int):
+        return sample * compression, multiple, f"{denoiser} sample_size {sample} x {vae_text}"
+    if facts and facts.default_sample_size:
+        return (facts.default_sample_size * compression, multiple,
+                f"{index['_class_name']} default_sample_size {facts.default_sample_size} x {vae_text}")
+    return None, multiple, "unknown: the denoiser config has no sample_size"
+
+
 def model_info(model: str) -> ModelInfo:
     """Read a pipeline folder's configs; ``SpecError`` on field ``model`` when it is not a pipeline."""
 
@@ -215,17 +262,10 @@ def model_info(model: str) -> ModelInfo:
     sched = _read_json(path / "scheduler" / "scheduler_config.json")
     denoiser = "unet" if (path / "unet").is_dir() else "transformer"
     den_cfg = _read_json(path / denoiser / "config.json")
-    vae_cfg = _read_json(path / "vae" / "config.json")
-    vae_scale = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
-    if denoiser == "unet":
-        downs = len(den_cfg.get("block_out_channels", [0])) - 1
-        multiple = vae_scale * 2**downs
-    else:  # transformers patchify the latent; Flux-style pipelines also pack 2x2 latent patches into channels
-        latent_channels = vae_cfg.get("latent_channels", vae_cfg.get("z_dim"))
-        packed = 2 if latent_channels and den_cfg.get("in_channels") == 4 * latent_channels else 1
-        multiple = vae_scale * int(den_cfg.get("patch_size", 2) or 1) * packed
-    sample = den_cfg.get("sample_size")
-    sample_px = int(sample) * vae_scale if isinstance(sample, int) else None
+    sample_px, multiple, size_source = _geometry(index, denoiser, den_cfg, _read_json(path / "vae" / "config.json"))
+    defaults, sources = model_defaults_with_sources(path)
+    for name in ("height", "width"):
+        sources.setdefault(name, f"native: {size_source}")
     scheduler_class = sched.get("_class_name", "")
     fingerprint_src = json.dumps([index, den_cfg, sched], sort_keys=True) + "".join(
         f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
@@ -234,9 +274,26 @@ def model_info(model: str) -> ModelInfo:
         path=str(path), pipeline_class=index.get("_class_name", ""), scheduler_class=scheduler_class,
         compatible_schedulers=compatible_names(scheduler_class), sample_size=sample_px, size_multiple=multiple,
         num_train_timesteps=int(sched.get("num_train_timesteps", 1000)), denoiser=denoiser,
-        time_cond_proj_dim=den_cfg.get("time_cond_proj_dim"), defaults=model_defaults(path),
+        time_cond_proj_dim=den_cfg.get("time_cond_proj_dim"), defaults=defaults,
         fingerprint=hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],
+        prediction_type=model_kind(sched, den_cfg.get("time_cond_proj_dim")), defaults_source=sources,
+        unsupported=unsupported_reason(index) or (None if sample_px else f"its native size is {size_source}"),
     )
+
+
+def defaults_text(info: ModelInfo) -> str:
+    """The model's defaults and where each came from, for the page, e.g. "28 steps, guidance 7
+    (StableDiffusion3Pipeline's defaults); 64x64 px (native: transformer sample_size 8 x AutoencoderKL 8x)"."""
+    if info.unsupported:
+        return f"no defaults: {info.unsupported}"
+    d, src = info.defaults, info.defaults_source
+    height, width = d.get("height") or info.sample_size, d.get("width") or info.sample_size
+    by_source: dict[str, list[str]] = {}  # "28 steps, guidance 7" share one "(... defaults)"
+    for text, key in ((f"{d['num_inference_steps']} steps", "num_inference_steps"),
+                      (f"guidance {d['guidance_scale']:g}", "guidance_scale"), (f"{height}x{width} px", "height")):
+        source = src[key]
+        by_source.setdefault(source.replace(".__call__", "'s defaults"), []).append(text)
+    return "; ".join(f"{', '.join(texts)} ({source})" for source, texts in by_source.items())
 
 
 def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, ModelInfo]:
@@ -244,8 +301,10 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
 
     validate(spec)
     info = info or model_info(spec.model)
+    if info.unsupported:
+        raise SpecError("model", spec.model, info.unsupported)
     d = info.defaults
-    native = info.sample_size or 512
+    native = info.sample_size
     spec = replace(
         spec,
         prompts=tuple(PROMPT_SETS[spec.prompt_set]) if spec.prompt_set else tuple(p.strip() for p in spec.prompts),
@@ -256,6 +315,10 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
     )
     if spec.steps > info.num_train_timesteps:
         raise SpecError("steps", spec.steps, f"at most the model's {info.num_train_timesteps} training timesteps")
+    facts = SUPPORTED_PIPELINES[info.pipeline_class]
+    if spec.steps < facts.min_steps:
+        raise SpecError("steps", spec.steps, f"at least {facts.min_steps} for {info.pipeline_class}: "
+                                             f"{facts.min_steps_reason}")
     if spec.sampler in SAMPLERS and spec.steps < SAMPLERS[spec.sampler].min_steps:
         raise SpecError("steps", spec.steps, f"at least {SAMPLERS[spec.sampler].min_steps} for {spec.sampler} "
                                              "(its Runge-Kutta warm start needs them)")

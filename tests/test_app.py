@@ -52,11 +52,20 @@ def test_widgets_come_from_the_registry_and_a_new_knob_reaches_the_engine(tmp_pa
     spec = fn.fn(*values)
     assert spec["knobs"] == {"dummy": {"interval": 3, "mode": "fast", "note": None}}
     assert spec["model"] == str(tiny_pipeline_dir) and spec["steps"] == 2 and spec["height"] == 32
-    gallery, card = demo.studio.generate(spec)
+    gallery, card, shown = demo.studio.generate(spec)
     assert len(gallery) == 1 and gallery[0][0].shape == (256, 256, 3) and gallery[0][1] == "grinning face · seed 0"
-    assert "dummy: interval 3: nothing cached  **[did nothing]**" in card
+    assert "**Dummy cache interval 3**: interval 3: nothing cached **[did nothing]**" in card
     row = demo.studio.store.runs()[-1]
     assert row["knobs"] == {"dummy": {"interval": 3, "mode": "fast", "note": None}} and row["knobs_inactive"] == "dummy"
+    # the form's one-line summary names the ticked knob by its label; it sits in a group of its own
+    active = next(f for f in demo.fns.values() if [o.elem_id for o in f.outputs] == ["active-knobs"])
+    assert active.fn(*_widget_values(demo, active, **{"use-dummy": True, "setting-knobs-dummy-interval": 3})) == (
+        "**Active:** Dummy cache interval 3")
+    assert "group-other-knobs" in ids
+    # pinned as the baseline, the first run is what the next run's card compares with
+    _, card, second = demo.studio.generate(spec, shown)
+    assert second == shown + 1 and f"Against the baseline**, run {shown} (" in card and "×** the baseline's latency" in card
+    assert "none pinned" in demo.studio.shown_card(second, None)
     demo.studio.store.close()
 
 

@@ -1,11 +1,13 @@
 """The studio served for real and driven through its named API with ``gradio_client``."""
 
+import json
 import os
 
 import pandas as pd
 import pytest
 from live import free_port, wait_until
 
+from app import compare
 from studio_core.store.store import RunStore
 
 REF = {"sampler": "DPM++ 2M", "steps": 6}
@@ -42,7 +44,7 @@ def test_generate_returns_images_and_a_card_and_logs_a_row(served):
     gallery, card = client.predict(_spec(model, sampler="Euler"), api_name="/generate")
     assert len(gallery) == 2 and all(os.path.isfile(item["image"]) for item in gallery)
     assert [item["caption"] for item in gallery] == ["grinning face · seed 0", "grinning face · seed 1"]
-    assert "ms median of 1 timed repeats" in card and "PSNR" in card and "Setup" in card
+    assert "ms median of 1 timed repeat (" in card and "PSNR" in card and "Setup" in card
     assert store.db["runs"].count == before + 1
     row = store.runs()[-1]
     assert row["status"] == "ok" and row["sampler"] == "Euler" and f"Run {row['id']}: ok" in card
@@ -61,7 +63,12 @@ def test_a_2x2_sweep_logs_four_runs_and_returns_the_annotated_grid(served):
     assert grid.count("data-sweep-index") == 4 and grid.count("<img") == 4
     assert grid.count(" ms</b>") == 4 and grid.count("PSNR") == 4 and grid.count("SSIM") == 4
     assert "steps = 3" in grid and "sampler = Euler" in grid
-    assert "[did nothing: sampler]" in grid  # DDIM on a DDIM model
+    assert "DDIM (model default)" in grid and "did nothing" not in grid  # DDIM on a DDIM model: the baseline
+    assert grid.count('width="128"') == 4  # thumbnails at the page's default size
+    small = client.predict(sweep_id, 64, api_name="/sweep_grid")  # any recorded sweep, at another size
+    assert small.count('width="64"') == 4 and small.count("data-run-id") == 4
+    with pytest.raises(Exception, match="thumbnail size '1000': one of 64, 128, 256 px"):
+        client.predict(sweep_id, 1000, api_name="/sweep_grid")
 
 
 def test_csv_export_downloads_the_filtered_rows(served):
@@ -73,6 +80,31 @@ def test_csv_export_downloads_the_filtered_rows(served):
     assert {"config_json", "latency_median_ms", "psnr", "knob_report"} <= set(frame.columns)
     table, csv_path = client.predict("ok", "(all)", "(all)", api_name="/runs")
     assert len(pd.read_csv(csv_path)) == len(frame)
+
+
+def test_frontier_compare_and_runs_read_as_text_over_the_api(served):
+    client, store, model = served
+    for kw in ({"sampler": "DDIM"}, {"sampler": "Euler", "steps": 3, "repeats": 3}):
+        client.predict(_spec(model, **kw), api_name="/generate")
+    ids = [r["id"] for r in store.runs("status = 'ok'")][-2:]
+    # the colour and symbol names the API has always taken still work; the spread toggle comes last
+    plot = client.predict("psnr", "latency_median_ms", "knobs_label", "height", "(all)", "(all)", "(all)", [], False,
+                          True, api_name="/plot_frontier")
+    figure = json.loads(plot["plot"])
+    points = [t for t in figure["data"] if t.get("mode") == "markers"]
+    hovers = [h for t in points for h in t["hovertext"]]
+    assert hovers and not any(bad in h for h in hovers for bad in ("nan", "None", "{"))
+    assert {t["name"] for t in points} >= {"no knobs / 32×32"} and any(t["error_x"]["array"] for t in points)
+    view, settings, deltas = client.predict(ids, api_name="/compare_runs")
+    assert compare.SCALE_TEXT in view and "(baseline)" in view
+    cells = [c for row in settings["data"] + deltas["data"] for c in row]
+    assert not any(bad in c for c in cells for bad in ("nan", "None", "{", "e+", "-0%")), cells
+    assert [row[0] for row in deltas["data"]][:1] == ["median latency"] and " ms (" in deltas["data"][0][2]
+    view, _settings, _deltas = client.predict(ids[:1], api_name="/compare_runs")
+    assert compare.EMPTY in view
+    table, _csv = client.predict("ok", "(all)", "(all)", api_name="/runs")
+    assert table["headers"][:4] == ["run", "configuration", "steps", "median latency (ms)"]
+    assert sorted(int(r[0]) for r in table["data"])[-2:] == ids
 
 
 @pytest.mark.parametrize("change, message", [

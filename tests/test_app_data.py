@@ -8,7 +8,7 @@ from app import tables, widgets
 from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS
 from studio_core.knobs.sampler import SAMPLERS
-from studio_core.study import estimate
+from studio_core.study import estimate, labels, sweep
 
 
 # ------------------------------------------------------------------------------------------ widgets
@@ -81,6 +81,26 @@ def test_parse_axis_values_types_none_and_errors():
         widgets.parse_axis_values("steps", " , ", int)
 
 
+def test_off_on_a_knob_axis_is_the_knob_left_out():
+    assert widgets.parse_axis_values("knobs.deepcache.interval", "off, 3", int) == [sweep.OFF, 3]
+    assert widgets.parse_axis_values("knobs.memory.channels_last", "OFF, true, false", bool) == ["off", True, False]
+    with pytest.raises(SpecError, match="grid.steps='off'"):  # a run-spec field has no knob to leave out
+        widgets.parse_axis_values("steps", "off, 4", int)
+    with pytest.raises(SpecError, match="distinct values"):
+        widgets.parse_axis_values("knobs.deepcache.interval", "off, 3, off", int)
+    assert "off = without DeepCache" in widgets.axis_hint("knobs.deepcache.interval")
+    assert "off" not in widgets.axis_hint("steps")
+    # the Generate form has DeepCache at N=2, branch 1; the axis sets the interval, or leaves the knob out
+    base = {"model": "emoji-sd", "prompts": ["sun"], "seeds": [0], "steps": 4, "sampler": "default",
+            "timestep_spacing": None, "batch_size": None, "knobs": {"deepcache": {"interval": 2, "branch": 1}}}
+    data = widgets.build_sweep(base, [("knobs.deepcache.interval", "off, 3")])
+    assert data["grid"] == {"knobs.deepcache.interval": ["off", 3]}
+    assert data["base"]["knobs"] == {"deepcache": {"branch": 1}}
+    assert "timestep_spacing" not in data["base"] and "batch_size" not in data["base"]  # unset: the spec's own
+    cells = sweep.sweep_from_dict(data)
+    assert [s.knobs for s in cells.specs] == [{}, {"deepcache": {"branch": 1, "interval": 3}}]
+
+
 def test_build_sweep_overrides_the_base_and_checks_axes():
     base = {"model": "emoji-sd", "prompts": ["sun"], "seeds": [0], "steps": 50, "sampler": "default", "knobs": {}}
     sweep = widgets.build_sweep(base, [("steps", "4, 8"), (None, ""), ("seeds", "0, 1")], name="", question="q?",
@@ -103,11 +123,24 @@ def test_axis_hints_say_what_values_an_axis_takes():
     assert "none =" in widgets.axis_hint("timestep_spacing")
 
 
+def test_axes_are_named_for_people():
+    assert labels.axis_label("knobs.deepcache.interval") == "DeepCache: interval"
+    assert labels.axis_label("knobs.cross_attention_cache.gate_step") == "Cross-attention caching: gate step"
+    assert [labels.axis_label(a) for a in ("steps", "sampler", "timestep_spacing", "height", "batch_size")] == [
+        "steps", "sampler", "timestep spacing", "height", "batch size"]
+    assert not [a for a in widgets.axis_choices() if "knobs." in labels.axis_label(a) or "_" in labels.axis_label(a)]
+    assert [labels.axis_value("knobs.deepcache.interval", v) for v in ("off", 3, None, 0.5, True)] == [
+        "off", "3", "default", "0.5", "true"]
+    assert labels.axis_value("knobs", {}) == "no knobs"
+    assert labels.axis_value("knobs", {"deepcache": {}}) == "DeepCache N=3"
+
+
 # ------------------------------------------------------------------------------------------ tables and estimate
 def _row(**kw):
     row = {"id": 1, "status": "ok", "model": "emoji-sd", "model_path": "/m", "prompts": '["sun", "pizza"]',
            "seeds": "[0, 1]", "n_images": 4, "steps": 10, "sampler": "DDIM", "guidance": 3.0, "precision": "fp32",
-           "height": 32, "width": 32, "knobs_label": "", "warmup": 1, "repeats": 3, "latency_median_ms": 1000.0,
+           "height": 32, "width": 32, "knobs": "{}", "knobs_label": "", "warmup": 1, "repeats": 3,
+           "latency_median_ms": 1000.0,
            "denoise_ms": 800.0, "cold_ms": 1000.0, "load_ms": 0.0, "per_image_ms": 250.0,
            "created_at": "2026-01-01T00:00:00.000+00:00", "finished_at": "2026-01-01T00:00:04.500+00:00"}
     row.update(kw)
@@ -151,8 +184,10 @@ def test_filter_choices_come_from_the_log():
 
 
 def test_run_label_and_choices():
-    assert tables.run_label(_row(id=12, knobs_label="dummy={}")) == "12: DDIM 10 steps g3 fp32 32x32 [dummy={}]"
-    assert tables.run_label(_row(id=3, status="failed", model="/x")) == "3: DDIM 10 steps g3 fp32 32x32 </x> (failed)"
+    assert tables.run_label(_row(id=12, knobs='{"deepcache": {"interval": 3}}')) == \
+        "12: DDIM · DeepCache N=3 · 10 steps · guidance 3 · 32×32"
+    assert tables.run_label(_row(id=3, status="failed", model="/x/tiny")) == \
+        "3: DDIM · 10 steps · guidance 3 · 32×32 · tiny (failed)"
     frame = pd.DataFrame([_row(id=1), _row(id=2)])
     assert [i for _, i in tables.run_choices(frame)] == [2, 1]
 
@@ -162,27 +197,61 @@ def test_image_pairs_are_prompt_major():
     assert tables.image_pairs({"prompts": ["a"], "seeds": [5]}) == [("a", 5)]
 
 
-def test_differing_settings_and_metric_deltas():
-    a = _row(id=1, psnr=30.0, ssim=0.9, peak_mem_bytes=2 * 2**20)
-    b = _row(id=2, steps=20, latency_median_ms=2000.0, psnr=33.0, ssim=0.9, peak_mem_bytes=2 * 2**20)
+def test_differing_settings_read_like_settings_not_json():
+    a = _row(id=1, knobs='{"deepcache": {"interval": 2}}', sampler="default", scheduler_class="DDIMScheduler")
+    b = _row(id=9, steps=20, seeds="[0, 1, 2, 3]", prompts='["sun"]', knobs="{}", sampler="DDIM",
+             knobs_inactive="sampler", scheduler_class="DDIMScheduler")
     diff = tables.differing_settings([a, b])
-    assert diff.to_dict("records") == [{"setting": "steps", "run 1": "10", "run 2": "20"}]
+    assert diff.to_dict("records") == [{"setting": "prompts", "run 1": "sun; pizza", "run 9": "sun"},
+                                       {"setting": "seeds", "run 1": "0, 1", "run 9": "0–3"},
+                                       {"setting": "steps", "run 1": "10", "run 9": "20"},
+                                       {"setting": "knobs", "run 1": "DeepCache N=2", "run 9": "none"}]
+    # "default" and "DDIM" on a DDIM model read the same ("DDIM (model default)"), so they do not differ
+    assert tables.seeds_text([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7, 8"
+
+
+def test_metric_deltas_have_units_fixed_decimals_and_words():
+    a = _row(id=1, psnr=30.0, ssim=0.9, peak_mem_bytes=200 * 2**20, latency_iqr_ms=10.0, fidelity_top1=0.5)
+    b = _row(id=2, steps=20, latency_median_ms=12790.0, psnr=29.58, ssim=0.9001, peak_mem_bytes=202 * 2**20,
+             latency_iqr_ms=10.0, per_image_ms=1370 / 4, fidelity_top1=0.75)
     deltas = tables.metric_deltas([a, b]).set_index("metric")
-    assert deltas.loc["median latency (ms)", "run 2"] == "2000 (+1000, +100% worse)"
-    noisy = tables.metric_deltas([{**a, "latency_iqr_ms": 50.0}, {**a, "id": 2, "latency_median_ms": 1040.0}])
-    assert noisy.set_index("metric").loc["median latency (ms)", "run 2"] == "1040 (+40, +4% within IQR)"
-    assert noisy.set_index("metric").loc["per image (ms)", "run 2"] == "250 (+0, +0% within IQR)"
-    assert deltas.loc["PSNR (dB)", "run 2"] == "33 (+3, +10% better)"
-    assert deltas.loc["SSIM", "run 2"] == "0.9 (+0, +0%)"
-    assert deltas.loc["peak memory (MiB)", "run 1"] == "2"
+    assert deltas.loc["median latency", "run 1"] == "1,000 ms"
+    assert deltas.loc["median latency", "run 2"] == "12,790 ms (+11,790 ms, 12.8× slower)"  # never 1.179e+04
+    assert deltas.loc["per image", "run 2"] == "342.5 ms (+92.5 ms, +37%, worse)"
+    assert deltas.loc["PSNR", "run 2"] == "29.58 dB (−0.42 dB, worse)"
+    assert deltas.loc["SSIM", "run 2"] == "0.900 (same)"  # never "-0% worse"
+    assert deltas.loc["peak memory", "run 2"] == "202.0 MiB (+2.0 MiB, +1%, worse)"
+    assert deltas.loc["fidelity top-1", "run 2"] == "75% (+25 pts, better)"
+    assert deltas.loc["latency IQR", "run 2"] == "10.0 ms (same)"
     assert "LPIPS" not in deltas.index  # no run has it
+    faster = tables.metric_deltas([a, {**a, "id": 3, "latency_median_ms": 625.0}]).set_index("metric")
+    assert faster.loc["median latency", "run 3"] == "625.0 ms (−375.0 ms, 1.6× faster)"
+    noisy = tables.metric_deltas([{**a, "latency_iqr_ms": 50.0}, {**a, "id": 2, "latency_median_ms": 1040.0}])
+    assert noisy.set_index("metric").loc["median latency", "run 2"] == "1,040 ms (+40.0 ms, within IQR)"
+    assert noisy.set_index("metric").loc["per image", "run 2"] == "250.0 ms (same)"
+    assert not any("e+" in v or "-0%" in v or "nan" in v for v in deltas.to_numpy().ravel())
 
 
-def test_table_view_orders_newest_first_and_reads_memory_in_mib():
-    frame = pd.DataFrame([_row(id=1, peak_mem_bytes=3 * 2**20), _row(id=2, peak_mem_bytes=2**20)])
+def test_table_view_puts_key_columns_first_titled_for_people_and_drops_empty_ones():
+    frame = pd.DataFrame([
+        _row(id=1, peak_mem_bytes=3 * 2**20, psnr=30.123, ssim=0.9, latency_iqr_ms=400.0, prompt_set=None,
+             knobs='{"deepcache": {"interval": 2}}', sweep_id=2.0, error=None),
+        _row(id=2, peak_mem_bytes=2**20, psnr=float("nan"), ssim=float("nan"), latency_iqr_ms=5.0, prompt_set=None,
+             sampler="default", scheduler_class="DDIMScheduler", sweep_id=float("nan"), status="failed",
+             error="out of memory")])
     view = tables.table_view(frame)
-    assert list(view["id"]) == [2, 1] and list(view["peak_mem_MiB"]) == [1.0, 3.0]
-    assert view["created_at"][0] == "2026-01-01 00:00:00"
+    assert list(view.columns)[:9] == ["run", "configuration", "steps", "median latency (ms)", "latency IQR (ms)",
+                                      "timing noise", "PSNR (dB)", "SSIM", "peak memory (MiB)"]
+    assert list(view.columns)[9:12] == ["status", "error", "model"] and list(view.columns)[-2:] == ["created",
+                                                                                                       "sweep"]
+    assert "prompt set" not in view.columns  # blank for every run shown
+    assert list(view["run"]) == [2, 1] and list(view["peak memory (MiB)"]) == [1.0, 3.0]
+    assert list(view["configuration"]) == ["DDIM (model default)", "DDIM · DeepCache N=2"]
+    assert list(view["timing noise"]) == ["", "noisy (IQR 40% of median)"]
+    assert list(view["error"]) == ["out of memory", ""]
+    assert view["created"][0] == "2026-01-01 00:00:00" and view["PSNR (dB)"][1] == 30.12
+    cells = [str(v) for v in view.select_dtypes(exclude="number").to_numpy().ravel()]
+    assert not any(c in ("nan", "None") or "{" in c for c in cells)
 
 
 def test_split_values_reads_the_generate_widgets_in_order(dummy_knob):

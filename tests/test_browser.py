@@ -6,11 +6,13 @@ generate, sweep, frontier, compare, runs, then bad input. Every wait is on a con
 (``expect``, ``wait_for_function``) with generous timeouts, because the machine may be loaded; none
 sleeps for a fixed time. Toasts are read, never clicked: they dismiss themselves.
 
-Each tab is saved to ``artifacts/screenshots/``; the click-to-image time of two generations from the
+Generate, Sweep and bad input are saved to ``artifacts/screenshots/`` (Frontier, Compare and Runs by
+``test_browser_views.py``); the click-to-image time of two generations from the
 Generate tab goes to ``artifacts/browser-timings.json``.
 """
 
 import json
+import re
 import time
 
 import pandas as pd
@@ -61,7 +63,7 @@ def test_generate_shows_the_image_the_metrics_and_a_new_frontier_point(page, ser
     card = page.inner_text("#metrics-card")
     for part in ("ms median of 3 timed repeats", "IQR", "Breakdown", "Peak memory", "PSNR", "Setup"):
         assert part in card
-    page.screenshot(path=str(SHOTS / "1-generate.png"), full_page=True)
+    assert not re.search(r"\bnan\b|\bNone\b|\{", card), card  # 1-generate.png: test_browser_generate.py
     tab(page, "Frontier")
     points = frontier_points(page, len(ok_runs(served)), 0)
     assert {r["id"] for r in store.runs()[-2:]} <= {p["id"] for p in points}
@@ -69,7 +71,10 @@ def test_generate_shows_the_image_the_metrics_and_a_new_frontier_point(page, ser
 
 def test_a_2x2_sweep_shows_the_annotated_grid(page, served, far_apart_runs):
     store = served.studio.store  # the estimate is made from this model's past runs: far_apart_runs
+    page.locator("#measurement").get_by_text("Measurement").first.click()
+    set_value(page, "repeats", 1)  # cheap: 2 and 4 steps, one timed repeat
     tab(page, "Sweep")
+    set_value(page, "values-x", "2, 4")
     playwright.expect(page.locator("#sweep-estimate")).to_contain_text("4 runs")
     assert "estimated" in page.inner_text("#sweep-estimate")
     page.click("#start-sweep")
@@ -80,8 +85,18 @@ def test_a_2x2_sweep_shows_the_annotated_grid(page, served, far_apart_runs):
         text = cells.nth(i).inner_text()
         assert " ms" in text and "PSNR" in text and "SSIM" in text and "IQR" in text
         assert cells.nth(i).locator("img").count() == 1
-    assert "steps = 8" in page.inner_text("#sweep-grid") and "sampler = DPM++ 2M" in page.inner_text("#sweep-grid")
-    assert len(store.sweep_runs(store.sweeps()[-1]["id"])) == 4
+        assert cells.nth(i).locator("img").get_attribute("width") == "128"  # the default thumbnail size
+    grid = page.inner_text("#sweep-grid")
+    assert "steps = 4" in grid and "sampler = DPM++ 2M" in grid
+    # the model's own sampler is named as the baseline it is, never flagged as a knob that did nothing
+    assert grid.count("DDIM (model default)") >= 2 and "did nothing" not in grid
+    sweep = store.sweeps()[-1]
+    assert len(store.sweep_runs(sweep["id"])) == 4
+    # the recorded sweeps list it at once, and name it as the sweep the grid shows (no reload)
+    playwright.expect(page.locator("#sweep-pick input")).to_have_value(
+        f"{sweep['id']}: ui sweep: steps x sampler (done, 4 runs)")
+    page.locator("#sweep-spec-box").get_by_text("Sweep spec as YAML").click()
+    playwright.expect(page.locator("#sweep-spec")).to_contain_text("sampler: [DDIM, DPM++ 2M]")
     images_loaded(page, "#sweep-grid img", 4)
     page.screenshot(path=str(SHOTS / "2-sweep.png"), full_page=True)
 
@@ -98,7 +113,6 @@ def test_frontier_updates_and_a_clicked_point_is_shown_and_selected(page, served
     playwright.expect(page.locator("#frontier-thumb img").first).to_be_visible()
     images_loaded(page, "#frontier-thumb img")
     assert "latency" in page.inner_text("#frontier-point")
-    page.screenshot(path=str(SHOTS / "3-frontier.png"), full_page=True)
 
 
 def test_compare_shows_images_differences_and_deltas(page, served, far_apart_runs):
@@ -109,7 +123,6 @@ def test_compare_shows_images_differences_and_deltas(page, served, far_apart_run
     images_loaded(page, "#compare-view img", 3)
     text = page.inner_text("#compare-view")
     assert "seed 0" in text and "|run" in text and "mean |Δ|" in text
-    page.screenshot(path=str(SHOTS / "4-compare.png"), full_page=True)
 
 
 def test_runs_table_csv_download_and_details(page, served, far_apart_runs, tmp_path):
@@ -126,7 +139,6 @@ def test_runs_table_csv_download_and_details(page, served, far_apart_runs, tmp_p
     assert sorted(frame["id"]) == [r["id"] for r in store.runs()] and "config_json" in frame
     rows.nth(1).locator(":scope > *").nth(1).click()
     playwright.expect(page.locator("#run-details")).to_contain_text("Latency")
-    page.screenshot(path=str(SHOTS / "5-runs.png"), full_page=True)
 
 
 

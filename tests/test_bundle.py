@@ -7,6 +7,7 @@ import socket
 import tarfile
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from studio_core.cli import main
@@ -55,7 +56,8 @@ def study(tmp_path, monkeypatch):
         rid = s.start_run({**CONFIG, **extra}, config_hash=f"{sweep}-{index}", sweep_id=sweep, sweep_index=index,
                           model_path=path, model_fingerprint="f")
         s.finish_run(rid, {"images": _images(s, rng, 2), "reference_id": ref, "psnr": 30.0 + rid,
-                           "latencies_ms": [1.0, 2.0], "threads": env["threads"], "git_commit": env["git_commit"]})
+                           "latencies_ms": [1.0, 2.0], "latency_median_ms": 1.5 + rid, "threads": env["threads"],
+                           "git_commit": env["git_commit"]})
     failed = s.start_run({**CONFIG, "model": sd15 + "/"}, config_hash="f", sweep_id=b, sweep_index=1, model_path=sd15)
     s.fail_run(failed, f"could not load the pipeline in {sd15}: {sd15}/unet/model.safetensors cannot be read")
     s.finish_sweep(a)
@@ -270,3 +272,45 @@ def test_cli_bundle_end_to_end(study, tmp_path, capsys):
         assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert main(["--data-dir", str(tmp_path / "none"), "bundle", str(tmp_path / "y")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def _files(folder) -> dict[str, str]:
+    """Every file and folder under ``folder``: the SHA-256 of each file, "folder" for a folder."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_read_only_commands_leave_a_bundle_byte_identical(study, tmp_path, capsys):
+    """runs, frontier, export and knobs read a bundle without a single changed, added or removed file:
+    studio.db keeps the SHA-256 bundle.json records, and SQLite leaves no -wal, -shm or -journal."""
+    src, ids = study
+    out = tmp_path / "out"
+    bundle_study(src, out)
+    before = _files(out)
+    assert json.loads((out / "bundle.json").read_text())["studio_db_sha256"] == before["studio.db"]
+    for args in (["runs"], ["runs", "--sweep", str(ids["a"]), "--limit", "1"], ["frontier"],
+                 ["frontier", "--sweep", str(ids["a"]), "--metric", "psnr", "--cost", "latency_median_ms"],
+                 ["export", "--csv", str(tmp_path / "runs.csv")], ["knobs"]):
+        assert main(["--data-dir", str(out), *args]) == 0, args
+        assert _files(out) == before, args
+    printed = capsys.readouterr().out
+    assert "median latency (ms)" in printed and "Pareto front of " in printed and "PSNR (dB)" in printed and "run 5 failed" in printed
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 5
+    assert {p.name for p in out.iterdir()} == {"studio.db", "bundle.json", "images"}
+
+
+def test_read_only_commands_on_a_live_study_add_no_file(study, tmp_path, capsys):
+    """With the study's writer still open (its -wal and -shm beside the database), the read-only commands
+    read what it committed and leave the folder as they found it, the -shm index aside."""
+    src, ids = study
+    shm = "studio.db-shm"
+    before = _files(src.data_dir)
+    assert {"studio.db-wal", shm} <= before.keys()
+    for args in (["runs"], ["frontier"], ["export", "--csv", str(tmp_path / "runs.csv")]):
+        assert main(["--data-dir", str(src.data_dir), *args]) == 0, args
+    after = _files(src.data_dir)
+    assert after.keys() == before.keys() and {k: v for k, v in after.items() if k != shm} == {
+        k: v for k, v in before.items() if k != shm}
+    printed = capsys.readouterr().out
+    assert "could not load the pipeline" in printed and len(pd.read_csv(tmp_path / "runs.csv")) == 5
+    src.finish_sweep(ids["b"])  # the writer goes on writing

@@ -112,7 +112,7 @@ def test_settings_have_defaults_and_ui_choices():
     assert by_name[("compile", "dynamic")].kind is bool and by_name[("compile", "dynamic")].optional
     assert by_name[("attention_backend", "backend")].choices == ("math", "efficient", "flash", "cudnn")
     assert by_name[("memory", "vae_tiling")].kind is bool
-    assert CP.is_baseline(CP.parse({})) and MEM.is_baseline(MEM.parse({"channels_last": False}))
+    assert CP.is_baseline(CP.parse({})) and MEM.is_baseline(MEM.parse({}))
 
 
 # ------------------------------------------------------------------------------------------ refusals

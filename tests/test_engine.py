@@ -94,6 +94,15 @@ def test_knobs_are_undone_and_a_knob_that_did_nothing_says_so(engine, tiny_pipel
     assert idle.row["knobs_inactive"] == "deepcache"  # asked for, cached nothing: flagged
 
 
+def test_a_sampler_that_draws_from_the_global_rng_repeats_its_images(engine, tiny_pipeline_dir):
+    """DPM++ SDE seeds its Brownian tree from torch's global RNG, not the run's generators: the engine seeds
+    that too, so the repeats of one run are identical and a second run gives the same images."""
+    spec = _spec(tiny_pipeline_dir, sampler="DPM++ SDE", steps=3, repeats=2)
+    first, second = engine.run(spec, reference=REF), engine.run(spec, reference=REF)
+    assert first.row["repeats_identical"] == 1 and "differed" not in (first.row["metrics_note"] or "")
+    assert (first.images == second.images).all()
+
+
 def test_bad_spec_fails_before_any_row(engine, tiny_pipeline_dir):
     with pytest.raises(SpecError, match="steps"):
         engine.run(_spec(tiny_pipeline_dir, steps=0))

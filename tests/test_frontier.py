@@ -38,3 +38,24 @@ def test_higher_is_better_override_and_missing_column():
     with pytest.raises(KeyError, match="nope"):
         pareto_front(runs, "x", "nope")
     assert pareto_front(pd.DataFrame({"x": [], "q": []}), "x", "q").empty
+
+
+def test_runs_of_different_models_devices_sizes_or_references_never_share_a_front(tmp_path):
+    """A fast run of another model (or against another reference) must not knock a run off its own front."""
+    from studio_core.store.store import RunStore
+    from studio_core.study.frontier import frontier_table, setup_label, setups
+
+    store = RunStore(tmp_path)
+    base = {"model": "emoji-sd", "prompts": ["a"], "seeds": [0], "steps": 4, "sampler": "default", "guidance": 5.0,
+            "height": 32, "width": 32, "precision": "fp32", "device": "cpu", "knobs": {}, "warmup": 1, "repeats": 3}
+    points = [("emoji-sd", 32, 1, 100.0, 20.0), ("emoji-sd", 32, 1, 200.0, 25.0),  # one setup: both on its front
+              ("other", 32, 2, 50.0, 30.0),  # another model, faster and better: its own front
+              ("emoji-sd", 64, 3, 10.0, 40.0),  # another size and reference
+              ("emoji-sd", 32, 4, 5.0, 50.0)]  # same model and size, another reference
+    for i, (model, size, ref, ms, psnr) in enumerate(points):
+        run = store.start_run({**base, "model": model, "height": size, "width": size}, config_hash=str(i))
+        store.finish_run(run, {"latency_median_ms": ms, "psnr": psnr, "reference_id": ref, "device_name": "CPU x"})
+    front = frontier_table(store)
+    assert sorted(front["id"]) == [1, 2, 3, 4, 5] and front["setup"].nunique() == 4
+    first = front[front["setup"] == setup_label(setups(store.runs_frame())[0][0])]
+    assert list(first["id"]) == [1, 2] and first["setup"].iloc[0] == "emoji-sd · CPU x · 32x32 px · reference #1"

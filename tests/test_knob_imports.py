@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 
 from studio_core.knobs.sampler import (
+    CALLS_SCALE_MODEL_INPUT,
+    DYNAMIC_SHIFTING_SCHEDULERS,
+    INPUT_SCALING_SCHEDULERS,
+    MU_NEEDS_DYNAMIC_SHIFTING,
+    NOISE_KINDS,
     SAMPLERS,
     SCHEDULER_COMPATIBLES,
+    SET_TIMESTEPS_TAKES,
     TIMESTEP_SPACING_SCHEDULERS,
     compatible_names,
 )
@@ -28,6 +34,7 @@ HEAVY = ("torch", "diffusers", "transformers", "torchao")
 _PAGE_LOAD = f"""
 import json, sys
 from studio_core.knobs import KNOBS
+from studio_core.knobs.sampler import SamplerSettings, samplers_for
 from studio_core.spec import RunSpec, model_info, resolve
 
 resolve(RunSpec(prompts=("red heart",)))
@@ -41,6 +48,8 @@ for knob in KNOBS.values():
     except TypeError:  # required fields: the page has nothing to check until they are set
         continue
     knob.check_model(info, settings)
+for name in samplers_for(info) + ["Euler", "Euler (flow)"]:
+    KNOBS["sampler"].check_model(info, SamplerSettings(name))
 print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
 """
 
@@ -112,6 +121,92 @@ def test_timestep_spacing_table_is_diffusers_own():
     takes = {name for name, cls in schedulers.items()
              if "timestep_spacing" in inspect.signature(cls.__init__).parameters}
     assert TIMESTEP_SPACING_SCHEDULERS == takes
+
+
+def _steps_with(cls, config: dict) -> bool:
+    """Whether a scheduler built from ``config`` sets 4 timesteps and takes one step (False where it refuses the
+    prediction type: a ValueError, or NotImplementedError for ``sample`` in the k-diffusion ports)."""
+    import torch
+
+    scheduler = cls.from_config(config)
+    sample = torch.ones(1, 4, 2, 2)
+    try:
+        scheduler.set_timesteps(4)
+        t = scheduler.timesteps[0]
+        scheduler.step(torch.zeros_like(sample), t, scheduler.scale_model_input(sample, t)
+                       if hasattr(scheduler, "scale_model_input") else sample)
+    except (ValueError, NotImplementedError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", [n for n, d in SAMPLERS.items() if d.kinds <= NOISE_KINDS])
+def test_noise_sampler_kinds_are_the_prediction_types_each_scheduler_steps(name):
+    schedulers, sd = _diffusers_schedulers(), SAMPLERS[name]
+    if sd.cls == "DPMSolverSDEScheduler":
+        pytest.importorskip("torchsde")
+    for kind in sorted(NOISE_KINDS):
+        assert _steps_with(schedulers[sd.cls], {**dict(sd.overrides), "prediction_type": kind}) == (kind in sd.kinds), (
+            name, kind)
+
+
+@pytest.mark.parametrize("name", [n for n, d in SAMPLERS.items() if "flow" in d.kinds])
+def test_flow_samplers_step_a_flow_schedule(name):
+    """Each flow sampler's overrides are its class's own settings (``from_config`` would drop unknown ones
+    silently), and its scheduler steps a flow model's schedule (an SD3-style FlowMatch config)."""
+    schedulers, sd = _diffusers_schedulers(), SAMPLERS[name]
+    cls = schedulers[sd.cls]
+    assert set(dict(sd.overrides)) <= set(inspect.signature(cls.__init__).parameters)
+    flow_config = {**schedulers["FlowMatchEulerDiscreteScheduler"](shift=3.0).config, **dict(sd.overrides)}
+    assert _steps_with(cls, flow_config)
+
+
+def test_input_scaling_table_is_diffusers_own():
+    """The named samplers whose ``scale_model_input`` changes the latents are the table's."""
+    import torch
+
+    schedulers, scaling = _diffusers_schedulers(), set()
+    for sd in SAMPLERS.values():
+        scheduler = schedulers[sd.cls].from_config(dict(sd.overrides))
+        if not hasattr(scheduler, "scale_model_input"):
+            continue
+        scheduler.set_timesteps(4)
+        sample = torch.ones(1, 4, 2, 2)
+        if not torch.equal(scheduler.scale_model_input(sample, scheduler.timesteps[0]), sample):
+            scaling.add(sd.cls)
+    assert INPUT_SCALING_SCHEDULERS == scaling
+
+
+@pytest.mark.parametrize("pipeline, calls", [
+    *[(name, True) for name in sorted(CALLS_SCALE_MODEL_INPUT)],
+    ("SanaPipeline", False), ("StableDiffusion3Pipeline", False), ("FluxPipeline", False)])
+def test_which_pipelines_call_scale_model_input(pipeline, calls):
+    diffusers = pytest.importorskip("diffusers")
+    assert ("scale_model_input" in inspect.getsource(getattr(diffusers, pipeline).__call__)) == calls
+
+
+def test_flow_scheduler_tables_are_diffusers_own():
+    """What the flow samplers' ``set_timesteps`` take (``sigmas``, ``mu``), which have dynamic shifting, and
+    which assert dynamic shifting when given ``mu``."""
+    schedulers = _diffusers_schedulers()
+    flow_classes = {d.cls for d in SAMPLERS.values() if "flow" in d.kinds}
+    assert set(SET_TIMESTEPS_TAKES) == flow_classes
+    for name in flow_classes:
+        cls = schedulers[name]
+        assert SET_TIMESTEPS_TAKES[name] == set(inspect.signature(cls.set_timesteps).parameters) & {"sigmas", "mu"}
+        assert (name in DYNAMIC_SHIFTING_SCHEDULERS) == ("use_dynamic_shifting" in inspect.signature(cls.__init__)
+                                                          .parameters), name
+    assert DYNAMIC_SHIFTING_SCHEDULERS <= flow_classes
+    for d in {d.cls: d for d in SAMPLERS.values() if "flow" in d.kinds}.values():
+        if "mu" not in SET_TIMESTEPS_TAKES[d.cls]:
+            continue
+        scheduler = schedulers[d.cls].from_config({**dict(d.overrides), "use_dynamic_shifting": False})
+        try:
+            scheduler.set_timesteps(2, mu=0.5)
+            asserted = False
+        except AssertionError:
+            asserted = True
+        assert asserted == (d.cls in MU_NEEDS_DYNAMIC_SHIFTING), d.cls
 
 
 def test_cache_transformer_table_is_diffusers_own():

@@ -55,7 +55,7 @@ def test_the_models_own_sampler_reads_as_model_default_whether_asked_by_name_or_
                  knob_report=[{"knob": "sampler", "active": True}])
     assert labels.sampler_text(other) == "DPM++ 2M"
     assert labels.sampler_text(_row(scheduler_class="FlowMatchEulerDiscreteScheduler")) == \
-        "FlowMatchEulerDiscrete (model default)"
+        "Euler (flow, model default)"
 
 
 def test_configuration_joins_sampler_precision_and_knobs_and_skips_the_sampler_from_did_nothing():
@@ -66,6 +66,7 @@ def test_configuration_joins_sampler_precision_and_knobs_and_skips_the_sampler_f
     assert labels.inactive_knobs(row) == ["DeepCache N=3"]
     assert labels.knobs_text(_row(), empty="no knobs") == "no knobs"
     assert labels.knobs_text({"deepcache": {"interval": 2}}) == "DeepCache N=2"
+    assert labels.configuration({"sampler": "Euler", "precision": "fp32"}) == "Euler"  # a row without knobs
 
 
 def test_numbers_never_read_nan_or_none():

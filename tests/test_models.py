@@ -6,7 +6,13 @@ import pytest
 
 from studio_core.errors import ModelLoadError
 from studio_core.measure.generation import generate
-from studio_core.models import EMBEDDED_MODEL_DIR, check_pipeline_folder, load_pipeline, resolve_model
+from studio_core.models import (
+    EMBEDDED_MODEL_DIR,
+    SUPPORTED_PIPELINES,
+    check_pipeline_folder,
+    load_pipeline,
+    resolve_model,
+)
 
 
 def test_tiny_pipeline_loads_through_from_pretrained(tiny_pipeline_dir):
@@ -97,3 +103,23 @@ def test_unknown_model_name_says_nothing_is_downloaded():
 def test_model_index_names_the_embedded_defaults():
     defaults = json.loads((EMBEDDED_MODEL_DIR / "studio_defaults.json").read_text())
     assert defaults["height"] == 32 and defaults["guidance_scale"] >= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(SUPPORTED_PIPELINES))
+def test_supported_pipeline_table_is_diffusers_own(name):
+    """The static table the torch-free spec reads holds the installed pipelines' own ``__call__`` defaults,
+    the arguments the studio passes, and the latent size a pipeline hard-codes (Flux's 128)."""
+    import inspect
+
+    import diffusers
+
+    cls, facts = getattr(diffusers, name), SUPPORTED_PIPELINES[name]
+    params = inspect.signature(cls.__call__).parameters
+    for arg in ("prompt", "num_inference_steps", "guidance_scale", "height", "width", "generator", "output_type"):
+        assert arg in params, f"{name}.__call__ takes no {arg}"
+    assert (params["num_inference_steps"].default, params["guidance_scale"].default) == (
+        facts.num_inference_steps, facts.guidance_scale)
+    if facts.default_sample_size is not None:
+        empty = cls(**dict.fromkeys(list(inspect.signature(cls.__init__).parameters)[1:]))  # no components
+        assert empty.default_sample_size == facts.default_sample_size
+

@@ -35,8 +35,14 @@ from studio_core.knobs.sampler import SAMPLERS, SamplerSettings
 
 STEPS, SEED, PROMPT, GUIDANCE = 3, 0, "grinning face", 2.0
 ATOL = 1e-4
-# refused on this model (no consistency-distilled denoiser): the start of the support check's reason
-REFUSED = {"LCM": "LCM needs a consistency-distilled model"}
+# refused on this epsilon-prediction model: the start of the support check's reason (other families' samplers
+# are in tests/test_family_samplers.py)
+REFUSED = {
+    "LCM": "LCM serves consistency-distilled models; this model is epsilon-prediction",
+    "TCD": "TCD serves consistency-distilled models; this model is epsilon-prediction",
+    **{name: f"{name} serves flow-matching models; this model is epsilon-prediction"
+       for name in ("Euler (flow)", "Heun (flow)", "DPM++ 2M (flow)", "UniPC (flow)", "DPM++ 2S (flow)")},
+}
 # pairs that are the same algorithm: diffusers' ancestral Euler step is DDPM's posterior step, and both draw
 # their noise from the same generator in the same order
 SAME_ALGORITHM = {frozenset({"DDPM", "Euler a"})}

@@ -68,6 +68,24 @@ def test_resolve_fills_model_defaults_and_prompt_set():
     assert resolve(spec)[0] == spec  # resolving is idempotent (sweeps resolve, then the engine again)
 
 
+def test_a_pipeline_the_studio_does_not_drive_is_refused_with_the_supported_list(tiny_pipeline_dir, tmp_path):
+    import json
+    import shutil
+
+    from studio_core.models import SUPPORTED_PIPELINES
+    from studio_core.spec import defaults_text, model_info
+
+    folder = tmp_path / "img2img"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionImg2ImgPipeline"}))
+    info = model_info(str(folder))  # the configs still read: the page can say why
+    assert info.sample_size == 32 and "StableDiffusionImg2ImgPipeline is not one of" in defaults_text(info)
+    exc = _err(model=str(folder))
+    assert exc.field == "model" and "not one of the text-to-image pipelines" in str(exc)
+    assert ", ".join(SUPPORTED_PIPELINES) in str(exc)
+
+
 def test_samplers_named_as_the_community_does():
     from studio_core.knobs.sampler import SAMPLERS
 

@@ -228,6 +228,32 @@ def test_read_only_reads_a_wal_study_while_its_writer_is_open(tmp_path):
     writer.close()
 
 
+def test_read_only_adds_no_side_file_to_a_closed_study_and_follows_a_writer_that_opens_later(tmp_path):
+    """No process has the WAL study open, so it is read as it stands (no -wal/-shm made); a writer that
+    starts afterwards is seen, whether it is still open or already closed at the next read."""
+    s, ids = _small_study(tmp_path)
+    s.close()
+    before = (tmp_path / "studio.db").read_bytes()
+    ro = RunStore(tmp_path, read_only=True)
+    assert [r["id"] for r in ro.runs()] == [ids["done"], ids["running"]] and ro.integrity_check() == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "studio.db"]
+    assert (tmp_path / "studio.db").read_bytes() == before
+    writer = RunStore(tmp_path)
+    added = writer.start_run(CONFIG, config_hash="c")
+    assert ro.runs()[-1]["id"] == added  # through the writer's log
+    writer.finish_run(added, {"psnr": 25.0})
+    assert ro.get_run(added)["psnr"] == 25.0
+    ro.close()
+    writer.close()
+    ro = RunStore(tmp_path, read_only=True)
+    writer = RunStore(tmp_path)
+    late = writer.start_run(CONFIG, config_hash="d")
+    writer.close()  # checkpointed into the main file, log removed, before the reader looks again
+    assert ro.runs()[-1]["id"] == late
+    ro.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "studio.db"]
+
+
 def test_read_only_missing_folder_or_database_is_named_and_nothing_is_created(tmp_path):
     with pytest.raises(StoreError, match=f"study folder {tmp_path / 'nope'} does not exist"):
         RunStore(tmp_path / "nope", read_only=True)

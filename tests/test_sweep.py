@@ -1,5 +1,6 @@
 """Sweeps from YAML presets: validation up front, one row per cell, resume after kill -9."""
 
+import copy
 import os
 import signal
 import sqlite3
@@ -13,8 +14,9 @@ import yaml
 
 from studio_core.errors import SpecError
 from studio_core.measure.engine import Engine
+from studio_core.spec import RunSpec, config_hash, resolve
 from studio_core.store.store import RunStore
-from studio_core.study.sweep import load_preset, run_sweep, sweep_from_dict
+from studio_core.study.sweep import OFF, load_preset, preset_yaml, run_sweep, sweep_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +58,45 @@ def test_shipped_presets_resolve():
         assert sweep.question and len(sweep) >= 2
     shootout = load_preset(ROOT / "presets" / "sampler-shootout.yaml")
     assert len(shootout) >= 12 and len({s.sampler for s in shootout.specs}) >= 12
+
+
+def _off_preset():
+    return {"name": "deepcache or not", "question": "Does DeepCache pay off here?",
+            "base": {"model": "emoji-sd", "prompts": ["grinning face"], "seeds": [0], "steps": 4, "repeats": 1,
+                     "knobs": {"deepcache": {"branch": 1}, "token_merging": {"ratio": 0.3}}},
+            "grid": {"knobs.deepcache.interval": ["off", 2], "knobs.deepcache.schedule": ["uniform", "non-uniform"]},
+            "reference": {"sampler": "DPM++ 2M", "steps": 10}}
+
+
+def test_an_off_cell_is_the_plain_run_without_that_knob():
+    sweep = sweep_from_dict(_off_preset())
+    assert [c["knobs.deepcache.interval"] for c in sweep.cells] == [OFF, OFF, 2, 2]
+    plain = {**_off_preset()["base"], "knobs": {"token_merging": {"ratio": 0.3}}}
+    alone, _info = resolve(RunSpec.from_dict(plain))
+    # both "off" cells drop DeepCache (its base settings and the other axis on it too), and nothing else
+    assert sweep.specs[0] == sweep.specs[1] == alone and config_hash(sweep.specs[0]) == config_hash(alone)
+    assert sweep.specs[3].knobs["deepcache"] == {"branch": 1, "interval": 2, "schedule": "non-uniform"}
+    assert sweep.specs[3].knobs["token_merging"] == {"ratio": 0.3}
+    # resuming finds the same sweep: its key is the resolved configurations, "off" cells included
+    assert sweep_from_dict(copy.deepcopy(_off_preset())).key == sweep.key
+    with pytest.raises(SpecError, match="in grid cell DeepCache: interval=0"):  # cells are named for people
+        sweep_from_dict({**_off_preset(), "grid": {"knobs.deepcache.interval": ["off", 0]}})
+
+
+def test_the_shown_yaml_is_a_preset_that_loads_into_the_same_cells(tmp_path):
+    data = _off_preset()
+    text = preset_yaml(data)
+    assert text.startswith("# Question: Does DeepCache pay off here?\n")
+    assert "\n  knobs.deepcache.interval: ['off', 2]\n" in text  # quoted: YAML 1.1 readers take a bare off as false
+    path = tmp_path / "presets" / "deepcache-or-not.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    loaded, direct = load_preset(path), sweep_from_dict(data)
+    assert loaded.cells == direct.cells and loaded.specs == direct.specs and loaded.key == direct.key
+    assert (loaded.name, loaded.question, loaded.reference) == (data["name"], data["question"], data["reference"])
+    # written by hand, a bare off is the knob left out (YAML 1.2 booleans: only true and false are flags)
+    path.write_text(text.replace("['off', 2]", "[off, 2]"))
+    assert "[off, 2]" in path.read_text() and load_preset(path).cells == direct.cells
 
 
 def test_sweep_runs_each_cell_once_and_reruns_only_with_new(tmp_path, tiny_pipeline_dir):

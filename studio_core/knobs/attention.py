@@ -176,6 +176,7 @@ class AttentionBackendKnob(Knob):
                    "FlashAttention or cuDNN; the report says which kernel ran.")
     Settings = AttentionBackendSettings
     order = 80
+    group = "compile & memory"
 
     def validate(self, settings: AttentionBackendSettings) -> None:
         check_choice(f"{self.field_name}.backend", settings.backend, BACKENDS, ", ".join(BACKENDS))

@@ -13,7 +13,11 @@ from typing import Any, Callable, ClassVar, ContextManager
 
 from studio_core.errors import SpecError
 
-__all__ = ["Applied", "Knob", "KnobReport", "value_text"]
+__all__ = ["GROUPS", "OTHER_GROUP", "Applied", "Knob", "KnobReport", "value_text"]
+
+# the groups the Generate tab shows knobs in, in this order; a knob that names none sits in OTHER_GROUP after them
+GROUPS = ("sampling", "caching & tokens", "precision & quantization", "compile & memory")
+OTHER_GROUP = "other knobs"
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Knob:
     Settings: ClassVar[type]
     builtin_field: ClassVar[str | None] = None  # the RunSpec field that carries a built-in knob's setting
     order: ClassVar[int] = 100  # apply order; lower first
+    group: ClassVar[str] = OTHER_GROUP  # where the Generate tab shows it: one of GROUPS
 
     @property
     def field_name(self) -> str:

@@ -223,6 +223,7 @@ class CompileKnob(Knob):
                    "compiling, the report gives the compile time, graphs, recompiles and graph breaks.")
     Settings = CompileSettings
     order = 90
+    group = "compile & memory"
 
     def validate(self, settings: CompileSettings) -> None:
         f = self.field_name

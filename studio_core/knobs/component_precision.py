@@ -159,6 +159,7 @@ class ComponentPrecisionKnob(Knob):
                    "precision), e.g. a half-precision denoiser with an fp32 VAE.")
     Settings = ComponentPrecisionSettings
     order = 5
+    group = "precision & quantization"
 
     def validate(self, settings: ComponentPrecisionSettings) -> None:
         for name in COMPONENTS:

@@ -113,6 +113,7 @@ class CrossAttentionCacheKnob(Knob):
                    "unconditional guidance half (Zhang et al., T-GATE 2024).")
     Settings = CrossAttentionCacheSettings
     order = 61
+    group = "caching & tokens"
 
     def validate(self, settings: CrossAttentionCacheSettings) -> None:
         check_int(f"{self.field_name}.gate_step", settings.gate_step, 1, 1000, "a whole number of steps from 1 to 1000")

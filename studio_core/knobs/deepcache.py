@@ -183,6 +183,7 @@ class DeepCacheKnob(Knob):
                    "skip branch run in between (Ma et al., CVPR 2024).")
     Settings = DeepCacheSettings
     order = 60
+    group = "caching & tokens"
 
     def validate(self, settings: DeepCacheSettings) -> None:
         f = self.field_name

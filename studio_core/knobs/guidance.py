@@ -22,6 +22,7 @@ class GuidanceKnob(Knob):
     Settings = GuidanceSettings
     builtin_field = "guidance"
     order = 20
+    group = "sampling"
 
     def settings_for(self, spec):
         return GuidanceSettings(float(spec.guidance)) if spec.guidance is not None else None

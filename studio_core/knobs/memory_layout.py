@@ -39,7 +39,9 @@ __all__ = ["MemoryKnob", "MemorySettings", "to_channels_last"]
 
 @dataclass(frozen=True)
 class MemorySettings:
-    channels_last: bool = True
+    """Every setting is off by default: each one is something the user turns on (a layout change included)."""
+
+    channels_last: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False
 
@@ -86,6 +88,7 @@ class MemoryKnob(Knob):
                    "slicing) or in tiles (VAE tiling) to cap the decoder's memory.")
     Settings = MemorySettings
     order = 85
+    group = "compile & memory"
 
     def validate(self, settings: MemorySettings) -> None:
         for name in ("channels_last", "vae_slicing", "vae_tiling"):

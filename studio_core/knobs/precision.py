@@ -24,6 +24,7 @@ class PrecisionKnob(Knob):
     Settings = PrecisionSettings
     builtin_field = "precision"
     order = 0
+    group = "precision & quantization"
 
     def settings_for(self, spec):
         return PrecisionSettings(spec.precision)

@@ -271,6 +271,7 @@ class QuantizationKnob(Knob):
                    "low-precision units. Irreversible in place: the pipeline is reloaded after the run.")
     Settings = QuantizationSettings
     order = 70
+    group = "precision & quantization"
 
     def validate(self, settings: QuantizationSettings) -> None:
         f = self.field_name
@@ -285,7 +286,8 @@ class QuantizationKnob(Knob):
     def label(self, settings: QuantizationSettings) -> str:
         scheme = settings.scheme.replace("_weight_only", " weight-only").replace("_dynamic", " dynamic")
         scheme = scheme.replace("bnb_", "bitsandbytes ")
-        extra = [] if settings.components == "denoiser" else [settings.components]
+        components = settings.components.replace("+", " + ").replace("_", " ")
+        extra = [] if settings.components == "denoiser" else [components]
         if settings.scheme == "int4_weight_only" and settings.group_size != 64:
             extra.append(f"group {settings.group_size}")
         return scheme + (f" ({', '.join(extra)})" if extra else "")

@@ -21,6 +21,7 @@ class StepsKnob(Knob):
     Settings = StepsSettings
     builtin_field = "steps"
     order = 10
+    group = "sampling"
 
     def settings_for(self, spec):
         return StepsSettings(spec.steps) if spec.steps is not None else None

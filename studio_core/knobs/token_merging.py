@@ -314,6 +314,7 @@ class TokenMergingKnob(Knob):
                    "so attention runs on fewer tokens (Bolya & Hoffman, CVPR-W 2023).")
     Settings = TokenMergingSettings
     order = 62
+    group = "caching & tokens"
 
     def validate(self, settings: TokenMergingSettings) -> None:
         f = self.field_name

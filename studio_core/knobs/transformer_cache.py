@@ -198,6 +198,7 @@ class TransformerCacheKnob(Knob):
                    "Block Cache, FasterCache, Pyramid Attention Broadcast, TaylorSeer or MagCache.")
     Settings = TransformerCacheSettings
     order = 63
+    group = "caching & tokens"
 
     # ---- settings
     def validate(self, settings: TransformerCacheSettings) -> None:

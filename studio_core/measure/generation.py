@@ -7,6 +7,8 @@ call ``generate``, so an image of a given (prompt, seed) is made the same way ev
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable, Sequence
 
 import numpy as np
@@ -21,9 +23,16 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=64)
+def _takes(pipe_class: type, argument: str) -> bool:
+    return argument in inspect.signature(pipe_class.__call__).parameters
+
+
 def generate(pipe, pairs: Sequence[tuple[str, int]], *, batch: int | None = None,
              on_call: Callable[[], None] | None = None, **call_kwargs) -> np.ndarray:
     """(N, H, W, 3) uint8 images of ``pairs`` in order, ``batch`` per pipeline call (default: all in one).
+    Each image has its own seeded generator; torch's global RNG is seeded with the call's first seed, so
+    samplers that ignore the generators are reproducible too (for the same batching).
 
     ``call_kwargs`` go to every pipeline call (steps, guidance, knobs' arguments); ``on_call`` runs
     before each call (the engine's probe starts a new call record there). NaN or infinite output is a
@@ -34,6 +43,8 @@ def generate(pipe, pairs: Sequence[tuple[str, int]], *, batch: int | None = None
     if not pairs:
         raise ValueError("no (prompt, seed) pairs to generate")
     batch = batch or len(pairs)
+    if _takes(type(pipe), "clean_caption"):  # PixArt/Sana: prompts go in as given (cleaning needs bs4 and ftfy,
+        call_kwargs.setdefault("clean_caption", False)  # and without them diffusers warns on every call)
     out = []
     with torch.no_grad():
         for i in range(0, len(pairs), batch):
@@ -41,6 +52,9 @@ def generate(pipe, pairs: Sequence[tuple[str, int]], *, batch: int | None = None
             if on_call is not None:
                 on_call()
             gens = [torch.Generator().manual_seed(int(s)) for _, s in chunk]
+            # samplers that draw from torch's global RNG instead of the generators (DPM++ SDE's Brownian tree;
+            # the stochastic samplers of pipelines that never pass the generator to ``scheduler.step``)
+            torch.manual_seed(int(chunk[0][1]))
             res = pipe([p for p, _ in chunk], generator=gens, output_type="np", **call_kwargs)
             check_finite(res.images)  # NaN would turn into black uint8 pixels unnoticed
             out.append(to_uint8(res.images))

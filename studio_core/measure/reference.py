@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from studio_core.errors import StoreError
-from studio_core.knobs.sampler import SAMPLERS
+from studio_core.knobs import KNOBS
 from studio_core.measure.environment import environment
 from studio_core.measure.generation import generate
 from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, load_options, undo_knobs
@@ -23,8 +23,9 @@ def reference_spec(spec: RunSpec, info: ModelInfo, reference: dict | None = None
     a high-step solver, fp32, the model's default guidance, no knobs."""
     ref = {**REFERENCE_DEFAULT, **(reference or {})}
     sampler = ref["sampler"]
-    if sampler != "default" and SAMPLERS[sampler].cls not in info.compatible_schedulers:
-        sampler = "default"  # e.g. flow-matching models: their own solver at many steps
+    knob = KNOBS["sampler"]
+    if sampler != "default" and knob.check_model(info, knob.Settings(sampler)):
+        sampler = "default"  # a sampler this model cannot take (e.g. a flow-matching model): its own at many steps
     steps = min(int(ref["steps"]), info.num_train_timesteps)
     return RunSpec(model=spec.model, prompts=spec.prompts, seeds=spec.seeds, steps=steps, sampler=sampler,
                    guidance=float(ref.get("guidance", info.defaults["guidance_scale"])), height=spec.height,

@@ -78,6 +78,8 @@ class RunStore:
         self.images_dir = self.data_dir / "images"
         self.path = self.data_dir / "studio.db"
         self.read_only = read_only
+        self._wal = self.path.with_name(self.path.name + "-wal")
+        self._immutable_as: tuple | None = None  # the file an immutable connection reads (see _reading)
         self._lock = threading.RLock()
         if read_only:
             self.db = sqlite_utils.Database(self._connect_read_only())
@@ -107,37 +109,76 @@ class RunStore:
             migrations.apply(self.db)
 
     def _connect_read_only(self) -> sqlite3.Connection:
-        """A ``mode=ro`` connection; it reads a WAL study while a writer has it open. When SQLite cannot
-        create the WAL index beside a WAL-mode file (a folder this process cannot write) and no write-ahead
-        log holds data, the main file is the whole database and is opened ``immutable``."""
+        """A read-only connection that leaves every file of the study as it found it, chosen by the state
+        of the folder (SQLite would otherwise add an empty ``-wal`` and a ``-shm`` beside a WAL database,
+        and leave them):
+
+        * a rollback-journal database (a bundle): ``mode=ro``; SQLite's locks keep it safe against any
+          writer, and it creates no file;
+        * a WAL database with its ``-wal`` beside it (a writer has the study open, or died with it open):
+          ``mode=ro``, reading the log through the ``-shm`` index that is already there;
+        * a WAL database without ``-wal``: no connection has it open (the last one to close removes the
+          log), so the main file is the whole database and is read ``immutable``, with no lock and no side
+          file. A writer that opens the study afterwards is followed: the first read after its ``-wal``
+          appears, or the main file changes, connects again (``_reading``). Left open: a writer that
+          appears and checkpoints into the main file (after 1000 pages of log, or at its close) during
+          that one read could hand it a torn page; the error or stale answer ends with that read.
+
+        When SQLite cannot create the WAL index (a folder this process cannot write) and no write-ahead
+        log holds data, the main file is the whole database and is opened ``immutable`` as well (and not
+        followed: the reader cannot make the index a writer's log would need).
+        """
         if not self.data_dir.is_dir():
             raise StoreError(f"study folder {self.data_dir} does not exist")
         if not self.path.is_file():
             raise StoreError(f"study folder {self.data_dir} has no database {self.path.name}")
-
-        def connect(mode: str) -> sqlite3.Connection:
-            conn = sqlite3.connect(f"{self.path.as_uri()}?{mode}", uri=True, timeout=30, check_same_thread=False,
-                                   isolation_level=None)
-            try:
-                conn.execute("PRAGMA busy_timeout = 30000")
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                return conn
-            except BaseException:
-                conn.close()
-                raise
-
-        wal = self.path.with_name(self.path.name + "-wal")
-        wal_has_data = wal.exists() and wal.stat().st_size > 0
+        with open(self.path, "rb") as fh:
+            wal_mode = fh.read(20)[18:20] == b"\x02\x02"  # file format versions 2: WAL (header offsets 18, 19)
+        wal_has_data = self._wal.exists() and self._wal.stat().st_size > 0
         try:
+            if wal_mode and not self._wal.exists():
+                state = self._file_state()  # before connecting: a change in between reconnects, never hides
+                conn, self._immutable_as = self._connect("immutable=1"), state
+                return conn
             try:
-                return connect("mode=ro")
+                conn = self._connect("mode=ro")
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY or wal_has_data:
+                if not wal_mode or exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY or wal_has_data:
                     raise
-                return connect("immutable=1")
+                conn = self._connect("immutable=1")
+            self._immutable_as = None
+            return conn
         except sqlite3.DatabaseError as exc:
             hint = "; its write-ahead log holds data only a process that may write the folder can read"
             raise StoreError(f"cannot read {self.path} read-only: {exc}{hint if wal_has_data else ''}") from exc
+
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        """A connection to the database file opened with URI parameters ``mode``, checked by one read."""
+        conn = sqlite3.connect(f"{self.path.as_uri()}?{mode}", uri=True, timeout=30, check_same_thread=False,
+                               isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except BaseException:
+            conn.close()
+            raise
+
+    def _file_state(self) -> tuple:
+        st = self.path.stat()
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    @contextmanager
+    def _reading(self):
+        """The lock for one read. An ``immutable`` connection (see ``_connect_read_only``) is replaced as soon
+        as a writer's ``-wal`` appears (by a ``mode=ro`` one) or the main file changes (by a fresh one), so
+        the reader sees the writer's commits instead of stale pages or pages a checkpoint rewrites."""
+        with self._lock:
+            if self._immutable_as is not None and (self._wal.exists() or self._file_state() != self._immutable_as):
+                conn = self._connect_read_only()
+                self.db.conn.close()
+                self.db = sqlite_utils.Database(conn)
+            yield
 
     def _check_schema(self) -> None:
         """A read-only store cannot migrate: refuse a schema older or newer than this code's migrations."""
@@ -178,12 +219,13 @@ class RunStore:
     # ---------------------------------------------------------------- schema
     @property
     def schema_version(self) -> int:
-        return len(migrations.applied(self.db))
+        with self._reading():
+            return len(migrations.applied(self.db))
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` of this open study: "ok", its first complaint, or the error."""
         try:
-            with self._lock:
+            with self._reading():
                 return self.db.execute("PRAGMA integrity_check").fetchone()[0]
         except sqlite3.Error as exc:
             return str(exc)
@@ -293,7 +335,7 @@ class RunStore:
         """Rows of one of ``TABLES`` exactly as stored (JSON left as text), oldest first."""
         if table not in TABLES:
             raise StoreError(f"{table!r} is not one of the store's tables ({', '.join(TABLES)})")
-        with self._lock:
+        with self._reading():
             return list(self.db.query(self._select_sql(table, where), params or []))
 
     def _select(self, table: str, where: str | None = None, params: Iterable | dict | None = None) -> list[dict]:
@@ -347,18 +389,18 @@ class RunStore:
         ``runs_frame(matching={"status": "ok", "sweep_id": 3})``."""
         import pandas as pd
 
-        where, params = self._matching(where, params, matching)
-        with self._lock:
+        with self._reading():
+            where, params = self._matching(where, params, matching)
             return pd.read_sql_query(self._select_sql("runs", where), self.db.conn, params=params)
 
     def runs_version(self) -> tuple:
         """Changes whenever a run starts or finishes: (count, max id, last finish time, runs still running)."""
-        with self._lock:
+        with self._reading():
             return tuple(self.db.execute(
                 "SELECT count(*), max(id), max(finished_at), sum(status = 'running') FROM runs").fetchone())
 
     def run_count(self) -> int:
-        with self._lock:
+        with self._reading():
             return self.db["runs"].count
 
     def export_csv(self, path: str | Path, where: str | None = None, params: Iterable | dict | None = None, *,
@@ -456,6 +498,16 @@ class RunStore:
         if not rows:
             return None
         return {**rows[0]["config_json"], "generate_ms": rows[0]["generate_ms"], "id": int(reference_id)}
+
+    def reference_images(self, reference_id: int | None, limit: int | None = None) -> np.ndarray | None:
+        """The first ``limit`` (all when None) images of a reference, in the order of its (prompt, seed)
+        pairs, which is the order of every run scored against it; None for no reference or an unknown id."""
+        if reference_id is None:
+            return None
+        rows = self._select("refs", "id = ?", [int(reference_id)])
+        if not rows or not rows[0]["images"]:
+            return None
+        return self.load_images(rows[0]["images"][:limit])
 
     @_writes
     def put_reference(self, ref_key: str, *, config: dict, images: list[str], model_fingerprint: str,

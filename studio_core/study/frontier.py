@@ -1,21 +1,28 @@
-"""Quality-versus-cost frontiers: which runs no other run beats on both axes."""
+"""Quality-versus-cost frontiers: which runs no other run beats on both axes, within one setup.
+
+A front compares like with like: runs of different models, devices, resolutions or references are
+never on one front (a PSNR against one reference says nothing against another, and a latency on one
+machine nothing about another). ``frontier_table`` and the page's figure split the runs by
+``SETUP_COLUMNS`` and find one front per setup; ``setup_label`` names a setup for people.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["COSTS", "QUALITIES", "frontier_table", "pareto_front"]
+__all__ = ["COSTS", "QUALITIES", "SETUP_COLUMNS", "frontier_table", "pareto_front", "setup_label", "setups"]
 
 # metric column -> True when higher is better
 QUALITIES: dict[str, bool] = {
     "psnr": True, "ssim": True, "lpips": False, "fidelity_top1": True, "fidelity_top5": True,
 }
-# cost column -> label (lower is always better)
+# cost column -> label (lower is always better; the page shows memory in MiB)
 COSTS: dict[str, str] = {
     "latency_median_ms": "median latency (ms)", "per_image_ms": "latency per image (ms)",
-    "peak_mem_bytes": "peak memory (bytes)", "step_mean_ms": "mean time per step (ms)",
+    "peak_mem_bytes": "peak memory (MiB)", "step_mean_ms": "mean time per step (ms)",
 }
 
 
@@ -43,12 +50,46 @@ def pareto_front(runs: pd.DataFrame | list[dict], x: str = "latency_median_ms", 
     return d.iloc[keep].copy()
 
 
+# what must be equal for two runs to share a front: model, machine, resolution and the reference scored against
+SETUP_COLUMNS = ("model", "device_name", "height", "width", "reference_id")
+
+
+def _key_part(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def setups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """The runs split by setup (``SETUP_COLUMNS``; a missing column counts as one value), largest first."""
+    if runs.empty:
+        return []
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(runs.to_dict("records")):
+        groups.setdefault(tuple(_key_part(r.get(c)) for c in SETUP_COLUMNS), []).append(i)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0])))
+    return [(key, runs.iloc[idx]) for key, idx in ordered]
+
+
+def setup_label(key: tuple) -> str:
+    """``"emoji-sd · CPU ... · 32x32 px · reference #1"``: one setup as people read it."""
+    v = dict(zip(SETUP_COLUMNS, key))
+    model = str(v["model"] or "unknown model")
+    model = model.rstrip("/").rsplit("/", 1)[-1] or model  # a folder path: its name
+    size = "size unknown" if v["height"] is None or v["width"] is None else f"{v['height']}x{v['width']} px"
+    ref = "no reference" if v["reference_id"] is None else f"reference #{v['reference_id']}"
+    return " · ".join([model, str(v["device_name"] or "unknown device"), size, ref])
+
+
 def frontier_table(store, x: str = "latency_median_ms", y: str = "psnr", *, sweep_id: int | None = None,
                    filters: dict[str, Any] | None = None) -> pd.DataFrame:
-    """The Pareto set of the store's successful runs, optionally within one sweep and column filters."""
+    """The Pareto set of the store's successful runs, one front per setup (its ``setup`` column names it),
+    optionally within one sweep and column filters."""
     frame = store.runs_frame(matching={"status": "ok", **({} if sweep_id is None else {"sweep_id": sweep_id})})
     for column, value in (filters or {}).items():
         if column not in frame.columns:
             raise KeyError(f"cannot filter on {column!r}: no such column")
         frame = frame[frame[column] == value]
-    return pareto_front(frame, x, y)
+    fronts = [pareto_front(runs, x, y).assign(setup=setup_label(key)) for key, runs in setups(frame)]
+    fronts = [f for f in fronts if not f.empty]
+    return pd.concat(fronts, ignore_index=True) if fronts else pd.DataFrame(columns=[*frame.columns, "setup"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 from typing import Any, Mapping
 
 from studio_core.knobs import KNOBS
@@ -20,6 +21,8 @@ from studio_core.store.rows import is_missing
 __all__ = [
     "COLUMN_LABELS",
     "NOISY_IQR_RATIO",
+    "axis_label",
+    "axis_value",
     "configuration",
     "inactive_knobs",
     "knob_items",
@@ -112,7 +115,10 @@ def noisy(row: Mapping) -> str | None:
 def knob_items(row_or_knobs: Any) -> dict[str, dict]:
     """The run's optional knobs and their settings: from a row's ``knobs`` (JSON text or dict), or a
     knobs dict itself."""
-    v = row_or_knobs.get("knobs") if isinstance(row_or_knobs, Mapping) and "knobs" in row_or_knobs else row_or_knobs
+    v = row_or_knobs
+    optional = {name for name, knob in KNOBS.items() if not knob.builtin_field}  # the keys of ``spec.knobs``
+    if isinstance(v, Mapping) and not set(v) <= optional:  # a run row: a knobs dict has only optional knobs
+        v = v.get("knobs")
     if isinstance(v, str):
         try:
             v = json.loads(v) if v.strip() else {}
@@ -180,6 +186,8 @@ def sampler_text(row: Mapping) -> str:
     spacing = row.get("timestep_spacing")
     extra = "" if is_missing(spacing) or not spacing else f", {spacing} spacing"
     if sampler_is_model_default(row):
+        if name.endswith(")"):  # "Euler (flow)" -> "Euler (flow, model default)"
+            return f"{name[:-1]}, model default{extra})"
         return f"{name} (model default{extra})"
     return name + (f" ({spacing} spacing)" if extra else "")
 
@@ -212,3 +220,42 @@ def configuration(row: Mapping) -> str:
     if knobs:
         parts.append(knobs)
     return " · ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ sweep axes
+def _setting_title(knob_name: str, setting: str) -> str:
+    """A knob setting's title ("interval", "gate step"): the field's ``title`` metadata or its name."""
+    knob = KNOBS.get(knob_name)
+    for f in fields(knob.Settings) if knob is not None else ():
+        if f.name == setting:
+            return (f.metadata or {}).get("title") or setting.replace("_", " ")
+    return setting.replace("_", " ")
+
+
+def axis_label(axis: str) -> str:
+    """A sweep axis as people name it: "DeepCache: interval" for ``knobs.deepcache.interval``, "steps",
+    "timestep spacing", "batch size"; never a dotted path."""
+    parts = axis.split(".")
+    if len(parts) == 3 and parts[0] == "knobs":
+        knob = KNOBS.get(parts[1])
+        title = knob.short_title if knob is not None else parts[1].replace("_", " ")
+        return f"{title}: {_setting_title(parts[1], parts[2])}"
+    label = COLUMN_LABELS.get(axis, axis.replace("_", " ").replace(".", " "))
+    return label.removesuffix(" (px)")
+
+
+def axis_value(axis: str, value: Any) -> str:
+    """One value of a sweep axis for a grid header or a CLI line: ``off`` (the knob left out), ``default``
+    for None, ``true``/``false``, ``7.5``, and a whole knob set (the ``knobs`` axis) by its knob labels."""
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Mapping):
+        return knobs_text(dict(value), empty="no knobs") if axis == "knobs" else ", ".join(
+            f"{k} {axis_value(k, v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(axis_value(axis, v) for v in value)
+    return str(value)

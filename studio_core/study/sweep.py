@@ -12,7 +12,10 @@ A preset::
     reference: {sampler: DPM++ 2M, steps: 200}   # optional; this is the default
 
 Grid axes are run-spec fields (``steps``, ``sampler``, ``precision`` ...) or knob settings written
-``knobs.<knob>.<setting>``. Every configuration is resolved and checked before the first run.
+``knobs.<knob>.<setting>``. A knob setting's axis also takes ``off``: that cell runs without the knob,
+so the baseline sits in the same grid (``knobs.deepcache.interval: [off, 2, 3]``). Every configuration
+is resolved and checked before the first run. Presets read YAML 1.2 booleans (only ``true``/``false``),
+so a bare ``off`` or ``no`` stays a word; ``preset_yaml`` writes a sweep back as a preset file.
 
 Resuming: a sweep is identified by a hash of its resolved configurations. Started again, it finds
 its unfinished sweep, marks runs whose process died as ``interrupted``, and runs only the grid cells
@@ -28,6 +31,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,12 +41,24 @@ import yaml
 from studio_core.errors import SpecError, SweepBusy
 from studio_core.spec import RunSpec, resolve
 from studio_core.store.liveness import pid_taken_over
+from studio_core.study.labels import axis_label, axis_value
 
-__all__ = ["Sweep", "SweepBusy", "load_preset", "run_sweep", "sweep_from_dict"]
+__all__ = ["OFF", "Sweep", "SweepBusy", "cell_config", "load_preset", "preset_yaml", "run_sweep", "sweep_from_dict"]
 
 PRESET_KEYS = ("name", "question", "base", "grid", "reference")
+OFF = "off"  # a knob setting's axis value: this cell runs without that knob
 
 
+class _PresetLoader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 booleans: ``true``/``false`` only, so ``off``, ``on``, ``yes`` and ``no`` are
+    words (YAML 1.1 would read ``[off, 3]`` as ``[False, 3]``, losing the knob-off value)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_PresetLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_PresetLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 @dataclass(frozen=True)
@@ -65,14 +81,31 @@ class Sweep:
         return len(self.specs)
 
 
-def _set_axis(config: dict, axis: str, value: Any) -> None:
-    if axis.startswith("knobs."):
-        parts = axis.split(".")
-        if len(parts) != 3:
-            raise SpecError(f"grid.{axis}", value, "run-spec fields or 'knobs.<knob>.<setting>'")
-        config.setdefault("knobs", {}).setdefault(parts[1], {})[parts[2]] = value
-    else:
-        config[axis] = value
+def _knob_axis(axis: str, value: Any) -> tuple[str, str] | None:
+    """(knob, setting) of a ``knobs.<knob>.<setting>`` axis, None for a run-spec field."""
+    if not axis.startswith("knobs."):
+        return None
+    parts = axis.split(".")
+    if len(parts) != 3:
+        raise SpecError(f"grid.{axis}", value, "run-spec fields or 'knobs.<knob>.<setting>'")
+    return parts[1], parts[2]
+
+
+def cell_config(base: dict, cell: dict) -> dict:
+    """The run-spec dict of one grid cell: the base with the cell's axis values set. A knob setting's
+    value ``off`` removes that knob (the base's settings of it too), whatever the cell's other axes set
+    on it, so an "off" cell is exactly the plain run without the knob."""
+    config = copy.deepcopy(base)
+    off = {k[0] for axis, value in cell.items() if (k := _knob_axis(axis, value)) and value == OFF}
+    for axis, value in cell.items():
+        knob = _knob_axis(axis, value)
+        if knob is None:
+            config[axis] = value
+        elif knob[0] not in off:
+            config.setdefault("knobs", {}).setdefault(knob[0], {})[knob[1]] = value
+    for name in off:
+        (config.get("knobs") or {}).pop(name, None)
+    return config
 
 
 def sweep_from_dict(data: dict, source: str = "<dict>") -> Sweep:
@@ -104,16 +137,13 @@ def sweep_from_dict(data: dict, source: str = "<dict>") -> Sweep:
     info_cache: dict = {}
     for values in itertools.product(*(v for _, v in axes)):
         cell = dict(zip((a for a, _ in axes), values))
-        config = copy.deepcopy(base)
-        for axis, value in cell.items():
-            _set_axis(config, axis, value)
         try:
-            spec = RunSpec.from_dict(config)
+            spec = RunSpec.from_dict(cell_config(base, cell))
             model = spec.model
             spec, info = resolve(spec, info_cache.get(model))
             info_cache[model] = info
         except SpecError as exc:
-            where = ", ".join(f"{k}={v!r}" for k, v in cell.items())
+            where = ", ".join(f"{axis_label(k)}={v!r}" for k, v in cell.items())
             raise SpecError(exc.field, exc.value, f"{exc.allowed} (in grid cell {where})") from None
         cells.append(cell)
         specs.append(spec)
@@ -126,10 +156,20 @@ def load_preset(path: str | Path) -> Sweep:
     if not path.is_file():
         raise SpecError("preset", str(path), "an existing YAML file (see presets/)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_PresetLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise SpecError("preset", str(path), f"valid YAML ({exc})") from None
     return sweep_from_dict(data, str(path))
+
+
+def preset_yaml(data: dict) -> str:
+    """A sweep dict as the text of a preset file (what ``load_preset`` reads back into the same cells):
+    a comment with its question, then its keys in preset order, short lists on one line."""
+    ordered = {k: data[k] for k in PRESET_KEYS if data.get(k) not in (None, "")}
+    question = str(data.get("question") or "").strip() or "(say here what question this sweep answers)"
+    comment = "".join(f"# {line}\n" for line in f"Question: {question}".splitlines())
+    return comment + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, default_flow_style=None,
+                                    width=100)
 
 
 def _run_by_another_process(store, row: dict) -> bool:
@@ -195,7 +235,7 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
             result = engine.run(sweep.specs[i], sweep_id=sweep_id, sweep_index=i, reference=sweep.reference)
             ran += 1
             if bar is not None:
-                cell = ", ".join(f"{k}={v}" for k, v in sweep.cells[i].items())
+                cell = ", ".join(f"{axis_label(k)} = {axis_value(k, v)}" for k, v in sweep.cells[i].items())
                 bar.set_postfix_str(f"{cell}: {result.status}", refresh=False)
                 bar.update(1)
             elif callable(progress):
