@@ -303,7 +303,7 @@ def test_with_a_login_nothing_is_served_to_a_stranger(tmp_path, auth_file, tiny_
         assert join.status_code == 401
         client = Client(url, auth=("alice", "wonder land"), verbose=False, download_files=str(tmp_path / "dl"))
         table, _csv = client.predict("(all)", "(all)", "(all)", api_name="/runs")
-        assert "id" in table["headers"]
+        assert "run" in table["headers"]  # the Runs table: run id first
         with pytest.raises(Exception):
             Client(url, auth=("alice", "wrong"), verbose=False, download_files=str(tmp_path / "dl"))
         assert httpx.post(url + "login", data={"username": "bob", "password": "nope"}, timeout=30).status_code == 400

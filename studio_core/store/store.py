@@ -128,6 +128,8 @@ class RunStore:
         log holds data, the main file is the whole database and is opened ``immutable`` as well (and not
         followed: the reader cannot make the index a writer's log would need).
         """
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise StoreError(f"study folder {self.data_dir} cannot be used: it is a file and not a folder")
         if not self.data_dir.is_dir():
             raise StoreError(f"study folder {self.data_dir} does not exist")
         if not self.path.is_file():
