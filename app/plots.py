@@ -251,7 +251,8 @@ def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "lat
         front = pareto_front(runs, "_x", "_y", higher_is_better=QUALITIES.get(quality, True))
         front_ids |= set(front["id"].astype(int))
         if len(front) > 1:
-            name = "Pareto front" if len(groups) == 1 else _legend_name(f"front: {setup_label(key)}")
+            name = ("Pareto front" if len(groups) == 1 else
+                    _legend_name(f"front: {setup_label(key, [k for k, _ in groups])}"))
             fig.add_trace(go.Scatter(x=front["_x"], y=front["_y"], mode="lines", line_shape="hv", name=name,
                                      line=dict(color="#444", width=1.5, dash=_DASHES[k % len(_DASHES)]),
                                      hoverinfo="skip"))

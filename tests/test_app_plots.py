@@ -326,5 +326,5 @@ def test_the_figure_draws_one_front_per_setup_and_says_so():
     runs.loc[runs["id"] == 3, ["model", "reference_id"]] = ["my-model", 2]  # beaten on the shared front, alone here
     fig = plots.make_frontier_plot(runs, "psnr", "latency_median_ms")
     fronts = [t for t in fig.data if t.mode == "lines"]
-    assert len(fronts) == 1 and fronts[0].name.startswith("front: emoji-sd")  # my-model's single run: no line
+    assert len(fronts) == 1 and fronts[0].name == "front: emoji-sd · reference #1"  # my-model: one run, no line
     assert "4 on the Pareto fronts" in fig.layout.title.text and "2 setups" in fig.layout.title.text

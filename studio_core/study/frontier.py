@@ -71,14 +71,23 @@ def setups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     return [(key, runs.iloc[idx]) for key, idx in ordered]
 
 
-def setup_label(key: tuple) -> str:
-    """``"emoji-sd · CPU ... · 32x32 px · reference #1"``: one setup as people read it."""
+def setup_label(key: tuple, among: list[tuple] | None = None) -> str:
+    """``"emoji-sd · CPU ... · 32x32 px · reference #1"``: one setup as people read it; with ``among`` (all
+    the setups shown), only the parts that tell it from the others ("reference #2")."""
     v = dict(zip(SETUP_COLUMNS, key))
+    if among and len(among) > 1:
+        differ = {c for i, c in enumerate(SETUP_COLUMNS) if len({k[i] for k in among}) > 1}
+        if "height" in differ or "width" in differ:
+            differ |= {"height", "width"}
+    else:
+        differ = set(SETUP_COLUMNS)
     model = str(v["model"] or "unknown model")
     model = model.rstrip("/").rsplit("/", 1)[-1] or model  # a folder path: its name
     size = "size unknown" if v["height"] is None or v["width"] is None else f"{v['height']}x{v['width']} px"
     ref = "no reference" if v["reference_id"] is None else f"reference #{v['reference_id']}"
-    return " · ".join([model, str(v["device_name"] or "unknown device"), size, ref])
+    parts = {"model": model, "device_name": str(v["device_name"] or "unknown device"), "height": size,
+             "reference_id": ref}
+    return " · ".join(text for column, text in parts.items() if column in differ)
 
 
 def frontier_table(store, x: str = "latency_median_ms", y: str = "psnr", *, sweep_id: int | None = None,
