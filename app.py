@@ -10,15 +10,18 @@ and nothing in the folder ever written.
 
 Before it serves, it checks, in this order: the login (``--auth`` takes its users from
 ``$STUDIO_AUTH``, ``--auth-file`` from a private file; a password given on the command line is
-refused), the address (loopback by default; a warning when another address has no login), and the
-study (``PRAGMA integrity_check`` of ``studio.db``; a damaged database is refused by name). Files
-are served only from a private gradio cache; see ``app/serve.py``.
+refused, and never echoed), the address (loopback by default; a warning when another address has no
+login) and the files it serves (gradio's folder settings pinned to a private cache; an inherited
+``GRADIO_ALLOWED_PATHS`` is refused), and the study (``PRAGMA integrity_check`` of ``studio.db``; a damaged
+database is refused by name). Once serving, it prints exactly what ``/gradio_api/file=`` may hand out. See
+``app/serve.py`` for the size caps, the login throttle and the cleanup on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -39,8 +42,19 @@ class _Help(argparse.HelpFormatter):
         return "--auth" if action.dest == "auth" else super()._format_action_invocation(action)
 
 
+def unrecognized(extra: list[str]) -> str:
+    """argparse's "unrecognized arguments" without the values: an option's name is shown (up to any ``=``),
+    anything else only counted, since it may be a password typed in the wrong place."""
+    names = [m.group(0) for e in extra if (m := re.match(r"--[A-Za-z][\w-]*", e))]
+    hidden = len(extra) - len(names) + sum("=" in e for e in extra if re.match(r"--[A-Za-z]", e))
+    shown = ", ".join(names) + (" and " if names and hidden else "")
+    return (f"unrecognized arguments: {shown}" + (f"{hidden} value(s) not repeated here (one may be a password)"
+                                                  if hidden else ""))
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    p = argparse.ArgumentParser(description="Diffusion Efficiency Studio", formatter_class=_Help)
+    # no abbreviations: argparse would echo an ambiguous '--au=alice:secret' whole
+    p = argparse.ArgumentParser(description="Diffusion Efficiency Studio", formatter_class=_Help, allow_abbrev=False)
     p.add_argument("--model", default=EMBEDDED_MODEL_NAME,
                    help="embedded model name, diffusers folder or cached repo id")
     p.add_argument("--data-dir", help="study folder with studio.db and images/ "
@@ -63,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--max-waiting", type=int, default=4, metavar="N",
                    help="generations and sweeps admitted at once (one runs, the rest wait); more are "
                         "refused with a 'busy' message (default 4)")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        p.error(unrecognized(extra))
     if args.auth is None and args.auth_file is None and env.get(serve.AUTH_ENV):
         args.auth = True  # users in the environment (a Space secret) turn the login on by themselves
     if args.demo and args.data_dir:
@@ -83,7 +99,13 @@ def main(argv: list[str] | None = None, *, block: bool = True):
     except serve.AuthError as exc:
         p.error(str(exc))
 
-    # 2. where it listens
+    # 2. where it listens, and the files it serves: gradio's folder settings pinned to a private cache
+    try:
+        temp, notes = serve.pin_gradio_folders()
+    except serve.ServingError as exc:
+        p.error(str(exc))
+    for note in notes:
+        print(note, file=sys.stderr)
     if users is None and not serve.is_loopback(args.host):
         reach = "browse this study" if args.demo else "run generations and sweeps on this machine"
         print(f"warning: listening on {args.host} without --auth: anyone who can reach this address can {reach}. "
@@ -102,8 +124,9 @@ def main(argv: list[str] | None = None, *, block: bool = True):
                     "restore it from a copy, or start with another --data-dir")
         print(f"study {data_dir}: integrity check {result}", file=sys.stderr)
 
-    # 4. the page, over a private gradio cache
-    temp = serve.private_temp_dir()
+    # 4. the page, over the private gradio cache (removed at exit, and at once on SIGTERM or SIGINT)
+    if block:
+        serve.remove_on_signals(temp)
     from app.layout import build_demo
 
     try:
@@ -118,16 +141,14 @@ def main(argv: list[str] | None = None, *, block: bool = True):
             p.error(f"{db_path} failed SQLite's integrity check ({result}); refusing to serve it")
         print(f"demo of study {data_dir.name} ({data_dir}), read-only: integrity check ok, "
               f"{store.run_count()} runs", file=sys.stderr)
-    print(f"gradio cache (the only files served): {temp}; login: "
-          f"{f'{len(users)} user(s)' if users else 'none'}", file=sys.stderr)
-    if os.environ.get("GRADIO_ALLOWED_PATHS"):
-        print(f"warning: GRADIO_ALLOWED_PATHS is set: gradio also serves every file under "
-              f"{os.environ['GRADIO_ALLOWED_PATHS']}", file=sys.stderr)
 
-    # 5. serve
+    # 5. serve, and say exactly what is served (as the launched gradio reads its settings)
     demo.launch(**serve.launch_options(host=args.host, port=args.port, users=users, data_dir=data_dir,
                                        demo=bool(args.demo)),
-                root_path=args.root_path, prevent_thread_lock=not block)
+                root_path=args.root_path, prevent_thread_lock=True)
+    print(f"{serve.what_is_served(demo)}; login: {f'{len(users)} user(s)' if users else 'none'}", file=sys.stderr)
+    if block:
+        demo.block_thread()
     return demo
 
 

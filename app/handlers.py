@@ -25,7 +25,7 @@ import pandas as pd
 from app import cards, compare, grid, pictures, plots, tables, widgets
 from studio_core.errors import ModelLoadError, SpecError, StoreError, StudioBusy, SweepBusy
 from studio_core.knobs.sampler import samplers_for
-from studio_core.spec import RunSpec, defaults_text, model_info, resolve
+from studio_core.spec import RunSpec, defaults_text, excerpt, model_info, resolve
 from studio_core.study import labels
 from studio_core.study.estimate import format_duration
 from studio_core.study.service import StudyService
@@ -271,7 +271,7 @@ class Studio:
         self.refuse_in_demo()
         px = self._thumb_size(size)
         try:
-            s = self.service.sweep(sweep)
+            s = self.service.sweep(sweep, to_run=True)  # a full line is refused before the grid is expanded
         except Exception as exc:
             raise self.error(exc) from None
         progress((0, len(s)), desc=f"{s.name}: starting", unit="runs")
@@ -363,8 +363,7 @@ class Studio:
     def frontier(self, quality: str, cost: str, color: str, symbol: str, model: str, prompt_set: str,
                  sweep_id: Any, selected: list | None, log_x: bool = False, spread: bool = False):
         """The frontier of the successful runs the filters pick; ``spread`` draws latency quartile bars."""
-        sid = None if sweep_id in (None, "", tables.ALL) else parse_id(sweep_id, "sweep")
-        frame = self.store.runs_frame(matching=tables.run_filters("ok", sid, model, prompt_set))
+        frame = self.store.runs_frame(matching=self._filters("ok", sweep_id, model, prompt_set))
         sel = [i for i in (parse_id(v) for v in (selected or [])) if i is not None]
         return plots.make_frontier_plot(frame, quality, cost, None if color == NO_AXIS else color,
                                         None if symbol == NO_AXIS else symbol, sel, log_x=bool(log_x),
@@ -426,15 +425,41 @@ class Studio:
         return shown, shown
 
     # ------------------------------------------------------------------ Runs
+    def _filters(self, status: Any, sweep_id: Any, model: Any, prompt_set: Any = None) -> dict:
+        """The Runs and Frontier filters as ``runs_frame`` values. Their dropdowns take any value (the choices
+        arrive after the page loads, and API callers send real ids and names), so each is checked here: a sweep
+        by ``parse_id`` and the store, a model or prompt set by the runs that have it; else a ``gr.Error``."""
+        sid = None if sweep_id in (None, "", tables.ALL) else parse_id(sweep_id, "sweep")
+        if sid is not None:
+            try:
+                self.store.get_sweep(sid)
+            except StoreError:
+                raise gr.Error(f"sweep {sid} does not exist in this study", title="No such sweep",
+                               print_exception=False) from None
+        for value, what in ((model, "model"), (prompt_set, "prompt set")):
+            if value is not None and not isinstance(value, str):
+                raise gr.Error(f"{excerpt(value)!r} is not a {what}: give its name as text, or {tables.ALL!r}",
+                               print_exception=False)
+        matching = tables.run_filters(status, sid, model, prompt_set)
+        for column, what in (("model", "model"), ("prompt_set", "prompt set")):
+            value = matching.get(column)
+            if value is not None and self.store.runs_frame(matching={column: value}).empty:
+                raise gr.Error(f"no run of {what} {excerpt(value)!r} in this study (pick one from the list, or "
+                               f"{tables.ALL!r})", title=f"No such {what}", print_exception=False)
+        return matching
+
     def runs_table(self, status: str, sweep_id: Any, model: str):
-        frame = self.store.runs_frame(matching=tables.run_filters(status, sweep_id, model))
-        return tables.table_view(frame), self.export_csv(status, sweep_id, model)
+        matching = self._filters(status, sweep_id, model)
+        return tables.table_view(self.store.runs_frame(matching=matching)), self._csv(matching)
 
     def export_csv(self, status: str, sweep_id: Any, model: str) -> str:
         """Every column of the filtered runs as CSV in a temp folder; returns its path."""
-        tag = hashlib.sha256(repr((status, sweep_id, model)).encode()).hexdigest()[:8]
+        return self._csv(self._filters(status, sweep_id, model))
+
+    def _csv(self, matching: dict) -> str:
+        tag = hashlib.sha256(repr(sorted(matching.items())).encode()).hexdigest()[:8]
         path = self.tmp / f"studio-runs-{tag}.csv"
-        self.store.export_csv(path, matching=tables.run_filters(status, sweep_id, model))
+        self.store.export_csv(path, matching=matching)
         return str(path)
 
     def details(self, run_id: Any):

@@ -241,9 +241,12 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                         log_x = gr.Checkbox(False, label="log cost axis", elem_id="f-log-x")
                         spread = gr.Checkbox(False, label="latency spread (IQR bars)", elem_id="f-spread")
                 with gr.Row():
-                    f_model = gr.Dropdown([tables.ALL], value=tables.ALL, label="Model")
-                    f_set = gr.Dropdown([tables.ALL], value=tables.ALL, label="Prompt set")
-                    f_sweep = gr.Dropdown([(tables.ALL, tables.ALL)], value=tables.ALL, label="Sweep")
+                    # the filters' choices arrive after the page loads, so any value is let through and the
+                    # handler checks it (``Studio._filters``): API callers filter by real sweep ids and models
+                    f_model = gr.Dropdown([tables.ALL], value=tables.ALL, label="Model", allow_custom_value=True)
+                    f_set = gr.Dropdown([tables.ALL], value=tables.ALL, label="Prompt set", allow_custom_value=True)
+                    f_sweep = gr.Dropdown([(tables.ALL, tables.ALL)], value=tables.ALL, label="Sweep",
+                                          allow_custom_value=True)
                 with gr.Row():
                     with gr.Column(scale=3):
                         plot = gr.Plot(elem_id="frontier-plot", label="Frontier")
@@ -276,8 +279,9 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
             with gr.Tab("Runs", id="runs") as runs_tab:
                 with gr.Row():
                     r_status = gr.Dropdown(STATUSES, value=tables.ALL, label="Status", elem_id="r-status")
-                    r_sweep = gr.Dropdown([(tables.ALL, tables.ALL)], value=tables.ALL, label="Sweep")
-                    r_model = gr.Dropdown([tables.ALL], value=tables.ALL, label="Model")
+                    r_sweep = gr.Dropdown([(tables.ALL, tables.ALL)], value=tables.ALL, label="Sweep",
+                                          allow_custom_value=True)  # checked by the handler, as the Frontier's
+                    r_model = gr.Dropdown([tables.ALL], value=tables.ALL, label="Model", allow_custom_value=True)
                     refresh_btn = gr.Button("Refresh", scale=0)
                     download = gr.DownloadButton("Download CSV", elem_id="download-csv", scale=0)
                 table = gr.Dataframe(interactive=False, max_height=420, elem_id="runs-table", pinned_columns=1,

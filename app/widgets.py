@@ -23,7 +23,7 @@ from studio_core.errors import SpecError
 from studio_core.knobs import KNOBS, Knob
 from studio_core.knobs.base import GROUPS
 from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS
-from studio_core.spec import DEVICES, PRECISIONS
+from studio_core.spec import DEVICES, MAX_IMAGES, MAX_MODEL_CHARS, PRECISIONS, check_text, excerpt
 from studio_core.study.labels import axis_label
 from studio_core.study.sweep import OFF
 
@@ -159,7 +159,8 @@ def axis_hint(axis: str, knobs: Mapping[str, Knob] | None = None) -> str:
 
 # ------------------------------------------------------------------------------------------ parsing
 def parse_prompts(text: str | None) -> list[str]:
-    """One prompt per non-blank line."""
+    """One prompt per non-blank line; the text's length is checked before it is split."""
+    check_text("prompts", text)
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
@@ -174,26 +175,34 @@ def _int(text: Any, field_name: str) -> int:
         return int(text)
     try:
         return int(str(text).strip())
-    except ValueError:
-        raise SpecError(field_name, str(text).strip(), "whole numbers separated by commas or spaces") from None
+    except ValueError:  # also a number of over 4,300 digits (Python's own limit)
+        raise SpecError(field_name, excerpt(str(text).strip()), "whole numbers separated by commas or spaces") from None
 
 
 def parse_seeds(text: str | int | float | None) -> list[int]:
-    """Seeds from ``"0, 1 2"`` (commas or spaces), or ``"0-3"`` for a range (both ends included)."""
+    """Seeds from ``"0, 1 2"`` (commas or spaces), or ``"0-3"`` for a range (both ends included).
+
+    The text's length is checked first, and the count before each range is expanded, so no input makes more
+    than ``MAX_IMAGES`` seeds (a run has at most that many images) or a message longer than a line."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return []
     if isinstance(text, (int, float)):
         return [_int(text, "seeds")]
+    check_text("seeds", text)
     seeds: list[int] = []
     for part in text.replace(",", " ").split():
         lo, dash, hi = part.partition("-")
         if dash and lo:
             a, b = _int(lo, "seeds"), _int(hi, "seeds")
-            if b < a or b - a > 256:
-                raise SpecError("seeds", part, "a range low-high with at most 257 seeds")
-            seeds.extend(range(a, b + 1))
+            if b < a:
+                raise SpecError("seeds", excerpt(part), "a range low-high with low <= high")
+            count = b - a + 1  # arithmetic only: the range is made once it is known to fit
         else:
-            seeds.append(_int(part, "seeds"))
+            a, count = _int(part, "seeds"), 1
+        if len(seeds) + count > MAX_IMAGES:
+            raise SpecError("seeds", excerpt(text), f"at most {MAX_IMAGES} seeds (a run has at most {MAX_IMAGES} "
+                                                    f"images); {excerpt(part, 20)} would make {len(seeds) + count:,}")
+        seeds.extend(range(a, a + count))
     return seeds
 
 
@@ -221,10 +230,11 @@ def parse_axis_values(axis: str, text: str, kind: type, optional: bool = False) 
     """Comma-separated values of one sweep axis, typed (``"10, 20"`` -> ``[10, 20]``); ``none`` is
     None (the model's or the knob's own value) where the setting allows it, and on a knob's axis ``off``
     is that knob left out (``sweep.OFF``; a flag of a knob is then written true / false)."""
+    check_text(f"grid.{axis}", text)
     parts = [p.strip() for p in (text or "").split(",")]
     parts = [p for p in parts if p]
     if not parts:
-        raise SpecError(f"grid.{axis}", text, "comma-separated values, e.g. 10, 20")
+        raise SpecError(f"grid.{axis}", excerpt(text), "comma-separated values, e.g. 10, 20")
     out = []
     for p in parts:
         if axis.startswith("knobs.") and p.lower() == OFF:
@@ -237,15 +247,15 @@ def parse_axis_values(axis: str, text: str, kind: type, optional: bool = False) 
             try:
                 out.append(float(p))
             except ValueError:
-                raise SpecError(f"grid.{axis}", p, "numbers separated by commas") from None
+                raise SpecError(f"grid.{axis}", excerpt(p), "numbers separated by commas") from None
         elif kind is bool:
             if p.lower() not in ("true", "false", "1", "0", "on", "off", "yes", "no"):
-                raise SpecError(f"grid.{axis}", p, "true or false")
+                raise SpecError(f"grid.{axis}", excerpt(p), "true or false")
             out.append(p.lower() in ("true", "1", "on", "yes"))
         else:
             out.append(p)
     if len(set(map(repr, out))) != len(out):
-        raise SpecError(f"grid.{axis}", text, "distinct values")
+        raise SpecError(f"grid.{axis}", excerpt(text), "distinct values")
     return out
 
 
@@ -274,6 +284,7 @@ def build_spec(model: str, prompts_text: str, prompt_set: str | None, seeds_text
     ``values`` maps each setting's ``axis`` to its widget value; ``enabled`` maps each non-built-in
     knob to its "use" checkbox. Raises ``SpecError`` for values that cannot even be typed.
     """
+    check_text("model", model, MAX_MODEL_CHARS)
     spec: dict[str, Any] = {"model": (model or "").strip()}
     if prompt_set and prompt_set != NO_PROMPT_SET:
         spec["prompt_set"] = prompt_set

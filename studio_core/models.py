@@ -17,6 +17,7 @@ from studio_core.errors import ModelLoadError
 __all__ = [
     "EMBEDDED_MODEL_DIR",
     "EMBEDDED_MODEL_NAME",
+    "MAX_MODEL_CHARS",
     "SUPPORTED_PIPELINES",
     "ModelLoadError",
     "PipelineFacts",
@@ -32,6 +33,7 @@ __all__ = [
 EMBEDDED_MODEL_NAME = "emoji-sd"
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / EMBEDDED_MODEL_NAME
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
+MAX_MODEL_CHARS = 4096  # Linux's PATH_MAX: no longer path can be opened, so no longer name is looked up
 
 
 @dataclass(frozen=True)
@@ -143,16 +145,25 @@ def resolve_model(model: str | Path) -> str:
     text = str(model).strip()
     if not text:
         raise ModelLoadError("no model given: use 'emoji-sd' (embedded), a diffusers folder, or a cached repo id")
+    shown = text if len(text) <= 40 else f"{text[:40]}..."  # quoted with repr: a NUL or escape shows as such
+    if len(text) > MAX_MODEL_CHARS:
+        raise ModelLoadError(f"model name {shown!r} has {len(text):,} characters: at most {MAX_MODEL_CHARS} "
+                             "(the longest path the system opens)")
     if text == EMBEDDED_MODEL_NAME:
         return str(EMBEDDED_MODEL_DIR)
     path = Path(text).expanduser()
-    if path.exists() or text.startswith((".", "/", "~")) or "\\" in text:
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name part over 255 bytes, text the file system cannot encode
+        reason = getattr(exc, "strerror", None) or exc
+        raise ModelLoadError(f"model {shown!r} is not a usable path ({reason})") from None
+    if exists or text.startswith((".", "/", "~")) or "\\" in text:
         return str(path)
     cached = {repo: p for repo, p in list_cached_pipelines()}
     if text in cached:
         return cached[text]
     raise ModelLoadError(
-        f"model '{text}' is neither the embedded model '{EMBEDDED_MODEL_NAME}', an existing folder, nor a "
+        f"model {shown!r} is neither the embedded model '{EMBEDDED_MODEL_NAME}', an existing folder, nor a "
         f"pipeline in the local Hugging Face cache (found: {sorted(cached) or 'none'}); nothing is downloaded"
     )
 

@@ -6,7 +6,12 @@ Validation happens in two steps, both before any work starts:
 2. ``resolve(spec)`` opens the model folder's configs (no weights), refuses a pipeline the studio cannot
    drive, fills the model's defaults (steps and guidance from ``studio_defaults.json`` or the pipeline's own
    ``__call__``, resolution from the model's native size), expands a named prompt set, and checks what
-   depends on the model: a step count and resolution it can take, a sampler and knobs it supports.
+   depends on the model: a step count and resolution it can take (a step count its scheduler can index:
+   ``max_steps``), a sampler and knobs it supports, and the total work of the run (``MAX_IMAGE_STEPS``).
+
+What a caller sends is bounded before anything is parsed, expanded or loaded: the ``MAX_*`` caps below
+(text length, seeds, images, sweep cells, work) are checked first, and a message echoes only the start of
+a long input (``excerpt``). ``docs/bad-inputs.md`` lists what each refusal says.
 
 Every problem raises ``SpecError`` naming the field, the value and what is allowed. Nothing here
 imports torch or diffusers, so the UI can build and check specs cheaply.
@@ -26,6 +31,7 @@ from studio_core.knobs._validate import check_int, check_number
 from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS, compatible_names, model_kind
 from studio_core.models import (
     EMBEDDED_MODEL_DIR,
+    MAX_MODEL_CHARS,
     SUPPORTED_PIPELINES,
     check_pipeline_folder,
     model_defaults_with_sources,
@@ -36,15 +42,25 @@ from studio_core.prompts import PROMPT_SETS
 
 __all__ = [
     "DEVICES",
+    "MAX_GUIDANCE",
+    "MAX_IMAGES",
+    "MAX_IMAGE_STEPS",
+    "MAX_MODEL_CHARS",
+    "MAX_PROMPT_CHARS",
     "MAX_STEPS",
+    "MAX_SWEEP_CELLS",
+    "MAX_TEXT_CHARS",
     "PRECISIONS",
     "REFERENCE_DEFAULT",
     "ModelInfo",
     "RunSpec",
+    "check_text",
     "config_hash",
     "defaults_text",
+    "excerpt",
     "model_info",
     "resolve",
+    "scheduler_steps_reason",
     "validate",
 ]
 
@@ -52,6 +68,11 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
 MAX_IMAGES = 256
 MAX_PROMPT_CHARS = 1000
+# caps on one request, checked before anything is expanded or loaded, so a huge input costs nothing
+MAX_TEXT_CHARS = 100_000  # one typed text: the prompts box, the seeds box, a sweep axis's values
+MAX_SWEEP_CELLS = 1000  # configurations in one sweep grid (the product of its axes' lengths)
+MAX_IMAGE_STEPS = 100_000  # denoiser steps x images x (warm-up + repeats) of one run: hours on a small GPU
+EXCERPT_CHARS = 40  # how much of a refused input a message shows
 # the reference every run is scored against: a high-step multistep solver, fp32, no knobs
 REFERENCE_DEFAULT = {"sampler": "DPM++ 2M", "steps": 200}
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -118,10 +139,34 @@ def config_hash(spec: RunSpec) -> str:
     return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """The start of an input for a message: a refused 1 MB text is named by its first characters and length."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def check_text(field_name: str, text: Any, limit: int = MAX_TEXT_CHARS) -> None:
+    """Refuse a text longer than ``limit`` characters, or one that is not valid Unicode (a lone surrogate
+    cannot be stored or shown), before it is parsed; the message shows only its start."""
+    if not isinstance(text, str):
+        return
+    if len(text) > limit:
+        raise SpecError(field_name, excerpt(text), f"at most {limit:,} characters (this has {len(text):,})")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SpecError(field_name, excerpt(text), f"text that is valid Unicode (character {exc.start} is a lone "
+                                                   f"surrogate, {text[exc.start]!r})") from None
+
+
 def _check_int(name: str, v: Any, lo: int, hi: int, none_ok: bool = False) -> None:
     if v is None and none_ok:
         return
     unset = " (or unset for the model default)" if none_ok else ""
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 128:  # named, never printed in full
+        v = f"a whole number of {v.bit_length():,} bits"
+    elif not isinstance(v, (int, float)):
+        v = excerpt(v)
     check_int(name, v, lo, hi, f"a whole number from {lo} to {hi}{unset}")
 
 
@@ -129,8 +174,10 @@ def validate(spec: RunSpec) -> None:
     """Field-by-field checks that need no model; raises ``SpecError`` at the first problem."""
 
     if not isinstance(spec.model, str) or not spec.model.strip():
-        raise SpecError("model", spec.model, "'emoji-sd' (embedded), a diffusers pipeline folder, or a cached repo id")
-    # 1. prompts
+        raise SpecError("model", excerpt(spec.model), "'emoji-sd' (embedded), a diffusers pipeline folder, or a "
+                                                      "cached repo id")
+    check_text("model", spec.model, MAX_MODEL_CHARS)
+    # 1. prompts (how many is checked before each is read)
     if spec.prompt_set is not None:
         if spec.prompt_set not in PROMPT_SETS:
             raise SpecError("prompt_set", spec.prompt_set, f"one of {', '.join(PROMPT_SETS)}")
@@ -138,24 +185,29 @@ def validate(spec: RunSpec) -> None:
             raise SpecError("prompts", list(spec.prompts), "empty when prompt_set is given (use one or the other)")
     elif not spec.prompts:
         raise SpecError("prompts", [], "at least one prompt, or a prompt_set")
+    if len(spec.prompts) > MAX_IMAGES:
+        raise SpecError("prompts", excerpt(list(spec.prompts)), f"at most {MAX_IMAGES} images per run, so at most "
+                                                                f"{MAX_IMAGES} prompts ({len(spec.prompts):,} given)")
     for p in spec.prompts:
         if not isinstance(p, str) or not p.strip():
-            raise SpecError("prompts", p, "non-empty text")
+            raise SpecError("prompts", excerpt(p), "non-empty text")
         if len(p) > MAX_PROMPT_CHARS:
-            raise SpecError("prompts", p[:40] + "...", f"at most {MAX_PROMPT_CHARS} characters per prompt "
-                            f"(this one has {len(p)}; the text encoder reads only its first tokens anyway)")
+            raise SpecError("prompts", excerpt(p), f"at most {MAX_PROMPT_CHARS} characters per prompt "
+                            f"(this one has {len(p):,}; the text encoder reads only its first tokens anyway)")
+        check_text("prompts", p)
         if any(ord(c) < 32 and c not in "\t" or ord(c) == 127 for c in p):
-            raise SpecError("prompts", p[:40], "text without control characters (NUL, newlines, escapes)")
-    # 2. seeds
+            raise SpecError("prompts", p[:EXCERPT_CHARS], "text without control characters (NUL, newlines, escapes)")
+    # 2. seeds (how many is checked before each is read)
     if not spec.seeds:
         raise SpecError("seeds", [], "at least one seed")
+    n_prompts = len(spec.prompts) or len(PROMPT_SETS.get(spec.prompt_set or "", []))
+    if max(n_prompts, 1) * len(spec.seeds) > MAX_IMAGES:
+        raise SpecError("seeds", excerpt(list(spec.seeds)), f"at most {MAX_IMAGES} images per run (prompts x seeds: "
+                                                            f"{n_prompts} x {len(spec.seeds):,})")
     for s in spec.seeds:
         _check_int("seeds", s, 0, 2**63 - 1)
     if len(set(spec.seeds)) != len(spec.seeds):
-        raise SpecError("seeds", list(spec.seeds), "distinct seeds")
-    n_prompts = len(spec.prompts) or len(PROMPT_SETS.get(spec.prompt_set or "", []))
-    if n_prompts * len(spec.seeds) > MAX_IMAGES:
-        raise SpecError("seeds", list(spec.seeds), f"at most {MAX_IMAGES} images per run (prompts x seeds)")
+        raise SpecError("seeds", excerpt(list(spec.seeds)), "distinct seeds")
     # 3. sampling
     _check_int("steps", spec.steps, 1, MAX_STEPS, none_ok=True)
     if spec.sampler != "default" and spec.sampler not in SAMPLERS:
@@ -203,6 +255,7 @@ class ModelInfo:
     prediction_type: str = "epsilon"  # what the denoiser predicts: epsilon, v_prediction, flow or consistency
     defaults_source: dict = field(default_factory=dict)  # default's name -> where it came from
     unsupported: str | None = None  # why the studio cannot drive this pipeline; None when it can
+    scheduler_config: dict = field(default_factory=dict)  # scheduler_config.json: what its timesteps depend on
 
     @property
     def is_embedded(self) -> bool:
@@ -258,7 +311,7 @@ def model_info(model: str) -> ModelInfo:
         path = Path(resolve_model(model))
         index = check_pipeline_folder(path)
     except ModelLoadError as exc:
-        raise SpecError("model", model, f"a diffusers pipeline folder ({exc})") from None
+        raise SpecError("model", excerpt(model), f"a diffusers pipeline folder ({exc})") from None
     sched = _read_json(path / "scheduler" / "scheduler_config.json")
     denoiser = "unet" if (path / "unet").is_dir() else "transformer"
     den_cfg = _read_json(path / denoiser / "config.json")
@@ -278,7 +331,40 @@ def model_info(model: str) -> ModelInfo:
         fingerprint=hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],
         prediction_type=model_kind(sched, den_cfg.get("time_cond_proj_dim")), defaults_source=sources,
         unsupported=unsupported_reason(index) or (None if sample_px else f"its native size is {size_source}"),
+        scheduler_config=sched,
     )
+
+
+# Schedulers whose "leading" spacing can index past the end of the training schedule (diffusers 0.42.1, where
+# it fails mid-run with "IndexError: index 1000 is out of bounds"). The timestep-indexed ones end at timestep
+# (steps - 1) * (T // steps) + steps_offset; the multistep solvers divide T by steps + 1, so need fewer than T.
+# Sigma schedules (Karras, exponential, beta, flow) interpolate and take any count up to T.
+_INDEXED_SCHEDULERS = frozenset({"DDIMScheduler", "DDPMScheduler", "PNDMScheduler"})
+_MULTISTEP_SCHEDULERS = frozenset({"DPMSolverMultistepScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler"})
+_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
+
+
+def scheduler_steps_reason(info: ModelInfo, sampler: str, timestep_spacing: str | None, steps: int) -> str | None:
+    """Why the scheduler a run would use (the sampler's class over the model's config, as ``from_config``
+    builds it) cannot take ``steps`` on this model, or None when it can."""
+    config, cls = dict(info.scheduler_config), info.scheduler_class
+    if sampler in SAMPLERS:
+        cls = SAMPLERS[sampler].cls
+        config.update(SAMPLERS[sampler].overrides)
+    own = "linspace" if cls in _MULTISTEP_SCHEDULERS else "leading"  # the class's default spacing
+    spacing = timestep_spacing or config.get("timestep_spacing") or own
+    if spacing != "leading" or any(config.get(k) for k in _SIGMA_SCHEDULES):
+        return None
+    total, offset = info.num_train_timesteps, int(config.get("steps_offset") or 0)
+    name = f"{'the model default' if sampler == 'default' else sampler} ({cls}, 'leading' timestep spacing)"
+    if cls in _MULTISTEP_SCHEDULERS and steps >= total:
+        return (f"at most {total - 1} for {name}: it spaces {steps} steps over the model's {total} training "
+                "timesteps in steps of 0 (or use timestep_spacing 'trailing')")
+    last = (steps - 1) * (total // steps) + offset
+    if cls in _INDEXED_SCHEDULERS and last >= total:
+        return (f"at most {total - offset} for {name}: {steps} steps end at timestep {last} (steps_offset {offset}), "
+                f"past the model's last training timestep {total - 1} (or use timestep_spacing 'trailing')")
+    return None
 
 
 def defaults_text(info: ModelInfo) -> str:
@@ -302,7 +388,7 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
     validate(spec)
     info = info or model_info(spec.model)
     if info.unsupported:
-        raise SpecError("model", spec.model, info.unsupported)
+        raise SpecError("model", excerpt(spec.model), info.unsupported)
     d = info.defaults
     native = info.sample_size
     spec = replace(
@@ -315,6 +401,14 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
     )
     if spec.steps > info.num_train_timesteps:
         raise SpecError("steps", spec.steps, f"at most the model's {info.num_train_timesteps} training timesteps")
+    reason = scheduler_steps_reason(info, spec.sampler, spec.timestep_spacing, spec.steps)
+    if reason:
+        raise SpecError("steps", spec.steps, reason)
+    work = spec.steps * spec.n_images * (spec.warmup + spec.repeats)
+    if work > MAX_IMAGE_STEPS:
+        raise SpecError("steps", spec.steps, f"at most {MAX_IMAGE_STEPS:,} denoiser steps per run: steps x images x "
+                                             f"(warm-up + repeats) is {spec.steps} x {spec.n_images} x "
+                                             f"({spec.warmup} + {spec.repeats}) = {work:,}")
     facts = SUPPORTED_PIPELINES[info.pipeline_class]
     if spec.steps < facts.min_steps:
         raise SpecError("steps", spec.steps, f"at least {facts.min_steps} for {info.pipeline_class}: "

@@ -94,6 +94,12 @@ SPEC_CASES = [  # (change to a good spec, expected part of the message)
     ({"model": "/no/such/folder"}, "model folder not found: /no/such/folder"),
     ({"model": "../" * 16 + "etc"}, "is not a diffusers pipeline folder: model_index.json is missing"),  # /etc
     ({"model": "emoji\x00sd"}, "is not allowed"),
+    # sizes and text that once passed: each is refused up front, and the message shows only the input's start
+    ({"model": "m" * 100_000}, "at most 4,096 characters"),  # was "OSError: File name too long" + the whole name
+    ({"seeds": list(range(20_000))}, "at most 256 images per run"),
+    ({"prompts": ["grinning face"] * 5000}, "at most 256 prompts"),
+    ({"steps": 1000}, "at most 999 for the model default (DDIMScheduler"),  # was IndexError mid-run
+    ({"steps": 999, "warmup": 20, "repeats": 100}, "at most 100,000 denoiser steps per run"),
 ]
 
 
@@ -102,9 +108,29 @@ def test_a_bad_spec_is_refused_by_name_and_writes_nothing(served, bad_inputs, ch
     client, _ro, store, model = served
     before = store.db["runs"].count
     msg = _error(lambda: client.predict({**_spec(model), **change}, api_name="/generate"))
-    bad_inputs.append(("API /generate", repr(change), msg))
-    assert message in msg and "Traceback" not in msg
+    bad_inputs.append(("API /generate", repr(change)[:80], msg))
+    assert message in msg and "Traceback" not in msg and len(msg) < 1000
     assert store.db["runs"].count == before and store.integrity_check() == "ok"
+
+
+def test_a_lone_surrogate_sent_as_json_is_refused(served, bad_inputs):
+    """JSON can carry a lone surrogate (``"\\ud800"``) that gradio_client cannot send: posted raw, as a
+    script would, it used to pass validation, make a failed run, and break that run's details for good."""
+    import json
+
+    import httpx
+
+    client, _ro, store, model = served
+    before = store.db["runs"].count
+    body = json.dumps({"data": [_spec(model, prompts=["grinning \ud800 face"]), None]})  # ASCII: "\ud800"
+    call = f"{client.src.rstrip('/')}/gradio_api/call/generate"
+    event = httpx.post(call, content=body, headers={"Content-Type": "application/json"}).json()["event_id"]
+    answer = httpx.get(f"{call}/{event}", timeout=120).text  # server-sent events: "event: error", "data: {...}"
+    assert "event: error" in answer
+    msg = json.loads(answer.split("event: error", 1)[1].split("data:", 1)[1].splitlines()[0])["error"]
+    bad_inputs.append(("API /generate (raw JSON)", "prompts: ['grinning \\ud800 face']", msg))
+    assert "text that is valid Unicode" in msg
+    assert store.db["runs"].count == before
 
 
 def test_something_that_is_not_a_spec_at_all(served, bad_inputs):
@@ -143,19 +169,61 @@ def test_compare_refuses_crafted_or_missing_runs(served, bad_inputs, ids, messag
     assert message in msg and "Traceback" not in msg
 
 
+def _filtered(client, endpoint, sweep, model):
+    """One filtered read over the API, as a script sends it: (status, sweep id, model) for the Runs tab's
+    endpoints, the whole Frontier form for ``/plot_frontier``."""
+    if endpoint == "/plot_frontier":
+        return client.predict("psnr", "latency_median_ms", "configuration", "height", model, "(all)", sweep, [],
+                              False, False, api_name=endpoint)
+    return client.predict("(all)", sweep, model, api_name=endpoint)
+
+
+def test_the_api_filters_by_a_real_sweep_id_and_model(served):
+    """The filters' choices are filled after the page loads, so the API refused every real value ("Value: 1 is
+    not in the list of choices: ['(all)']"): now a sweep id (number or text) and a model name filter."""
+    import pandas as pd
+
+    client, _ro, store, model = served
+    sweep_id = store.sweeps()[-1]["id"]
+    in_sweep = sorted(r["id"] for r in store.sweep_runs(sweep_id))
+    for sid in (sweep_id, str(sweep_id)):
+        table, csv_path = _filtered(client, "/runs", sid, model)
+        assert sorted(int(r[0]) for r in table["data"]) == in_sweep
+        assert sorted(pd.read_csv(csv_path)["id"]) == in_sweep
+    assert sorted(pd.read_csv(_filtered(client, "/export_csv", sweep_id, model))["id"]) == in_sweep
+    plot = _filtered(client, "/plot_frontier", str(sweep_id), model)
+    assert "plot" in plot
+
+
+@pytest.mark.parametrize("endpoint", ["/runs", "/export_csv", "/plot_frontier"])
+@pytest.mark.parametrize("sweep, model, message", [
+    ("999", "(all)", "sweep 999 does not exist"),
+    ("../1", "(all)", "is not a sweep id"),
+    ("(all)", "no/such/model", "no run of model 'no/such/model'"),
+    ("(all)", "m" * 100_000, "no run of model 'mmmm"),
+])
+def test_the_api_filters_refuse_an_unknown_sweep_or_model(served, bad_inputs, endpoint, sweep, model, message):
+    client, *_ = served
+    msg = _error(lambda: _filtered(client, endpoint, sweep, model))
+    bad_inputs.append((f"API {endpoint}", f"sweep {sweep!r}, model {model[:40]!r}", msg))
+    assert message in msg and "not in the list of choices" not in msg and len(msg) < 400
+
+
 @pytest.mark.parametrize("change, message", [
     ({"grid": {"colour": ["red"]}}, "colour"),
     ({"grid": {"steps": []}}, "steps"),
     ({"grid": {"steps": [2, 0]}}, "steps=0 is not allowed"),
     ({"base": "steps=4"}, "base"),
+    ({"reference": {"steps": "abc"}}, "reference.steps='abc' is not allowed"),
+    ({"grid": {"steps": list(range(1, 501)), "guidance": [*range(399), "x"]}}, "at most 1,000 cells in one sweep"),
 ])
 def test_a_bad_sweep_is_refused_before_any_run(served, bad_inputs, change, message):
     client, _ro, store, model = served
     before = (store.db["runs"].count, store.db["sweeps"].count)
     sweep = {"name": "bad", "base": _spec(model), "grid": {"steps": [2]}, "reference": REF, **change}
     msg = _error(lambda: client.predict(sweep, False, api_name="/sweep"))
-    bad_inputs.append(("API /sweep", repr(change), msg))
-    assert message in msg and "Traceback" not in msg
+    bad_inputs.append(("API /sweep", repr(change)[:80], msg))
+    assert message in msg and "Traceback" not in msg and len(msg) < 1000
     assert (store.db["runs"].count, store.db["sweeps"].count) == before
 
 
@@ -173,6 +241,34 @@ def test_the_demo_refuses_every_write(served, bad_inputs, endpoint, args):
     bad_inputs.append((f"demo API {endpoint}", repr(values)[:80] or "()", msg))
     assert "read-only demo" in msg.lower() and "Traceback" not in msg
     assert store.db["runs"].count == before
+
+
+# ------------------------------------------------------------------------------- the page's text boxes
+TEXT_CASES = [  # (what the box parses, the text, expected part of the message)
+    ("seeds", "0-256 " * 20_000, "at most 100,000 characters"),  # 120 KB: once a 23.5 MB message after 24 s
+    ("seeds", "0-256 " * 1_000, "at most 256 seeds"),  # counted before each range is made
+    ("seeds", "1000000000000-1000000000256 " * 3_000, "at most 256 seeds"),  # big numbers: no memory taken
+    ("seeds", "0-" + "9" * 5_000, "whole numbers"),  # past Python's 4,300-digit limit
+    ("prompts", "grinning face\n" * 10_000, "at most 100,000 characters"),
+    ("prompts", "grinning \ud800 face", "text that is valid Unicode"),
+    ("axis values", ", ".join(map(str, range(30_000))), "at most 100,000 characters"),
+]
+
+
+@pytest.mark.parametrize("box, text, message", TEXT_CASES, ids=[f"{b}:{t[:20]!r}" for b, t, _ in TEXT_CASES])
+def test_a_huge_text_box_is_refused_before_it_is_expanded(bad_inputs, box, text, message):
+    """The Generate and Sweep tabs' boxes are parsed by ``app.widgets``: length first, then the count before
+    any range is made, and the message shows only the text's start."""
+    from app import widgets
+    from studio_core.errors import SpecError
+
+    parse = {"seeds": widgets.parse_seeds, "prompts": widgets.parse_prompts,
+             "axis values": lambda t: widgets.parse_axis_values("steps", t, int)}[box]
+    with pytest.raises(SpecError) as err:
+        parse(text)
+    msg = str(err.value)
+    bad_inputs.append((f"page: {box} box", f"{text[:40]!r}... ({len(text):,} characters)", msg))
+    assert message in msg and len(msg) < 400
 
 
 # ------------------------------------------------------------------------------- the command line
@@ -221,6 +317,17 @@ def test_cli_sweep_refuses_broken_yaml_and_an_unknown_axis(tmp_path, capsys, bad
     err = _cli(tmp_path, capsys, "--data-dir", str(tmp_path / "s"), "sweep", str(axis))
     bad_inputs.append(("CLI sweep", "grid: {colour: [red, blue]}", err))
     assert "colour" in err
+
+
+def test_cli_sweep_refuses_a_yaml_alias_bomb_in_one_line(tmp_path, capsys, bad_inputs):
+    """A few hundred bytes of nested aliases took the CLI to 3.5 GB or a MemoryError traceback."""
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("name: bomb\ngrid: {steps: [2]}\nbase:\n" + "\n".join(  # base.a is 9**9 strings
+        ['  i: &i ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        + [f"  {b}: &{b} [*{a},*{a},*{a},*{a},*{a},*{a},*{a},*{a},*{a}]" for a, b in zip("ihgfedcb", "hgfedcba")]))
+    err = _cli(tmp_path, capsys, "--data-dir", str(tmp_path / "s"), "sweep", str(bomb))
+    bad_inputs.append(("CLI sweep", f"a YAML alias bomb ({bomb.stat().st_size} bytes)", err))
+    assert "anchors and aliases" in err and "\n" not in err
 
 
 def test_cli_refuses_a_data_dir_that_is_a_file(tmp_path, capsys, bad_inputs):

@@ -11,6 +11,8 @@ import http.client
 import io
 import os
 import re
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,25 +34,30 @@ SECRET = "TOP-SECRET-" + hashlib.sha256(b"studio serving test").hexdigest()[:16]
 MAX_WAITING = 2
 
 
+PINNED = ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE", "GRADIO_ALLOWED_PATHS", "GRADIO_BLOCKED_PATHS")
+
+
 @contextlib.contextmanager
-def started(argv: list[str]):
-    """``app.py``'s ``main`` serving in this process (its stderr captured); closed after, and
-    GRADIO_TEMP_DIR (which main sets) put back."""
+def started(argv: list[str], env: dict[str, str] | None = None):
+    """``app.py``'s ``main`` serving in this process (its stderr captured), with gradio's folder settings
+    taken from ``env`` alone; closed after, and those settings (which main sets) put back."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    saved = os.environ.get("GRADIO_TEMP_DIR")
-    os.environ.pop("GRADIO_TEMP_DIR", None)
+    saved = {name: os.environ.pop(name, None) for name in PINNED}
+    os.environ.update(env or {})
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        demo = load_app_main().main([*argv, "--port", str(port := free_port())], block=False)
     try:
-        yield demo, f"http://127.0.0.1:{port}/", err.getvalue()
+        with contextlib.redirect_stderr(err):
+            demo = load_app_main().main([*argv, "--port", str(port := free_port())], block=False)
+        try:
+            yield demo, f"http://127.0.0.1:{port}/", err.getvalue()
+        finally:
+            demo.close()
+            demo.studio.store.close()
     finally:
-        demo.close()
-        demo.studio.store.close()
-        if saved is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 def run_app(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -101,8 +108,11 @@ def raw_get(url: str, target: str) -> tuple[int, bytes]:
 
 def test_start_checks_the_database_and_serves_from_a_private_cache(served):
     demo, _url, _client, _model, err = served
-    assert "integrity check new study" in err and "gradio cache (the only files served)" in err
     cache = Path(os.environ["GRADIO_TEMP_DIR"])
+    assert "integrity check new study" in err
+    assert re.search(re.escape(f"files served: only the studio's own, from its private gradio cache {cache} (examples "
+                               f"cache {cache / 'examples'}), and ") + r"\d+ icon file\(s\) of gradio's own; other "
+                     + re.escape(f"allowed and static paths: none; blocked: {demo.studio.store.data_dir}"), err)
     assert cache.name.startswith("studio-gradio-") and (cache.stat().st_mode & 0o077) == 0
     assert demo.blocked_paths == [str(demo.studio.store.data_dir)] and not demo.allowed_paths
     assert demo.max_file_size == 1024 * 1024 and demo.run_history is False
@@ -157,6 +167,88 @@ def test_an_upload_over_the_size_cap_is_refused(served):
     assert big.status_code == 413
     small = httpx.post(url + "gradio_api/upload", files={"files": ("small.txt", b"hello")}, timeout=60)
     assert small.status_code == 200
+
+
+@pytest.mark.parametrize("inherited", ["environment", "working directory"])
+def test_inherited_gradio_folders_never_widen_what_is_served(tmp_path, monkeypatch, tiny_pipeline_dir, inherited):
+    """gradio serves its examples cache (``$GRADIO_EXAMPLES_CACHE``, else ``.gradio/cached_examples`` under the
+    working directory) and its temp dir: the studio pins both, so neither /etc nor a shared temp dir is served."""
+    shared = tmp_path / "shared-tmp"  # a temp dir other apps write into
+    shared.mkdir()
+    (shared / "other-app.txt").write_text(SECRET)
+    cwd = tmp_path / "cwd"
+    (cwd / ".gradio").mkdir(parents=True)
+    (cwd / ".gradio" / "cached_examples").symlink_to("/etc")
+    monkeypatch.chdir(cwd)
+    env = {"GRADIO_EXAMPLES_CACHE": "/etc", "GRADIO_TEMP_DIR": str(shared)} if inherited == "environment" else {}
+    with started(["--data-dir", str(tmp_path / "study"), "--model", str(tiny_pipeline_dir)], env) as (_d, url, err):
+        cache = Path(os.environ["GRADIO_TEMP_DIR"])
+        for target in ("/gradio_api/file=/etc/passwd", f"/gradio_api/file={shared / 'other-app.txt'}",
+                       f"/gradio_api/file={cwd / '.gradio' / 'cached_examples' / 'passwd'}"):
+            status, body = raw_get(url, target)
+            assert status == 403 and b"root:" not in body and SECRET.encode() not in body, (target, status)
+        assert f"files served: only the studio's own, from its private gradio cache {cache} (examples cache " \
+               f"{cache / 'examples'}), and " in err and "other allowed and static paths: none" in err
+        if env:
+            assert cache.parent == shared.resolve() and cache.name.startswith("studio-gradio-")
+            assert f"GRADIO_EXAMPLES_CACHE=/etc is replaced: the examples cache is {cache / 'examples'}" in err
+            assert f"GRADIO_TEMP_DIR={shared}: the private gradio cache is made inside it" in err
+
+
+def test_allowed_paths_in_the_environment_stop_the_start(tmp_path):
+    res = run_app("--demo", str(tmp_path / "nothing"), env={"GRADIO_ALLOWED_PATHS": "/etc,/home"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "GRADIO_ALLOWED_PATHS is set (/etc,/home): gradio would serve every file under it" in res.stderr
+    assert "no study there" not in res.stderr  # refused before anything else
+
+
+def post_partly(url: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """POST ``path`` with ``headers``, send ``body`` (which may be less than they announce: the rest never
+    comes), and return the server's answer; a server that stops reading early is fine."""
+    host, port = url.split("//")[1].strip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"{host}:{port}", **headers}.items())
+        sock.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode())
+        with contextlib.suppress(OSError):
+            sock.sendall(body)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return resp.status, resp.read()
+
+
+def _chunked(data: bytes, size: int = 256 * 1024) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + size]), data[i:i + size]) for i in range(0, len(data), size))
+
+
+def test_a_request_is_capped_in_all_not_only_per_file(served, bad_inputs):
+    _demo, url, _client, _model, _err = served
+    cap = "at most 2 MiB per request in all"  # serve.MAX_REQUEST_BYTES
+    # 30 files, each under the per-file cap
+    many = httpx.post(url + "gradio_api/upload", timeout=120,
+                      files=[("files", (f"f{i}.bin", b"\0" * 900_000)) for i in range(30)])
+    bad_inputs.append(("HTTP /gradio_api/upload", "30 files of 0.9 MB in one request", many.text))
+    assert many.status_code == 413 and cap in many.text
+    # a 200 MB form field (not a file): refused from its Content-Length, before the body is read
+    boundary = "studio-boundary"
+    field = f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n".encode()
+    status, body = post_partly(url, "/gradio_api/upload", {
+        "Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(200 * 2**20)},
+        field + b"x" * 2**20)
+    bad_inputs.append(("HTTP /gradio_api/upload", "a 200 MB form field", body.decode()))
+    assert status == 413 and cap in body.decode()
+    # the same field sent without a length (chunked): refused once the cap is passed, the rest never read
+    status, body = post_partly(url, "/gradio_api/upload", {
+        "Content-Type": f"multipart/form-data; boundary={boundary}", "Transfer-Encoding": "chunked"},
+        _chunked(field + b"x" * 3 * 2**20))
+    assert status == 413 and cap in body.decode()
+    # a JSON body over the cap is refused the same way, whatever route it is sent to
+    join = httpx.post(url + "gradio_api/queue/join", content=b"[" + b"0," * 2**21 + b"0]",
+                      headers={"Content-Type": "application/json"}, timeout=120)
+    assert join.status_code == 413
+    # the per-file cap still holds under the request cap, and a small upload still goes through
+    one = httpx.post(url + "gradio_api/upload", files={"files": ("big.bin", b"\0" * (1536 * 1024))}, timeout=60)
+    assert one.status_code == 413 and cap not in one.text
+    assert httpx.post(url + "gradio_api/upload", files={"files": ("s.txt", b"hi")}, timeout=60).status_code == 200
 
 
 # ------------------------------------------------------------------------------------------ crafted ids
@@ -309,6 +401,38 @@ def test_with_a_login_nothing_is_served_to_a_stranger(tmp_path, auth_file, tiny_
         assert httpx.post(url + "login", data={"username": "bob", "password": "nope"}, timeout=30).status_code == 400
 
 
+def test_failed_logins_back_off_per_address(tmp_path, auth_file, tiny_pipeline_dir, monkeypatch, caplog):
+    """After 3 failed logins in a row an address waits 1 s, then 2 s, 4 s ... (at most 60 s) before its next
+    try, right password or not; the clock is the test's, so nothing here depends on how fast the machine is."""
+    now = [1000.0]
+    monkeypatch.setattr(serve.LoginThrottle, "clock", staticmethod(lambda: now[0]))
+
+    def login(password: str) -> int:
+        return httpx.post(url + "login", data={"username": "alice", "password": password}, timeout=30).status_code
+
+    with started(["--data-dir", str(tmp_path / "study"), "--model", str(tiny_pipeline_dir),
+                  "--auth-file", str(auth_file)]) as (_demo, url, _err):
+        with caplog.at_level("WARNING", logger="studio.login"):
+            assert [login("hunter2") for _ in range(10)] == [400] * 3 + [429] * 7
+            refused = httpx.post(url + "login", data={"username": "alice", "password": "wonder land"}, timeout=30)
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert "Too many failed logins from this address: try again in 1 s" in refused.text
+            now[0] += 1.0  # the first back-off is over: one more try, which fails and doubles it
+            assert login("hunter2") == 400
+            now[0] += 1.5
+            assert login("wonder land") == 429
+            now[0] += 0.5
+            assert login("wonder land") == 200  # a success clears the address
+            assert [login("hunter2") for _ in range(3)] == [400] * 3
+        logged = [r.getMessage() for r in caplog.records if r.name == "studio.login"]
+        assert logged[:4] == ["failed login from 127.0.0.1 (1 in a row)", "failed login from 127.0.0.1 (2 in a row)",
+                              "failed login from 127.0.0.1 (3 in a row); next try allowed in 1 s",
+                              "failed login from 127.0.0.1 (4 in a row); next try allowed in 2 s"]
+        assert not any("hunter2" in m or "wonder" in m for m in logged)
+    throttle = serve.LoginThrottle()
+    assert [throttle.failed("a")[1] for _ in range(12)] == [0, 0, 1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
+
+
 @pytest.mark.parametrize("text, message", [
     ("alice:pw\n# comment\nbob\n", "line 3 is not user:password (no ':')"),
     ("alice:pw\n:secret\n", "line 2 has an empty user name"),
@@ -340,6 +464,20 @@ def test_a_password_on_the_command_line_is_refused_without_echoing_it():
     assert res.returncode == 2
     assert "--auth takes no value" in res.stderr and "STUDIO_AUTH" in res.stderr and "--auth-file" in res.stderr
     assert "hunter2" not in res.stderr + res.stdout
+
+@pytest.mark.parametrize("args", [
+    ["--auth-file", "alice:hunter2"],  # the password where the file's path goes
+    ["--auth", "alice", "hunter2"],  # a space instead of the colon
+    ["--au=alice:hunter2"],  # an abbreviation argparse would call ambiguous, echoing it whole
+    ["--auth-f", "alice:hunter2"],
+    ["--port", "7860", "hunter2"],
+], ids=lambda a: " ".join(a).replace("hunter2", "PW"))
+def test_a_password_in_the_wrong_place_on_the_command_line_is_not_echoed(args, bad_inputs):
+    res = run_app(*args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "hunter2" not in res.stderr + res.stdout
+    assert "not repeated" in res.stderr
+    bad_inputs.append(("app.py", " ".join(args).replace("hunter2", "<password>"), res.stderr.strip().splitlines()[-1]))
 
 
 def test_an_auth_file_others_can_read_is_refused(tmp_path):
@@ -402,3 +540,54 @@ def test_a_hosted_space_is_configured_from_the_environment(monkeypatch, tmp_path
     assert read_users(a.auth, a.auth_file) == [("alice", "correct-horse")]
     _p, a = parse_args(["--demo", "other", "--host", "127.0.0.1", "--root-path", "/studio"])
     assert (a.demo, a.host, a.root_path) == ("other", "127.0.0.1", "/studio")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_the_private_cache_is_removed_when_the_studio_is_stopped(tmp_path, tiny_pipeline_dir, sig):
+    """systemd and docker stop a service with SIGTERM, a terminal with SIGINT: the uploads go either way."""
+    parent = tmp_path / "tmp"  # the private cache is made inside $GRADIO_TEMP_DIR
+    parent.mkdir()
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(parent)}
+    with open(tmp_path / "stderr.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--data-dir", str(tmp_path / "study"),
+                                 "--model", str(tiny_pipeline_dir), "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=log, stderr=log)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+
+            def up() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return httpx.get(url + "config", timeout=10).status_code == 200
+                return False
+
+            wait_until(lambda: up() or proc.poll() is not None, what="the studio to serve")
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+            upload = httpx.post(url + "gradio_api/upload", files={"files": ("note.txt", b"uploaded")}, timeout=60)
+            assert upload.status_code == 200
+            wait_until(lambda: list(parent.rglob("note.txt")), what="the upload in the cache")
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert list(parent.iterdir()) == [], (tmp_path / "stderr.txt").read_text()[-2000:]
+
+
+def test_the_engine_keeps_its_cache_in_the_study_folder(tmp_path, monkeypatch):
+    """The embedded model's fidelity gallery is rendered into ``<study>/cache``, never into the project."""
+    from studio_core.embedded.training import data
+    from studio_core.measure.engine import Engine
+
+    asked, real = [], data.load_or_build
+    monkeypatch.setattr(data, "load_or_build", lambda cache_dir, size: (asked.append(Path(cache_dir)),
+                                                                       real(ROOT / ".cache", size))[1])
+    engine = Engine(RunStore(tmp_path / "study"))
+    try:
+        result = engine.run({"model": "emoji-sd", "prompts": ["grinning face"], "seeds": [0], "steps": 2,
+                             "repeats": 1}, reference={"sampler": "DPM++ 2M", "steps": 2})
+    finally:
+        engine.store.close()
+    assert result.status == "ok", result.error
+    assert asked == [(tmp_path / "study" / "cache").resolve()] and result.row["fidelity_n"] == 1

@@ -102,3 +102,77 @@ def test_named_prompt_sets_are_captions_the_embedded_model_knows(emoji32):
     captions = set(emoji32.captions)
     for name, prompts in PROMPT_SETS.items():
         assert set(prompts) <= captions, (name, sorted(set(prompts) - captions))
+
+
+@pytest.mark.parametrize("sampler, spacing", [("default", None), ("DDIM", None), ("PNDM", None), ("PLMS", None),
+                                              ("DPM++ 2M", None), ("DEIS", None), ("UniPC", None), ("DDPM", None)])
+def test_steps_past_what_the_scheduler_can_index_are_refused_up_front(sampler, spacing):
+    """1000 steps passed validation on the embedded model (1000 training timesteps) and failed mid-run with
+    "IndexError: index 1000 is out of bounds" for these schedulers' 'leading' spacing: refused at resolve."""
+    exc = _err(sampler=sampler, steps=1000)
+    assert exc.field == "steps" and "at most 999" in str(exc) and "'leading' timestep spacing" in str(exc)
+    resolve(RunSpec.from_dict({"prompts": ["sun"], "sampler": sampler, "steps": 1000,
+                               "timestep_spacing": "trailing"}))  # the way out the message names
+
+
+@pytest.mark.parametrize("sampler", ["default", "PNDM", "DPM++ 2M", "UniPC", "Euler", "DPM++ 2M Karras"])
+def test_the_largest_accepted_step_count_runs_and_one_more_would_fail(sampler):
+    """The refusal is the scheduler's real limit: the most steps ``resolve`` accepts run through diffusers'
+    scheduler (random denoiser outputs), and one more, where refused, fails there."""
+    import diffusers
+    import torch
+
+    from studio_core.knobs.sampler import SAMPLERS
+
+    most = max(n for n in (998, 999, 1000) if _accepts(sampler, n))
+    _, info = resolve(RunSpec.from_dict({"prompts": ["sun"], "sampler": sampler, "steps": most}))
+    cls = getattr(diffusers, SAMPLERS[sampler].cls if sampler in SAMPLERS else info.scheduler_class)
+    overrides = dict(SAMPLERS[sampler].overrides) if sampler in SAMPLERS else {}
+
+    def denoise(steps: int) -> None:
+        scheduler = cls.from_config(info.scheduler_config, **overrides)
+        scheduler.set_timesteps(steps)
+        x, gen = torch.zeros(1, 1, 2, 2), torch.Generator().manual_seed(0)
+        for t in scheduler.timesteps:
+            x = scheduler.step(torch.randn(1, 1, 2, 2, generator=gen), t, scheduler.scale_model_input(x, t)).prev_sample
+
+    denoise(most)
+    if most < info.num_train_timesteps:
+        with pytest.raises((IndexError, AssertionError)):
+            denoise(most + 1)
+
+
+def _accepts(sampler: str, steps: int) -> bool:
+    try:
+        resolve(RunSpec.from_dict({"prompts": ["sun"], "sampler": sampler, "steps": steps}))
+    except SpecError:
+        return False
+    return True
+
+
+def test_a_lone_surrogate_in_a_prompt_is_refused_up_front():
+    """It used to pass validation, make a failed run, and break that run's details page for good."""
+    exc = _err(prompts=["grinning \ud800 face"])
+    assert exc.field == "prompts" and "valid Unicode" in str(exc)
+    str(exc).encode("utf-8")  # the message itself can be shown and stored
+
+
+def test_the_work_of_one_run_is_capped_and_named():
+    """steps 999 x warm-up 20 + repeats 100 was "inside the limits" and ran for hours: the product is capped."""
+    exc = _err(steps=999, warmup=20, repeats=100)
+    assert exc.field == "steps" and "at most 100,000 denoiser steps per run" in str(exc)
+    assert "999 x 1 x (20 + 100) = 119,880" in str(exc)
+
+
+@pytest.mark.parametrize("fields, field, allowed", [
+    ({"model": "m" * 1_000_000}, "model", "at most 4,096 characters"),
+    ({"model": "m" * 300}, "model", "not a usable path (File name too long)"),
+    ({"seeds": list(range(100_000))}, "seeds", "at most 256 images per run"),
+    ({"prompts": ["sun"] * 100_000}, "prompts", "at most 256 prompts"),
+    ({"steps": 10 ** 4000}, "steps", "a whole number from 1 to 1000"),
+])
+def test_huge_inputs_are_refused_with_a_short_message(fields, field, allowed):
+    """Counted before each item is read, and echoed by their start only: a 1 MB model name once came back
+    whole, inside "OSError: File name too long"."""
+    exc = _err(**fields)
+    assert exc.field == field and allowed in str(exc) and len(str(exc)) < 400

@@ -42,11 +42,52 @@ def test_grid_is_cartesian_first_axis_outermost(tiny_pipeline_dir):
     ({"grid": {"steps": []}}, "grid.steps", "non-empty list"),
     ({"colour": "red"}, "preset.colour", "keys are"),
     ({"reference": {"sampler": "Nope"}}, "reference.sampler", "one of"),
+    # the reference is checked like a cell: it used to be accepted, and every run then failed on it
+    ({"reference": {"steps": "abc"}}, "reference.steps", "a whole number from 1 to 1000"),
+    ({"reference": {"steps": 0}}, "reference.steps", "a whole number from 1 to 1000"),
+    ({"reference": {"guidance": "high"}}, "reference.guidance", "a number from 0 to 50"),
+    # the grid's size is counted from its axes' lengths before any cell is made (200,000 cells took 12 CPU-s)
+    ({"grid": {"steps": list(range(1, 501)), "guidance": [*range(399), "bad"]}}, "grid", "at most 1,000 cells"),
+    ({"name": "x" * 100_000}, "name", "at most 2,000 characters"),
 ])
 def test_bad_presets_are_refused_before_any_run(tiny_pipeline_dir, change, field, text):
     with pytest.raises(SpecError) as info:
         sweep_from_dict({**_preset(tiny_pipeline_dir), **change})
-    assert info.value.field == field and text in str(info.value)
+    assert info.value.field == field and text in str(info.value) and len(str(info.value)) < 400
+
+
+# ~400 bytes of nested aliases ("billion laughs"): nine levels of nine, 9**9 strings once base.a is printed
+ALIAS_BOMB = "name: bomb\ngrid: {steps: [2]}\nbase:\n" + "\n".join(
+    ['  i: &i ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"  {b}: &{b} [*{a},*{a},*{a},*{a},*{a},*{a},*{a},*{a},*{a}]" for a, b in zip("ihgfedcb", "hgfedcba")])
+
+
+@pytest.mark.parametrize("text, message", [
+    (ALIAS_BOMB, "anchors and aliases"),
+    ("name: x\nbase: &base {prompts: [sun]}\ngrid: {steps: [2]}\n", "anchors and aliases"),  # an anchor alone too
+    ("name: x\n" + "# padding\n" * 100_000, "at most 1,000,000 bytes"),
+])
+def test_a_preset_is_bounded_before_it_is_parsed(tmp_path, text, message):
+    """An alias bomb took the CLI to 3.5 GB or a MemoryError: anchors and aliases are refused as they are met."""
+    path = tmp_path / "preset.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_preset(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_busy_studio_refuses_a_sweep_before_expanding_its_grid(tmp_path, tiny_pipeline_dir):
+    """Admission comes before the cells are made: a full line answers "busy" at once, not after resolving
+    every cell (here the last cell is bad, which is found only by expanding)."""
+    from studio_core.errors import StudioBusy
+    from studio_core.study.service import StudyService
+
+    service = StudyService(RunStore(tmp_path / "s"), max_waiting=1)
+    data = _preset(tiny_pipeline_dir, steps=[2, 3, 0])
+    with service.device.admit(), pytest.raises(StudioBusy):
+        service.run_sweep(data, progress=False)
+    with pytest.raises(SpecError, match="steps=0"):  # with room in line, the bad cell is what is said
+        service.run_sweep(data, progress=False)
 
 
 def test_shipped_presets_resolve():

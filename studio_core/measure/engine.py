@@ -226,7 +226,7 @@ class Engine:
             out["lpips"] = quality.lpips(images, ref_images)
         if info.is_embedded:
             if info.path not in self._fidelity:
-                self._fidelity[info.path] = quality.load_fidelity_index(info)
+                self._fidelity[info.path] = quality.load_fidelity_index(info, self.store.data_dir / "cache")
             scores, fidelity_notes = quality.prompt_fidelity(self._fidelity[info.path], spec, images)
             out.update(scores)
             notes += fidelity_notes

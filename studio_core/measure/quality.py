@@ -13,7 +13,6 @@ from studio_core.spec import ModelInfo, RunSpec
 __all__ = ["PSNR_CAP_DB", "image_metrics", "lpips", "lpips_unavailable_reason", "load_fidelity_index",
            "prompt_fidelity"]
 
-ROOT = Path(__file__).resolve().parents[2]
 PSNR_CAP_DB = 100.0  # identical images: MSE floored at 1e-10
 
 
@@ -55,12 +54,13 @@ def lpips(images: np.ndarray, reference: np.ndarray) -> float:
     return float(learned_perceptual_image_patch_similarity(a, b, net_type="alex"))
 
 
-def load_fidelity_index(info: ModelInfo):
-    """The embedded model's prompt-fidelity gallery (nearest-neighbour retrieval over its training set)."""
+def load_fidelity_index(info: ModelInfo, cache_dir: Path):
+    """The embedded model's prompt-fidelity gallery (nearest-neighbour retrieval over its training set),
+    rendered once and kept in ``cache_dir`` (the study's ``cache/``: nothing is written in the project)."""
     from studio_core.embedded.training.data import load_or_build
     from studio_core.measure.fidelity import PromptFidelityIndex
 
-    ds = load_or_build(ROOT / ".cache", int(info.sample_size or 32))
+    ds = load_or_build(cache_dir, int(info.sample_size or 32))
     return PromptFidelityIndex(ds.images, ds.captions)
 
 

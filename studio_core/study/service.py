@@ -30,7 +30,7 @@ from studio_core.models import resolve_model
 from studio_core.spec import REFERENCE_DEFAULT
 from studio_core.store.store import RunStore
 from studio_core.study.estimate import SweepEstimate, estimate_sweep
-from studio_core.study.sweep import Sweep, run_sweep, sweep_from_dict
+from studio_core.study.sweep import Sweep, grid_size, run_sweep, sweep_from_dict
 
 if TYPE_CHECKING:  # the engine imports torch: it is imported when the first run needs it
     from studio_core.measure.engine import Engine
@@ -165,9 +165,16 @@ class StudyService:
         return result.row
 
     # ------------------------------------------------------------------ sweeps
-    def sweep(self, data: dict | Sweep, source: str = "ui") -> Sweep:
-        """A sweep dict expanded and checked (``SpecError`` naming the cell), or a ``Sweep`` as it is."""
-        return data if isinstance(data, Sweep) else sweep_from_dict(data, source)
+    def sweep(self, data: dict | Sweep, source: str = "ui", *, to_run: bool = False) -> Sweep:
+        """A sweep dict expanded and checked (``SpecError`` naming the cell), or a ``Sweep`` as it is. ``to_run``
+        (the caller runs it next): after the grid's size is checked, a full line is refused (``StudioBusy``)
+        before any cell is made, so a busy studio spends nothing on a sweep it cannot admit."""
+        if isinstance(data, Sweep):
+            return data
+        grid_size(data)
+        if to_run and self.device.admitted >= self.device.limit:
+            raise StudioBusy(BUSY_MESSAGE.format(n=self.device.admitted, limit=self.device.limit))
+        return sweep_from_dict(data, source)
 
     def _sweep_on_device(self, sweep: Sweep, new: bool, progress: bool | Callable,
                          stop: Callable[[], bool] | None, waiting: Callable[[str], None] | None) -> dict:
@@ -187,7 +194,7 @@ class StudyService:
         """Run (or resume) a sweep in this thread (admitted, then on the device); ``run_sweep``'s summary.
         ``progress`` is True for a progress bar on stderr, or ``(done, total, row)`` after each run."""
         self._refuse_if_read_only("a sweep")
-        sweep = self.sweep(sweep)
+        sweep = self.sweep(sweep, to_run=True)
         with self.device.admit():
             return self._sweep_on_device(sweep, new, progress, stop, None)
 
@@ -204,7 +211,7 @@ class StudyService:
         the first step (``StudioBusy``); an error that stops the sweep is raised after its events. Closing
         the iterator early stops the sweep between runs and waits for it: runs never overlap."""
         self._refuse_if_read_only("a sweep")
-        sweep = self.sweep(sweep)
+        sweep = self.sweep(sweep, to_run=True)
         with self.device.admit():
             stop = self._stop_event(session)
             stop.clear()

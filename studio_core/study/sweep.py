@@ -14,8 +14,13 @@ A preset::
 Grid axes are run-spec fields (``steps``, ``sampler``, ``precision`` ...) or knob settings written
 ``knobs.<knob>.<setting>``. A knob setting's axis also takes ``off``: that cell runs without the knob,
 so the baseline sits in the same grid (``knobs.deepcache.interval: [off, 2, 3]``). Every configuration
-is resolved and checked before the first run. Presets read YAML 1.2 booleans (only ``true``/``false``),
-so a bare ``off`` or ``no`` stays a word; ``preset_yaml`` writes a sweep back as a preset file.
+is resolved and checked before the first run, and the reference like them. Presets read YAML 1.2 booleans
+(only ``true``/``false``), so a bare ``off`` or ``no`` stays a word; ``preset_yaml`` writes a sweep back as
+a preset file.
+
+Bounds before work: a grid has at most ``MAX_SWEEP_CELLS`` cells, counted from its axes' lengths before any
+cell is made; a preset file is at most ``MAX_PRESET_BYTES`` and may not use YAML anchors or aliases (``&a``,
+``*a``: a few hundred bytes of them expand to gigabytes), refused before anything is built.
 
 Resuming: a sweep is identified by a hash of its resolved configurations. Started again, it finds
 its unfinished sweep, marks runs whose process died as ``interrupted``, and runs only the grid cells
@@ -39,19 +44,33 @@ from typing import Any, Callable
 import yaml
 
 from studio_core.errors import SpecError, SweepBusy
-from studio_core.spec import RunSpec, resolve
+from studio_core.knobs._validate import check_int, check_number
+from studio_core.knobs.sampler import SAMPLERS
+from studio_core.spec import MAX_GUIDANCE, MAX_STEPS, MAX_SWEEP_CELLS, RunSpec, check_text, excerpt, resolve
 from studio_core.store.liveness import pid_taken_over
 from studio_core.study.labels import axis_label, axis_value
 
-__all__ = ["OFF", "Sweep", "SweepBusy", "cell_config", "load_preset", "preset_yaml", "run_sweep", "sweep_from_dict"]
+__all__ = ["MAX_PRESET_BYTES", "OFF", "Sweep", "SweepBusy", "cell_config", "grid_size", "load_preset", "preset_yaml",
+           "run_sweep", "sweep_from_dict"]
 
 PRESET_KEYS = ("name", "question", "base", "grid", "reference")
 OFF = "off"  # a knob setting's axis value: this cell runs without that knob
+MAX_PRESET_BYTES = 1_000_000  # a preset file; the longest shipped one is under 2 KB
+MAX_NAME_CHARS = 2000  # a sweep's name or question
 
 
 class _PresetLoader(yaml.SafeLoader):
     """Safe YAML with YAML 1.2 booleans: ``true``/``false`` only, so ``off``, ``on``, ``yes`` and ``no`` are
-    words (YAML 1.1 would read ``[off, 3]`` as ``[False, 3]``, losing the knob-off value)."""
+    words (YAML 1.1 would read ``[off, 3]`` as ``[False, 3]``, losing the knob-off value). Anchors and aliases
+    are refused where they are met, before any node is built: a 475-byte "billion laughs" of nested aliases
+    would otherwise expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not allowed in a "
+                                                          "preset: write each value out", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -108,31 +127,60 @@ def cell_config(base: dict, cell: dict) -> dict:
     return config
 
 
+def grid_size(data: Any) -> int:
+    """How many cells a sweep dict's grid makes, from its axes' lengths alone (no cell is made); ``SpecError``
+    for a grid that is not a mapping of non-empty lists, or one over ``MAX_SWEEP_CELLS`` cells."""
+    grid = data.get("grid") if isinstance(data, dict) else None
+    if not isinstance(grid, dict) or not grid:
+        raise SpecError("grid", excerpt(grid), "a mapping of axis -> list of values (at least one axis)")
+    n = 1
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"grid.{excerpt(axis)}", excerpt(values), "a non-empty list of values")
+        n *= len(values)
+        if n > MAX_SWEEP_CELLS:
+            sizes = " x ".join(str(len(v)) if isinstance(v, list) else "?" for v in grid.values())
+            raise SpecError("grid", excerpt(f"{sizes} values"), f"at most {MAX_SWEEP_CELLS:,} cells in one sweep "
+                                                                 "(split it into several)")
+    return n
+
+
+def _check_reference(ref: Any) -> None:
+    """A sweep's reference settings checked like a cell's, before the sweep starts (the engine would otherwise
+    fail every run on them and still mark the sweep done)."""
+    if not isinstance(ref, dict) or set(ref) - {"sampler", "steps", "guidance"}:
+        raise SpecError("reference", excerpt(ref), "a mapping with sampler, steps and optionally guidance")
+    if ref.get("sampler", "DPM++ 2M") not in SAMPLERS:
+        raise SpecError("reference.sampler", excerpt(ref.get("sampler")), f"one of {', '.join(SAMPLERS)}")
+    if "steps" in ref:
+        check_int("reference.steps", ref["steps"] if isinstance(ref["steps"], (int, float)) else excerpt(ref["steps"]),
+                  1, MAX_STEPS)
+    if "guidance" in ref:
+        value = ref["guidance"]
+        check_number("reference.guidance", value if isinstance(value, (int, float)) else excerpt(value), 0,
+                     MAX_GUIDANCE)
+
+
 def sweep_from_dict(data: dict, source: str = "<dict>") -> Sweep:
-    """Expand and resolve a preset; ``SpecError`` (naming the cell) for any bad configuration."""
+    """Expand and resolve a preset; ``SpecError`` (naming the cell) for any bad configuration. Its size, name
+    and reference are checked before the first cell is made."""
     if not isinstance(data, dict):
         raise SpecError("preset", type(data).__name__, f"a mapping with keys {', '.join(PRESET_KEYS)}")
     unknown = sorted(set(data) - set(PRESET_KEYS))
     if unknown:
-        raise SpecError(f"preset.{unknown[0]}", data[unknown[0]], f"keys are {', '.join(PRESET_KEYS)}")
+        raise SpecError(f"preset.{excerpt(unknown[0])}", excerpt(data[unknown[0]]),
+                        f"keys are {', '.join(PRESET_KEYS)}")
+    for key in ("name", "question"):
+        check_text(key, data.get(key), MAX_NAME_CHARS)
     base, grid = data.get("base") or {}, data.get("grid") or {}
     if not isinstance(base, dict):
-        raise SpecError("base", base, "a mapping of run-spec fields (the configuration every cell starts from)")
-    if not isinstance(grid, dict) or not grid:
-        raise SpecError("grid", grid, "a mapping of axis -> list of values (at least one axis)")
-    axes = []
-    for axis, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"grid.{axis}", values, "a non-empty list of values")
-        axes.append((axis, tuple(values)))
+        raise SpecError("base", excerpt(base), "a mapping of run-spec fields (the configuration every cell starts "
+                                               "from)")
+    grid_size(data)
+    axes = [(axis, tuple(values)) for axis, values in grid.items()]
     ref = data.get("reference")
     if ref is not None:
-        from studio_core.knobs.sampler import SAMPLERS
-
-        if not isinstance(ref, dict) or set(ref) - {"sampler", "steps", "guidance"}:
-            raise SpecError("reference", ref, "a mapping with sampler, steps and optionally guidance")
-        if ref.get("sampler", "DPM++ 2M") not in SAMPLERS:
-            raise SpecError("reference.sampler", ref.get("sampler"), f"one of {', '.join(SAMPLERS)}")
+        _check_reference(ref)
     cells, specs = [], []
     info_cache: dict = {}
     for values in itertools.product(*(v for _, v in axes)):
@@ -152,13 +200,23 @@ def sweep_from_dict(data: dict, source: str = "<dict>") -> Sweep:
 
 
 def load_preset(path: str | Path) -> Sweep:
+    """A preset file as a checked ``Sweep``; ``SpecError`` in one line for a file too big, not YAML, or with
+    anchors or aliases, before anything is built from it."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("preset", str(path), "an existing YAML file (see presets/)")
+    if path.stat().st_size > MAX_PRESET_BYTES:
+        raise SpecError("preset", str(path), f"a file of at most {MAX_PRESET_BYTES:,} bytes (this one has "
+                                             f"{path.stat().st_size:,})")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_PresetLoader)  # a SafeLoader
-    except yaml.YAMLError as exc:
-        raise SpecError("preset", str(path), f"valid YAML ({exc})") from None
+    except yaml.MarkedYAMLError as exc:  # one line: what, and where (not pyyaml's quoted snippet)
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = ", ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise SpecError("preset", str(path), f"valid YAML ({' '.join(what.split())}{where})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpecError("preset", str(path), f"valid YAML ({' '.join(str(exc).split())})") from None
     return sweep_from_dict(data, str(path))
 
 

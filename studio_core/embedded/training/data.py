@@ -195,15 +195,19 @@ def _cache_key(size: int) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
 
+_BUILT: dict[int, EmojiDataset] = {}  # size -> the data set rendered in this process
+
+
 def load_or_build(cache_dir: str | Path, size: int = 64) -> EmojiDataset:
-    """Build once and keep as .npz in cache_dir (keyed by font, package versions and size)."""
+    """Build once and keep as .npz in cache_dir (keyed by font, package versions and size); a process that
+    rendered it already (for another study's cache) reuses that rendering."""
     cache_dir = Path(cache_dir)
     path = cache_dir / f"emoji{size}-{_cache_key(size)}.npz"
     if path.exists():
         z = np.load(path, allow_pickle=False)
         meta = json.loads(str(z["meta"]))
         return EmojiDataset(z["images"], meta["captions"], meta["chars"], z["held_out"], meta["dropped"])
-    ds = build_dataset(size)
+    ds = _BUILT.get(size) or _BUILT.setdefault(size, build_dataset(size))  # rendered once per process
     cache_dir.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"captions": ds.captions, "chars": ds.chars, "dropped": ds.dropped})
     tmp = path.with_suffix(".tmp.npz")
