@@ -28,7 +28,6 @@ from studio_core.study.labels import num
 __all__ = ["EMPTY_CARD", "PIN_HINT", "REFERENCE_PAIRS", "STAGE_SLOWDOWN", "baseline_text", "knob_lines", "metrics_card",
            "reference_strip", "setup_line", "timing_flags", "time_bar"]
 
-_ms = labels.ms  # app.grid imports it under this name
 
 # a stage none of the run's settings touches, this many times slower (per image) than in the baseline: a busy machine
 STAGE_SLOWDOWN = 3.0
