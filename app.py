@@ -12,9 +12,12 @@ Before it serves, it checks, in this order: the login (``--auth`` takes its user
 ``$STUDIO_AUTH``, ``--auth-file`` from a private file; a password given on the command line is
 refused, and never echoed), the address (loopback by default; a warning when another address has no
 login) and the files it serves (gradio's folder settings pinned to a private cache; an inherited
-``GRADIO_ALLOWED_PATHS`` is refused), and the study (``PRAGMA integrity_check`` of ``studio.db``; a damaged
-database is refused by name). Once serving, it prints exactly what ``/gradio_api/file=`` may hand out. See
-``app/serve.py`` for the size caps, the login throttle and the cleanup on SIGTERM.
+``GRADIO_ALLOWED_PATHS`` is refused), and the study (its write-ahead log read frame by frame, then
+``PRAGMA integrity_check`` of ``studio.db``: a damaged log or database is refused by name, a damaged log
+copied aside first; a folder this user cannot write is told apart from damage; rows whose text will not
+decode are moved to the quarantine table and named). Once serving, it prints exactly what
+``/gradio_api/file=`` may hand out. See ``app/serve.py`` for the size caps, the login throttle and the
+cleanup on SIGTERM.
 """
 
 from __future__ import annotations
@@ -118,7 +121,10 @@ def main(argv: list[str] | None = None, *, block: bool = True):
     if args.demo and not db_path.is_file():
         p.error(f"--demo {args.demo}: no study there ({db_path} does not exist)")
     if not args.demo:
-        result = RunStore.check_integrity(db_path)
+        try:
+            result = RunStore.check_integrity(db_path)
+        except StoreError as exc:  # a damaged write-ahead log (kept beside it), or a study this user cannot write
+            p.error(str(exc))
         if result not in ("ok", "new study"):
             p.error(f"{db_path} failed SQLite's integrity check ({result}). Refusing to start on a damaged study: "
                     "restore it from a copy, or start with another --data-dir")
@@ -134,6 +140,8 @@ def main(argv: list[str] | None = None, *, block: bool = True):
     except StoreError as exc:  # no study for a demo, or a file that is not a database ("cannot open ...")
         p.error(str(exc))
     store = demo.studio.store
+    for note in store.start_notes:  # rows whose text will not decode (studio_core/store/quarantine.py)
+        print(f"note: {note}", file=sys.stderr)
     if args.demo:
         result = store.integrity_check()
         if result != "ok":
@@ -148,8 +156,26 @@ def main(argv: list[str] | None = None, *, block: bool = True):
                 root_path=args.root_path, prevent_thread_lock=True)
     print(f"{serve.what_is_served(demo)}; login: {f'{len(users)} user(s)' if users else 'none'}", file=sys.stderr)
     if block:
-        demo.block_thread()
+        demo.block_thread()  # returns on SIGTERM or Ctrl-C (remove_on_signals), with the server closed
+        stop_work(demo)
     return demo
+
+
+def stop_work(demo, wait_s: float = 60.0) -> None:
+    """The server is stopping: every generation stops after its denoiser step in progress and is recorded
+    ``cancelled``, sweeps stop between runs, and those waiting leave; wait (up to ``wait_s``) until they have."""
+    import time
+
+    service = getattr(getattr(demo, "studio", None), "service", None)
+    if service is None or service.read_only:
+        return
+    service.stop_all("the server stopped (SIGTERM or Ctrl-C)")
+    deadline = time.monotonic() + wait_s
+    while service.device.admitted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if service.device.admitted:
+        print(f"{service.device.admitted} generation(s) or sweep(s) still running after {wait_s:g} s; they are "
+              "marked interrupted at the next start", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Runs as text for people: the metrics card of the Generate tab and the Runs tab (Markdown with a little
 inline HTML: the time bar and the images beside their reference).
 
-Every number carries its setup and spread (median with IQR, min..max and n; quality with its std;
+Every number carries its setup and spread (median with IQR, min..max and n; quality with its method and
+spread: pooled PSNR with the per-image range and identical count, an older run's mean of per-image dB named so;
 memory with what was measured). A noisy timing (IQR over ``labels.NOISY_IQR_RATIO`` of the median) is
 flagged, and so is a stage the run's settings do not touch that ran ``STAGE_SLOWDOWN`` times slower than
 in the pinned baseline (the machine was busy). Against a pinned baseline run the card gives latency ×,
@@ -216,6 +217,9 @@ def baseline_text(row: Mapping, baseline: Mapping) -> str:
     if (row.get("model"), row.get("prompts"), row.get("seeds")) != (
             baseline.get("model"), baseline.get("prompts"), baseline.get("seeds")):
         notes.append("other model, prompts or seeds: PSNR compares scores against different references")
+    if labels.psnr_method(row) != labels.psnr_method(baseline):
+        notes.append(f"PSNR Δ mixes methods: this run's is {labels.psnr_method(row)}, the baseline's "
+                     f"{labels.psnr_method(baseline)}")
     tail = f" *({'; '.join(notes)})*" if notes else ""
     return f"{head} " + " · ".join(parts) + tail
 
@@ -300,6 +304,25 @@ def _latency_line(row: Mapping) -> str:
                else " · model was already loaded"))
 
 
+def _psnr_part(row: Mapping) -> str:
+    """PSNR as the row's method gives it: pooled, with the per-image range and identical count; an older
+    run's mean of per-image dB with its std, named as such."""
+    n_img, psnr = _n_images(row), labels.number(row["psnr"])
+    if not labels.psnr_is_pooled(row):
+        spread = f" ± {labels.number(row.get('psnr_std') or 0)}" if n_img > 1 else ""
+        return f"PSNR {psnr}{spread} dB (older run: mean of per-image dB, not pooled)"
+    identical = int(num(row.get("identical_images")) or 0)
+    if n_img and identical >= n_img:
+        return (f"PSNR {psnr} dB (the cap: {'the image is' if n_img == 1 else f'all {n_img} images are'} "
+                "identical to the reference)")
+    if n_img <= 1:
+        return f"PSNR {psnr} dB ({'one image' if n_img else 'pooled'})"
+    lo, hi = labels.number(row.get("psnr_min")), labels.number(row.get("psnr_max"))
+    per_image = lo if lo == hi else f"{lo}–{hi}"
+    same = f", {identical} identical" if identical else ""
+    return f"PSNR {psnr} dB (pooled over {n_img} images; per image {per_image} dB{same})"
+
+
 def _quality_line(row: Mapping, reference: Mapping | None) -> str:
     ref = ""
     if reference:
@@ -307,14 +330,15 @@ def _quality_line(row: Mapping, reference: Mapping | None) -> str:
                f"{labels.number(reference.get('guidance'), 1)}, same prompts and seeds)")
     n_img = _n_images(row)
     if n_img > 1:
-        q = [f"PSNR {labels.number(row['psnr'])} ± {labels.number(row.get('psnr_std') or 0)} dB",
-             f"SSIM {labels.number(row.get('ssim'), 4)} ± {labels.number(row.get('ssim_std') or 0, 4)}"]
-        over = f"mean ± std over {n_img} images"
+        ssim = (f"SSIM {labels.number(row.get('ssim'), 4)} ± {labels.number(row.get('ssim_std') or 0, 4)} "
+                f"(mean ± std over {n_img} images)")
     else:
-        q = [f"PSNR {labels.number(row['psnr'])} dB", f"SSIM {labels.number(row.get('ssim'), 4)}"]
-        over = "one image, so no spread"
-    q.append(f"LPIPS {labels.number(row.get('lpips'), 4)}")
-    return f"**Quality** vs reference{ref}: " + " · ".join(q) + f" ({over})"
+        ssim = f"SSIM {labels.number(row.get('ssim'), 4)} (one image, so no spread)"
+    q = [_psnr_part(row), ssim, f"LPIPS {labels.number(row.get('lpips'), 4)}"]
+    how = ("10·log10(1/MSE), the MSE pooled over every pixel of every image" if labels.psnr_is_pooled(row)
+           else "each image's dB averaged, identical images counted as 100 dB")
+    return (f"**Quality** vs reference{ref}: " + " · ".join(q)
+            + f"\n\n*PSNR: {labels.psnr_method(row)}: {how}. {labels.ssim_method(row)}.*")
 
 
 def metrics_card(row: Mapping, reference: Mapping | None = None, *, baseline: Mapping | None = None,

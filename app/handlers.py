@@ -23,7 +23,8 @@ import gradio as gr
 import pandas as pd
 
 from app import cards, compare, grid, pictures, plots, tables, widgets
-from studio_core.errors import ModelLoadError, SpecError, StoreError, StudioBusy, SweepBusy
+from app.clients import client_watch
+from studio_core.errors import ModelLoadError, RunCancelled, SpecError, StoreError, StudioBusy, SweepBusy
 from studio_core.knobs.sampler import samplers_for
 from studio_core.spec import RunSpec, defaults_text, excerpt, model_info, resolve
 from studio_core.study import labels
@@ -50,6 +51,8 @@ def _user_error(exc: BaseException, hide: tuple[str, str] | None = None) -> gr.E
         return exc
     if isinstance(exc, StudioBusy):
         return gr.Error(str(exc), title="Studio busy", print_exception=False)
+    if isinstance(exc, RunCancelled):
+        return gr.Error(str(exc)[:1].upper() + str(exc)[1:], title="Cancelled", print_exception=False)
     known = isinstance(exc, USER_ERRORS)
     if not known:
         log.exception("unexpected error in the studio UI")
@@ -167,10 +170,12 @@ class Studio:
                 f"{info.size_multiple}) · {defaults_text(info)} · {len(samplers) - 1} samplers serve it")
         return updates + [text] + [widgets.knob_availability(knob, info) for knob in knobs]
 
-    def generate(self, spec: dict, baseline: Any = None, progress=gr.Progress()):
+    def generate(self, spec: dict, baseline: Any = None, request: gr.Request = None, progress=gr.Progress()):
         """Run one spec; the images (pixel-upscaled), the metrics card (against the pinned ``baseline`` run,
         if any) and the run's id (kept by the page to redraw the card when the baseline changes). Waits in
-        line for the device (saying behind what), or is refused at once when the line is full."""
+        line for the device (saying behind what), or is refused at once when the line is full. It follows its
+        client: gone (or Cancel pressed), it leaves the line, or stops after the denoiser step in progress and
+        is recorded ``cancelled``."""
         self.refuse_in_demo()
         if not isinstance(spec, dict):
             raise gr.Error("no run spec: press Generate", print_exception=False)
@@ -178,9 +183,13 @@ class Studio:
         try:
             row = self.service.run(
                 spec, on_stage=lambda stage: progress(_stage_fraction(stage), desc=stage),
-                waiting=lambda holder: progress(0.0, desc=f"waiting for the device: {holder} is running"))
+                waiting=lambda holder: progress(0.0, desc=f"waiting for the device: {holder} is running"),
+                stop=client_watch(), session=getattr(request, "session_hash", None))
         except Exception as exc:
             raise self.error(exc) from None
+        if row["status"] == "cancelled":
+            raise gr.Error(f"run {row['id']} was cancelled: {row.get('error')}", title="Cancelled",
+                           print_exception=False)
         if row["status"] != "ok":
             raise gr.Error(f"run {row['id']} failed: {row.get('error')}", title="Run failed", print_exception=False)
         return self.gallery(row), self.generate_card(row, baseline), row["id"]
@@ -263,6 +272,13 @@ class Studio:
         self.service.cancel(getattr(request, "session_hash", None))
         return "Cancelling: the sweep stops after the run in progress (runs are never cut in half)."
 
+    def cancel_generation(self, request: gr.Request):
+        """Stop this session's generation: out of the line if it waits, after the denoiser step in progress if
+        it runs (its row is then ``cancelled``)."""
+        self.refuse_in_demo()
+        self.service.cancel_generation(getattr(request, "session_hash", None))
+        return "Cancelling the generation: it stops after the denoiser step in progress."
+
     def run_sweep(self, sweep: dict, rerun: bool, request: gr.Request, size: Any = THUMB_PX,
                   progress=gr.Progress()):
         """Run (or resume) a sweep, updating the grid (``size`` px thumbnails) after every run; Cancel stops
@@ -276,7 +292,8 @@ class Studio:
             raise self.error(exc) from None
         progress((0, len(s)), desc=f"{s.name}: starting", unit="runs")
         shown = None
-        events = self.service.sweep_events(s, new=bool(rerun), session=getattr(request, "session_hash", None))
+        events = self.service.sweep_events(s, new=bool(rerun), session=getattr(request, "session_hash", None),
+                                           client=client_watch())
         try:
             with closing(events):  # the page went away: the service stops the sweep between runs
                 for event in events:

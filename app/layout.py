@@ -18,7 +18,7 @@ Demo mode (``read_only=True``): the study is opened read-only and no engine is m
 grids, Compare, Runs, details and CSV work; under a banner ("Read-only demo of <study>: generation
 and sweeps are off") the Generate form and the sweep builder are hidden and disabled, and every
 endpoint that would run or write (``/build_spec``, ``/generate``, ``/build_sweep``, ``/sweep``,
-``/cancel_sweep``) answers with the banner's message. The page names the study by its folder,
+``/cancel_sweep``, ``/cancel_generation``) answers with the banner's message. The page names the study by its folder,
 never by its path on the server.
 """
 
@@ -46,7 +46,7 @@ __all__ = ["FRONTIER_CLICK_JS", "PAGE_CSS", "build_demo"]
 # (label, value) of what frontier points can be coloured or marked by; the values are the run columns the API has
 # always taken, plus "configuration" (sampler and active knobs)
 COLOR_COLUMNS = [(label, value) for value, label in plots.GROUPS.items()]
-STATUSES = [tables.ALL, "ok", "failed", "running", "interrupted"]
+STATUSES = [tables.ALL, "ok", "failed", "running", "interrupted", "cancelled"]
 # the page's own CSS rules (component HTML cannot carry <style>): one comment per rule, tab by tab
 PAGE_CSS = """
 /* Generate: the results column stays in view beside the form while the knob groups opened make it longer */
@@ -139,6 +139,8 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                             generate_btn = gr.Button("Generate" if off else "Generate (off in this read-only demo)",
                                                      variant="primary", elem_id="generate-btn", interactive=off,
                                                      scale=1, min_width=150)
+                            gen_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-generate", scale=0,
+                                                       min_width=90, visible=off)
                             # the run's progress shows here, beside the button (show_progress_on below)
                             gen_progress = gr.Markdown("A run waits in line for the device, warms up, then times its "
                                                        "repeats; its progress shows here.", elem_id="generate-progress",
@@ -356,6 +358,9 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         generate_btn.click(build_spec, gen_inputs, spec_json, api_name="build_spec", show_progress="hidden").success(
             studio.generate, [spec_json, baseline_box], [gallery, card, shown_run], api_name="generate",
             concurrency_id="gpu", concurrency_limit=None, show_progress_on=gen_progress)
+        # Cancel: out of the line, or stopped after the denoiser step in progress (recorded "cancelled")
+        gen_cancel_btn.click(studio.cancel_generation, None, gen_progress, api_name="cancel_generation",
+                             concurrency_limit=None, show_progress="hidden")
         baseline_box.focus(lambda: gr.update(choices=studio.filter_choices()[3]), None, baseline_box,
                            api_visibility="private", show_progress="hidden")
         baseline_box.change(studio.shown_card, [shown_run, baseline_box], card, api_visibility="private",

@@ -20,10 +20,10 @@ from plotly.colors import qualitative
 from app import tables
 from studio_core.store.rows import is_missing, json_list
 from studio_core.study import labels
-from studio_core.study.frontier import COSTS, QUALITIES, pareto_front, setup_label, setups
+from studio_core.study.frontier import COSTS, QUALITIES, classify, pareto_front, setup_label, setups
 
-__all__ = ["GROUPS", "HOVER_WIDTH", "LATENCY_COSTS", "QUALITY_LABELS", "group_value", "hover_text",
-           "latency_quartiles", "make_frontier_plot"]
+__all__ = ["GROUPS", "HOVER_WIDTH", "LATENCY_COSTS", "QUALITY_LABELS", "TIED_NAME", "front_status_text",
+           "group_value", "hover_text", "latency_quartiles", "make_frontier_plot"]
 
 QUALITY_LABELS = {
     "psnr": "PSNR vs reference (dB)", "ssim": "SSIM vs reference", "lpips": "LPIPS vs reference",
@@ -44,6 +44,8 @@ _PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 _SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "star", "triangle-down", "pentagon",
             "hexagon", "hourglass", "bowtie"]
 _DASHES = ["dash", "dot", "dashdot", "longdash", "longdashdot"]  # one line style per setup's front
+_FRONT_COLOUR = "#444"  # the front lines, and the rings of the runs tied with a front
+TIED_NAME = "tied with the front (within noise)"  # legend of those rings
 
 
 # ------------------------------------------------------------------------------------------ text
@@ -184,6 +186,29 @@ def _spread_bars(g: pd.DataFrame, cost: str) -> tuple[dict, int, int]:
     return dict(type="data", symmetric=False, array=plus, arrayminus=minus, thickness=1.5, width=4), exact, approx
 
 
+def front_status_text(row: Mapping, cost: str, other: Mapping | None = None) -> str:
+    """Where a run stands against its setup's front, for its hover (HTML, short lines): on the front, tied
+    with front run ``other`` within the latency noise (both runs' IQRs), or dominated by a run beyond it.
+    ``row`` and ``other`` have ``classify``'s columns (``cost_low``, ``cost_high`` in the cost's unit)."""
+    status = row.get("front_status")
+    if status == "front":
+        return "on the Pareto front"
+    if status == "dominated" and labels.num(row.get("dominated_by")) is not None:
+        beyond = " beyond the latency noise" if cost in LATENCY_COSTS else ""
+        return f"dominated by run {int(labels.num(row['dominated_by']))}{beyond}"
+    if status != "tied" or other is None:
+        return ""
+    head = f"<b>tied with run {int(labels.num(other['id']))}</b> on the front"
+    spans = [(r["cost_low"], r["cost_high"]) for r in (row, other)]
+    if cost not in LATENCY_COSTS or all(hi <= lo for lo, hi in spans):
+        return head + ": same cost and quality"
+
+    def span(lo: float, hi: float) -> str:
+        return f"IQR {labels.ms(lo)}–{labels.ms(hi)} ms" if hi > lo else f"{labels.ms(lo)} ms (one repeat)"
+
+    return "<br>".join(_wrap([head, "within the latency noise:", f"{span(*spans[0])} vs {span(*spans[1])}"]))
+
+
 # ------------------------------------------------------------------------------------------ figure
 def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "latency_median_ms",
                        color: str | None = "configuration", symbol: str | None = None,
@@ -219,8 +244,13 @@ def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "lat
         return fig
     scale = 2**20 if cost == "peak_mem_bytes" else 1.0
     d = d.assign(_x=pd.to_numeric(d[cost]) / scale, _y=pd.to_numeric(d[quality]))
+    # each run against its setup's front, within the noise (front / tied / dominated); same rows, same order
+    judged = classify(d, cost, quality).to_dict("records")
+    by_id = {int(r["id"]): r for r in judged}
+    d["_status"] = [r["front_status"] for r in judged]
     records = d.to_dict("records")
-    d["_hover"] = [hover_text(r) for r in records]
+    d["_hover"] = ["<br>".join(filter(None, [hover_text(r), front_status_text(j, cost, by_id.get(
+        labels.num(j["tied_with"])))])) for r, j in zip(records, judged)]
     d["_c"] = [group_value(r, color) for r in records] if color else ""
     d["_s"] = [group_value(r, symbol) for r in records] if symbol else ""
     color_keys = sorted(set(d["_c"]), key=_natural)
@@ -254,8 +284,15 @@ def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "lat
             name = ("Pareto front" if len(groups) == 1 else
                     _legend_name(f"front: {setup_label(key, [k for k, _ in groups])}"))
             fig.add_trace(go.Scatter(x=front["_x"], y=front["_y"], mode="lines", line_shape="hv", name=name,
-                                     line=dict(color="#444", width=1.5, dash=_DASHES[k % len(_DASHES)]),
+                                     line=dict(color=_FRONT_COLOUR, width=1.5, dash=_DASHES[k % len(_DASHES)]),
                                      hoverinfo="skip"))
+    tied = d[d["_status"] == "tied"]
+    if not tied.empty:  # a ring in the front's colour: a rerun could put these on the front. Like the
+        # "selected" ring, not mode "markers": the run points are those traces (the click hook reads them)
+        fig.add_trace(go.Scatter(x=tied["_x"], y=tied["_y"], mode="markers+text", text=[""] * len(tied),
+                                 name=TIED_NAME, hoverinfo="skip",
+                                 marker=dict(size=17, symbol="circle-open", color=_FRONT_COLOUR,
+                                             line=dict(width=2, color=_FRONT_COLOUR))))
     chosen = d[d["id"].astype(int).isin([int(i) for i in selected])]
     if not chosen.empty:
         fig.add_trace(go.Scatter(x=chosen["_x"], y=chosen["_y"], mode="markers+text", name="selected",
@@ -264,7 +301,7 @@ def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "lat
                                                                line=dict(width=2.5, color="#d62728"))))
     notes = []
     if len(groups) > 1:
-        notes.append(f"{len(groups)} setups (model · device · size · reference), one Pareto front each: "
+        notes.append(f"{len(groups)} setups (model · device · threads · size · reference), one Pareto front each: "
                      "filter by model or sweep to see one")
     machines = d["device_name"].dropna().unique() if "device_name" in d else []
     if len(machines) > 1:
@@ -284,6 +321,8 @@ def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "lat
         notes.append(f"latency spread: shown when the cost is a latency, not {x_label}")
     title = (f"{QUALITY_LABELS.get(quality, quality)} vs {x_label}: {len(d)} runs, "
              f"{len(front_ids)} on the Pareto front" + ("s" if len(groups) > 1 else ""))
+    if not tied.empty:
+        title += f", {len(tied)} tied with {'it' if len(groups) == 1 else 'them'} within the noise"
     title += "".join(f"<br><sup>{n}</sup>" for n in notes)
     fig.update_layout(title=dict(text=title, font=dict(size=15)), margin=dict(t=50 + 18 * len(notes)))
     if log_x:

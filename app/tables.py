@@ -234,8 +234,10 @@ def metric_deltas(rows: list[Mapping]) -> pd.DataFrame:
             continue
         if column == "peak_mem_bytes":
             vals = [None if v is None else v / 2**20 for v in vals]
-        line = {"metric": labels.COLUMN_LABELS.get(column, column).split(" (")[0],
-                f"run {int(first['id'])}": _value(vals[0], unit, digits)}
+        name = labels.COLUMN_LABELS.get(column, column).split(" (")[0]
+        if column == "psnr" and len({labels.psnr_method(r) for r in rows}) > 1:  # pooled vs an older mean of dB
+            name += " (methods differ: " + "; ".join(f"run {int(r['id'])}: {labels.psnr_method(r)}" for r in rows) + ")"
+        line = {"metric": name, f"run {int(first['id'])}": _value(vals[0], unit, digits)}
         for r, v in zip(rows[1:], vals[1:]):
             noise = None
             if column in ("latency_median_ms", "per_image_ms"):  # a change within either run's IQR is no finding

@@ -6,8 +6,15 @@ a fixed seeded mix of generate, frontier, compare, runs table, run details and C
 it checks the store from outside the server: every accepted generate left exactly one ``ok`` run
 (matched by the run id in its card), no run is duplicated or lost, ``PRAGMA integrity_check`` is ok.
 
-Reported: counts by request kind and outcome (ok / refused as overloaded / error), and the latency of
-the read requests split by whether a generation was in flight on the server when they started.
+With ``--abandon F`` a fraction F of the generate requests give up after ``--abandon-after`` seconds when
+they have no answer yet, as people and scripts do: half close their event stream (a closed tab), half
+cancel through gradio_client (``job.cancel()``). They ask for warm-up 2 and 20 repeats (the others: 1
+and 1), so their rows are known and they are still at work when their clients give up. Checked: no abandoned request ran to the end (its row, if any, is
+``cancelled``), and afterwards every place in line is free: ``--max-waiting`` generations sent at once
+are all admitted.
+
+Reported: counts by request kind and outcome (ok / refused as overloaded / error / abandoned), and the
+latency of the read requests split by whether a generation was in flight on the server when they started.
 Run: ``python benchmarks/load_test.py`` (``--help`` for sizes). Exit status 1 when any check fails.
 """
 
@@ -50,6 +57,7 @@ class Shared:
     lock: threading.Lock = field(default_factory=threading.Lock)
     generating: int = 0  # generate requests in flight (client side)
     seen_ids: list[int] = field(default_factory=list)
+    url: str = ""
 
 
 def free_port() -> int:
@@ -70,10 +78,46 @@ def wait_for(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise SystemExit(f"the studio did not listen on port {port} within {timeout:.0f} s")
 
 
-def gen_spec(args, i: int) -> dict:
+def gen_spec(args, i: int, abandoning: bool = False) -> dict:
     # seeds 0 and 1 only: the two untimed generates made their references, so no request pays for one
     return {"model": "emoji-sd", "prompts": ["grinning face"], "seeds": [i % 2], "steps": args.steps,
-            "sampler": "DDIM", "warmup": 1, "repeats": 1, "device": "cpu"}
+            "sampler": "DDIM", "warmup": 2 if abandoning else 1, "repeats": 20 if abandoning else 1, "device": "cpu"}
+
+
+def abandon(client, url: str, args, i: int) -> str:
+    """A generate given up after ``args.abandon_after`` s: "finished" when it was answered (or refused) before that, else
+    "abandoned" (odd ``i``: its event stream closed, like a closed tab; even: ``job.cancel()``)."""
+    import httpx
+
+    spec = gen_spec(args, i, abandoning=True)
+    if i % 2 == 0:
+        job = client.submit(spec, None, api_name="/generate")
+        deadline = time.monotonic() + args.abandon_after
+        while time.monotonic() < deadline and not job.done():
+            time.sleep(0.05)
+        if job.done():
+            return "finished"
+        job.cancel()
+        return "abandoned"
+    config = httpx.get(url + "config", timeout=30).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
+    session = f"abandon-{i}"
+    httpx.post(url + "gradio_api/queue/join", json={"data": [spec, None], "fn_index": fn_index,
+                                                    "session_hash": session}, timeout=30).raise_for_status()
+    deadline = time.monotonic() + args.abandon_after
+    with httpx.Client(timeout=httpx.Timeout(30, read=0.5)) as http:
+        with http.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session}) as events:
+            lines = events.iter_lines()
+            while time.monotonic() < deadline:
+                try:
+                    line = next(lines)
+                except httpx.ReadTimeout:
+                    continue
+                except StopIteration:
+                    return "finished"
+                if "process_completed" in line:
+                    return "finished"
+    return "abandoned"  # the stream is closed here
 
 
 def one_request(client, kind: str, i: int, args, shared: Shared) -> Result:
@@ -82,11 +126,13 @@ def one_request(client, kind: str, i: int, args, shared: Shared) -> Result:
     t0 = time.perf_counter()
     run_id = None
     try:
+        if kind == "abandon":
+            return Result(kind, t0, time.perf_counter(), abandon(client, shared.url, args, i))
         if kind == "generate":
             with shared.lock:
                 shared.generating += 1
             try:
-                _gallery, card = client.predict(gen_spec(args, i), api_name="/generate")
+                _gallery, card = client.predict(gen_spec(args, i), None, api_name="/generate")
             finally:
                 with shared.lock:
                     shared.generating -= 1
@@ -133,6 +179,30 @@ def client_loop(url: str, plan: list[tuple[int, str]], args, shared: Shared, dow
                 shared.seen_ids.append(r.run_id)
 
 
+def free_slots(url: str, downloads: str, data_dir: Path, args) -> str:
+    """After the load: once no run is left running, ``--max-waiting`` generations sent at once must all be
+    admitted (a place held by a gone client would refuse one). Returns "" or what went wrong."""
+    from gradio_client import Client
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        db = sqlite3.connect(data_dir / "studio.db")
+        running = db.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+        db.close()
+        if not running:
+            break
+        time.sleep(0.5)
+    clients = [Client(url, verbose=False, download_files=downloads) for _ in range(args.max_waiting)]
+    jobs = [c.submit(gen_spec(args, i), None, api_name="/generate") for i, c in enumerate(clients)]
+    problems = []
+    for job in jobs:
+        try:
+            job.result(timeout=600)
+        except Exception as exc:  # noqa: BLE001 - a refusal here is the failure being checked
+            problems.append(str(exc)[:120])
+    return "; ".join(problems)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -146,6 +216,9 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=240, help="requests in all, spread over the clients")
     p.add_argument("--generate-share", type=float, default=0.2, help="fraction of requests that generate")
     p.add_argument("--steps", type=int, default=8, help="denoising steps of each generate")
+    p.add_argument("--abandon", type=float, default=0.0, help="fraction of generate requests that give up")
+    p.add_argument("--abandon-after", type=float, default=2.0, help="seconds before they give up")
+    p.add_argument("--max-waiting", type=int, default=4, help="app.py --max-waiting")
     p.add_argument("--data-dir", help="study folder (default: a fresh temporary one)")
     p.add_argument("--server-arg", action="append", default=[], help="extra argument for app.py (repeatable)")
     args = p.parse_args()
@@ -155,11 +228,12 @@ def main() -> int:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     log = open(data_dir.parent / f"{data_dir.name}-server.log", "w")
     server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--data-dir", str(data_dir), "--port", str(port),
-                               *args.server_arg], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                               "--max-waiting", str(args.max_waiting), *args.server_arg], cwd=ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
     shared = Shared()
     try:
         wait_for(port, server)
-        url = f"http://127.0.0.1:{port}/"
+        url = shared.url = f"http://127.0.0.1:{port}/"
         downloads = tempfile.mkdtemp(prefix="studio-load-dl-")
         # two runs first, so compare and details have something to read (not counted)
         from gradio_client import Client
@@ -174,6 +248,7 @@ def main() -> int:
 
         rng = random.Random(0)
         kinds = [("generate" if rng.random() < args.generate_share else rng.choice(READS)) for _ in range(args.requests)]
+        kinds = [("abandon" if k == "generate" and rng.random() < args.abandon else k) for k in kinds]
         plans = [[(i, k) for i, k in enumerate(kinds) if i % args.clients == c] for c in range(args.clients)]
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client_loop, args=(url, plan, args, shared, downloads)) for plan in plans]
@@ -182,6 +257,7 @@ def main() -> int:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        slots = free_slots(url, downloads, data_dir, args)
     finally:
         server.terminate()
         try:
@@ -192,7 +268,8 @@ def main() -> int:
 
     # ---- checks, from outside the server
     db = sqlite3.connect(data_dir / "studio.db")
-    rows = db.execute("SELECT id, status, error FROM runs ORDER BY id").fetchall()
+    abandoned_rows = db.execute("SELECT id, status, error FROM runs WHERE warmup = 2 ORDER BY id").fetchall()
+    rows = db.execute("SELECT id, status, error FROM runs WHERE warmup = 1 ORDER BY id").fetchall()
     integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
     db.close()
     res = shared.results
@@ -204,6 +281,13 @@ def main() -> int:
         problems.append(f"integrity_check: {integrity}")
     if len(set(ids)) != len(ids):
         problems.append(f"duplicated run ids in replies: {sorted(i for i in ids if ids.count(i) > 1)}")
+    if slots:
+        problems.append(f"after the load, {args.max_waiting} generations at once were not all admitted: {slots}")
+    ids += [rid for rid, status, _ in rows[-args.max_waiting:] if status == "ok"] if not slots else []
+    n_finished = sum(r.outcome == "finished" for r in res if r.kind == "abandon")
+    ran = [(i, s) for i, s, _ in abandoned_rows if s != "cancelled"]
+    if len(ran) > n_finished:
+        problems.append(f"abandoned generates that ran to the end: {len(ran) - n_finished} ({ran})")
     missing = [i for i in ids if by_id.get(i, ("missing",))[0] != "ok"]
     if missing:
         problems.append(f"accepted generates without an ok row: {missing}")
@@ -223,6 +307,10 @@ def main() -> int:
     print()
     print("| request | n | ok | refused (overload) | error | p50 s | p95 s | max s |")
     print("|---|---|---|---|---|---|---|---|")
+    ab = [r for r in res if r.kind == "abandon"]
+    if ab:
+        print(f"| generate, abandoned after {args.abandon_after:g} s | {len(ab)} | "
+              f"{sum(r.outcome == 'finished' for r in ab)} answered or refused first | - | - | - | - | - |")
     for kind in ("generate", *READS):
         rs = [r for r in res if r.kind == kind]
         lat = [r.end - r.start for r in rs if r.outcome == "ok"]
@@ -243,8 +331,14 @@ def main() -> int:
         print("overload messages seen:")
         for m in refusals[:5]:
             print(f"- {m}")
-    print(f"store: {len(rows)} runs ({sum(s == 'ok' for _, s, _ in rows)} ok), accepted generates "
-          f"{len(gen_ok)} + 2 untimed, integrity_check {integrity}; server log {log.name}")
+    print(f"store: {len(rows)} runs of non-abandoned generates ({sum(s == 'ok' for _, s, _ in rows)} ok), accepted "
+          f"generates {len(gen_ok)} + 2 untimed + {args.max_waiting} final; integrity_check {integrity}; "
+          f"server log {log.name}")
+    if ab:
+        print(f"abandoned: {len(ab)} requests, {len(ab) - n_finished} left unanswered; their rows: "
+              f"{len(abandoned_rows)} ({sum(s == 'cancelled' for _, s, _ in abandoned_rows)} cancelled mid-run, "
+              f"{len(ran)} ran to the end, while {n_finished} were answered or refused before their clients gave up); "
+              f"every place in line free afterwards: {'yes' if not slots else 'NO'}")
     if problems:
         print("\nPROBLEMS:")
         for m in problems:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import PurePath
 from typing import Any, Iterator, Mapping
@@ -21,7 +23,16 @@ from typing import Any, Iterator, Mapping
 from studio_core.errors import ModelLoadError, SpecError, StoreError, SweepBusy, UnsafePath
 from studio_core.knobs import KNOBS
 from studio_core.store.rows import is_missing
-from studio_core.study.labels import COLUMN_LABELS, axis_label, axis_value, configuration, inactive_knobs, noisy, num
+from studio_core.study.labels import (
+    COLUMN_LABELS,
+    axis_label,
+    axis_value,
+    configuration,
+    inactive_knobs,
+    noisy,
+    num,
+    psnr_title,
+)
 
 __all__ = ["COMMANDS", "main"]
 
@@ -76,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help=COMMANDS["export"])
     e.add_argument("--csv", required=True, metavar="FILE")
     e.add_argument("--sweep", type=int, help="only runs of this sweep id")
-    e.add_argument("--status", choices=["running", "ok", "failed", "interrupted"])
+    e.add_argument("--status", choices=["running", "ok", "failed", "interrupted", "cancelled"])
 
     f = sub.add_parser("frontier", help=COMMANDS["frontier"])
     f.add_argument("--metric", default="psnr", help="quality column (psnr, ssim, lpips, fidelity_top1, fidelity_top5)")
@@ -195,12 +206,21 @@ def _knob_lines(row: Mapping) -> list[str]:
 
 @contextmanager
 def _study(a, read_only: bool) -> Iterator:
-    """The study of ``--data-dir``, closed afterwards (so SQLite leaves no side file behind)."""
+    """The study of ``--data-dir``, closed afterwards (so SQLite leaves no side file behind). What its open
+    found is said first (rows moved to quarantine); a database SQLite cannot read, met at any point, ends the
+    command with one line naming the file and the problem instead of a traceback."""
+    from studio_core.store.access import unreadable_reason
     from studio_core.store.store import RunStore
 
     store = RunStore(a.data_dir, read_only=read_only)
+    for note in store.start_notes:
+        print(f"note: {note}", file=sys.stderr)
     try:
         yield store
+    except Exception as exc:
+        if (reason := unreadable_reason(store.path, exc)) is None:
+            raise
+        raise StoreError(reason) from exc
     finally:
         store.close()
 
@@ -272,7 +292,8 @@ def cmd_frontier(a) -> int:
     if n_setups > 1:  # never one front across models, machines, sizes or references
         print(f"{n_setups} setups (model · device · size · reference), one Pareto front each")
     for setup, runs in front.groupby("setup", sort=False):
-        print(f"Pareto front of {setup}: {COLUMN_LABELS[a.metric]}, {'higher' if QUALITIES[a.metric] else 'lower'} "
+        title = psnr_title(runs.to_dict("records")) if a.metric == "psnr" else COLUMN_LABELS[a.metric]
+        print(f"Pareto front of {setup}: {title}, {'higher' if QUALITIES[a.metric] else 'lower'} "
               f"is better, against {COLUMN_LABELS[a.cost]}: {len(runs)} run{'s' if len(runs) > 1 else ''}")
         print(_table(runs.to_dict("records"), ["id", "model", "configuration", "steps", "guidance", a.cost, *spread,
                                                a.metric, "device_name"]))
@@ -318,17 +339,24 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KiB"
 
 
+def _terminated(signum: int, _frame) -> None:
+    """SIGTERM (how a scheduler or ``kill`` stops a job) stops like Ctrl-C, and the run says which it was."""
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return globals()[f"cmd_{a.command}"](a)
     except (SpecError, ModelLoadError, StoreError, SweepBusy, UnsafePath) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("stopped; the interrupted run is marked interrupted and the sweep resumes when started again",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"{exc or 'stopped'}; the interrupted run is marked interrupted and the sweep resumes when started "
+              "again", file=sys.stderr)
+        return 130 if not str(exc) else 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ __all__ = [
     "DeviceWaitStopped",
     "KnobUnsupported",
     "ModelLoadError",
+    "NoSpace",
     "SpecError",
     "StoreError",
     "StoreReadOnly",
@@ -67,3 +68,13 @@ class BadOutput(RuntimeError):
 class DeviceWaitStopped(RuntimeError):
     """A sweep was cancelled while it still waited for the device: nothing ran."""
 
+
+
+class RunCancelled(RuntimeError):
+    """A run stopped between denoiser steps because its client went away or someone pressed Cancel; the
+    message is the reason recorded with its ``cancelled`` row."""
+
+
+class NoSpace(StoreError):
+    """The study folder's disk has too little free space for a run; refused before any row is written. The
+    message names the folder, what is free, what the run needs, and what to do."""

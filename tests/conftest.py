@@ -104,8 +104,9 @@ def bad_inputs():
         lines = ["# Bad inputs and what a user gets", "",
                  "Written by `scripts/bad_inputs_table.sh` from the tests that sent each input (paths are the "
                  "tests' temporary folders). Every case is an assertion in `tests/test_bad_inputs.py`, "
-                 "`tests/test_cli.py` or `tests/test_browser.py`: the message names the problem, no traceback, "
-                 "nothing written by the refused input.", "",
+                 "`tests/test_cli.py`, `tests/test_browser.py`, `tests/test_serving.py`, `tests/test_store_faults.py`, "
+                 "`tests/test_disk_faults.py` or `tests/test_cancel.py`: the message names the problem, no "
+                 "traceback, nothing written by the refused input (a cancelled run is recorded `cancelled`).", "",
                  "| # | where | input | what the user gets |", "|---|---|---|---|"]
         lines += [f"| {i} | {cell(s)} | `{cell(x)}` | {cell(m)} |" for i, (s, x, m) in enumerate(rows, 1)]
         Path(target).write_text("\n".join(lines) + "\n", encoding="utf-8")

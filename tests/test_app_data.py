@@ -241,7 +241,7 @@ def test_table_view_puts_key_columns_first_titled_for_people_and_drops_empty_one
              error="out of memory")])
     view = tables.table_view(frame)
     assert list(view.columns)[:9] == ["run", "configuration", "steps", "median latency (ms)", "latency IQR (ms)",
-                                      "timing noise", "PSNR (dB)", "SSIM", "peak memory (MiB)"]
+                                      "timing noise", "PSNR (pooled, dB)", "SSIM", "peak memory (MiB)"]
     assert list(view.columns)[9:12] == ["status", "error", "model"] and list(view.columns)[-2:] == ["created",
                                                                                                        "sweep"]
     assert "prompt set" not in view.columns  # blank for every run shown
@@ -249,7 +249,7 @@ def test_table_view_puts_key_columns_first_titled_for_people_and_drops_empty_one
     assert list(view["configuration"]) == ["DDIM (model default)", "DDIM · DeepCache N=2"]
     assert list(view["timing noise"]) == ["", "noisy (IQR 40% of median)"]
     assert list(view["error"]) == ["out of memory", ""]
-    assert view["created"][0] == "2026-01-01 00:00:00" and view["PSNR (dB)"][1] == 30.12
+    assert view["created"][0] == "2026-01-01 00:00:00" and view["PSNR (pooled, dB)"][1] == 30.12
     cells = [str(v) for v in view.select_dtypes(exclude="number").to_numpy().ravel()]
     assert not any(c in ("nan", "None") or "{" in c for c in cells)
 

@@ -102,3 +102,24 @@ def test_progress_shows_beside_the_button_and_the_card_compares_with_the_pinned_
     expect(card).to_contain_text(f"Against the baseline, run {baseline['id']}")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(SHOTS / "1-generate.png"), full_page=True)
+
+
+def test_cancel_stops_a_running_generation_and_the_page_says_so(page, served):
+    """A generation the user no longer wants stops after the denoiser step in progress, is recorded
+    ``cancelled`` with the reason, and the page says which run was cancelled."""
+    store = served.studio.store
+    set_value(page, "setting-steps", 800)
+    page.locator("#measurement").get_by_text("Measurement").click()
+    set_value(page, "warmup", 20)
+    set_value(page, "repeats", 100)  # within the caps, and hours on this machine: only Cancel ends it
+    n = store.db["runs"].count
+    page.click("#generate-btn")
+    running = lambda: (rows := store.runs()) and len(rows) > n and rows[-1]["status"] == "running"  # noqa: E731
+    expect(page.locator("#generate-progress")).to_contain_text("warm-up", timeout=RUN_MS)
+    assert running()
+    page.click("#cancel-generate")
+    expect(page.locator("body")).to_contain_text(f"run {n + 1} was cancelled: cancelled by the user (Cancel)",
+                                                 timeout=RUN_MS)
+    row = store.get_run(n + 1)
+    assert row["status"] == "cancelled" and row["error"].startswith("cancelled by the user (Cancel) (")
+    assert served.studio.service.device.admitted == 0

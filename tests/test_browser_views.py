@@ -150,7 +150,7 @@ def test_runs_table_puts_the_key_columns_first(page, served, runs):
     playwright.expect(rows).to_have_count(len(served.studio.store.runs()) + 1)
     headers = [h["text"] for h in page.evaluate(HEADERS_JS, "#runs-table")]
     assert headers[:5] == ["run", "configuration", "steps", "median latency (ms)", "latency IQR (ms)"], headers
-    assert headers.index("PSNR (dB)") < headers.index("peak memory (MiB)") < headers.index("status") \
+    assert headers.index("PSNR (pooled, dB)") < headers.index("peak memory (MiB)") < headers.index("status") \
         < headers.index("created"), headers
     assert "prompt set" not in headers and "sweep" not in headers  # blank for every run here
     cells = [c.strip() for row in rows.all_inner_texts()[1:] for c in re.split(r"[\t\n]", row)]

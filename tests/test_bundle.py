@@ -294,7 +294,7 @@ def test_read_only_commands_leave_a_bundle_byte_identical(study, tmp_path, capsy
         assert main(["--data-dir", str(out), *args]) == 0, args
         assert _files(out) == before, args
     printed = capsys.readouterr().out
-    assert "median latency (ms)" in printed and "Pareto front of " in printed and "PSNR (dB)" in printed and "run 5 failed" in printed
+    assert "median latency (ms)" in printed and "Pareto front of " in printed and "PSNR (pooled, dB)" in printed and "run 5 failed" in printed
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 5
     assert {p.name for p in out.iterdir()} == {"studio.db", "bundle.json", "images"}
 

@@ -33,7 +33,7 @@ def test_run_export_frontier_runs(tmp_path, tiny_pipeline_dir, capsys):
     assert main(["--data-dir", d, "frontier", "--metric", "psnr", "--cost", "latency_median_ms"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"Pareto front of {tiny_pipeline_dir.name} · ")  # one setup: model, device, size, ref
-    assert ": PSNR (dB), higher is better, against median latency (ms): " in lines[0]
+    assert ": PSNR (pooled, dB), higher is better, against median latency (ms): " in lines[0]
     assert re.match(r"run +model +configuration", lines[1]) and f" {tiny_pipeline_dir.name} " in lines[2]
     assert main(["--data-dir", d, "runs"]) == 0
     out = capsys.readouterr().out

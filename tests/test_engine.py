@@ -127,7 +127,9 @@ def test_image_metrics_known_answers():
     b = a.copy()
     b[1] = 255  # the second image is maximally different: MSE 1 -> 0 dB
     m = image_metrics(a, b)
-    assert m["psnr"] == pytest.approx((100.0 + 0.0) / 2) and m["psnr_std"] == pytest.approx(50.0)
+    # pooled: MSE (0 + 1) / 2 -> 10·log10(2) dB; the old mean of per-image dB counted the identical one as 100
+    assert m["psnr"] == pytest.approx(10 * np.log10(2)) and m["psnr_image_mean"] == pytest.approx(50.0)
+    assert m["identical_images"] == 1 and m["psnr_min"] == m["psnr_max"] == 0.0 and m["psnr_std"] == 0.0
     with pytest.raises(ValueError, match="differ in shape"):
         image_metrics(a, b[:1])
 
@@ -170,3 +172,18 @@ def test_cuda_peak_memory_is_reset_between_runs(engine, tiny_pipeline_dir):
         assert r.row["peak_mem_bytes"] >= r.row["mem_baseline_bytes"] > 0
     assert len(engine._pipes) == 1  # both runs used the same loaded pipeline, so the baselines match
     assert small.row["peak_mem_bytes"] < large.row["peak_mem_bytes"]
+
+
+@pytest.mark.parametrize("sampler", ["default", "DDIM", "PNDM", "DPM++ 2M"])
+def test_a_reference_asking_for_every_training_timestep_is_capped_where_its_scheduler_can_take_it(
+        tiny_pipeline_dir, sampler):
+    """'leading' spacing cannot take 1000 steps of 1000 training timesteps (index 1000 out of bounds): the
+    reference takes the most its scheduler can (the scheduler check is the one that refuses steps=1000 for a
+    run, tested with the bad inputs), so the run is scored against it instead of failing."""
+    from studio_core.measure.reference import reference_spec
+    from studio_core.spec import RunSpec, resolve, scheduler_steps_reason
+
+    spec, info = resolve(RunSpec.from_dict(_spec(tiny_pipeline_dir, steps=2)))
+    ref = reference_spec(spec, info, {"sampler": sampler, "steps": 1000})
+    assert ref.steps < 1000 and scheduler_steps_reason(info, ref.sampler, None, ref.steps) is None
+    assert ref.steps >= 998  # capped, not cut: the most it can take

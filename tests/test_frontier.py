@@ -58,4 +58,5 @@ def test_runs_of_different_models_devices_sizes_or_references_never_share_a_fron
     front = frontier_table(store)
     assert sorted(front["id"]) == [1, 2, 3, 4, 5] and front["setup"].nunique() == 4
     first = front[front["setup"] == setup_label(setups(store.runs_frame())[0][0])]
-    assert list(first["id"]) == [1, 2] and first["setup"].iloc[0] == "emoji-sd · CPU x · 32x32 px · reference #1"
+    assert list(first["id"]) == [1, 2] and first["setup"].iloc[0] == (
+        "emoji-sd · CPU x · threads unknown · 32x32 px · reference #1")  # these runs record no thread count

@@ -275,7 +275,8 @@ def test_read_only_refuses_an_older_or_newer_schema(tmp_path):
     old = sqlite_utils.Database(tmp_path / "old" / "studio.db")  # a study from before the first migration
     old["runs"].insert({"id": 1})
     old.close()
-    with pytest.raises(StoreError, match="has schema version 0 and this studio expects 1; open it once read-write"):
+    with pytest.raises(StoreError, match=f"has schema version 0 and this studio expects {len(migrations._migrations)}; "
+                                         "open it once read-write"):
         RunStore(tmp_path / "old", read_only=True)
     RunStore(tmp_path / "new").close()
     new = sqlite_utils.Database(tmp_path / "new" / "studio.db")
@@ -283,6 +284,17 @@ def test_read_only_refuses_an_older_or_newer_schema(tmp_path):
     new.close()
     with pytest.raises(StoreError, match="written by a newer studio \\(migrations m999_future are unknown here\\)"):
         RunStore(tmp_path / "new", read_only=True)
+
+
+def test_a_study_from_before_the_quarantine_table_still_opens_read_only(store):
+    """Bundles published before ``m002_quarantine`` stay demos: a reader never reads that table."""
+    store.start_run({"model": "m"}, config_hash="h")
+    store.db.execute("DROP TABLE quarantine")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm002_quarantine'")
+    store.close()
+    ro = RunStore(store.data_dir, read_only=True)
+    assert len(ro.runs()) == 1 and ro.schema_version == len(migrations._migrations) - 1
+    ro.close()
 
 
 @pytest.fixture
@@ -348,14 +360,18 @@ def test_read_only_opens_a_wal_study_in_a_folder_it_cannot_write(open_tmp, write
         writer.close()
 
 
-def test_read_only_names_an_unreadable_write_ahead_log(open_tmp):
-    """A writer that died left data in the -wal but no -shm; only a process that may write can recover it."""
+def test_read_only_reads_the_log_a_killed_writer_left_in_a_folder_it_cannot_write(open_tmp):
+    """A writer that died left data in the -wal but no -shm: a reader that may not write the folder reads it
+    from a private snapshot, and makes nothing there."""
     crash = ("import os, sys; from studio_core.store.store import RunStore; s = RunStore(sys.argv[1]);"
              "s.db.execute('PRAGMA wal_autocheckpoint = 0'); s.start_run({'steps': 1}, config_hash='x'); os._exit(0)")
     subprocess.run([sys.executable, "-c", crash, str(open_tmp / "study")], check=True, cwd=ROOT, timeout=120)
     (open_tmp / "study" / "studio.db-shm").unlink()
+    files = sorted(p.name for p in (open_tmp / "study").iterdir())
     out = _run_without_write_access(open_tmp / "study", READ_AS_DEMO)
-    assert out.returncode != 0 and "write-ahead log holds data" in out.stderr
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "1 ok" and "start_run is refused" in out.stdout  # 1 run, integrity ok
+    assert sorted(p.name for p in (open_tmp / "study").iterdir()) == files
 
 
 # ---------------------------------------------------------------- paths from outside

@@ -4,7 +4,9 @@
 
 1. Resolve and check the spec (raises ``SpecError`` before any work; nothing is recorded). One
    exception: a model this engine already ran in this session that no longer resolves (its folder
-   was moved, deleted or broken since) is a failed run with that reason, not an input error.
+   was moved, deleted or broken since) is a failed run with that reason, not an input error. A study
+   folder whose disk lacks room for the run's images (and its reference's, when none is stored yet)
+   plus a margin refuses it with ``NoSpace``, also before anything is recorded (``store.space``).
 2. Insert a ``running`` row in the store.
 3. Load the pipeline (cached per model files, device and load options; a pipeline of files that have
    changed since is dropped, never reused) and apply every knob, in order (``pipelines``).
@@ -19,8 +21,12 @@
    seeds, resolution), generated once and kept (``reference``): PSNR and SSIM (torchmetrics), LPIPS
    only when its backbone weights are on disk, and prompt fidelity for the embedded model (``quality``).
 7. Finish the row (``ok``), or record ``failed`` with the reason (``failures``); Ctrl-C marks it
-   ``interrupted``. An allocation the device refuses is ``failed`` with a reason that starts "out of
+   ``interrupted``. A run whose ``stop`` gives a reason (its client went away, Cancel was pressed) stops
+   between denoiser steps and is recorded ``cancelled`` with that reason. An allocation the device refuses is ``failed`` with a reason that starts "out of
    memory" and says what to make smaller; the loaded pipelines are dropped so the memory comes back.
+   A write the disk refuses mid-run (full, read-only, failing) fails the run with that reason; when the
+   failed row cannot be written either, the outcome waits in the store and is written when space returns
+   (``store.pending``), and the result says so.
 
 A process killed mid-run (``kill -9``, a crash, a power cut) leaves its row ``running``; the next
 ``Engine`` on the study marks it ``interrupted`` (``RunStore.mark_interrupted``), also when a newer process has
@@ -38,7 +44,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from studio_core.errors import SpecError
+from studio_core.errors import RunCancelled, SpecError
 from studio_core.knobs import KnobReport
 from studio_core.measure import quality
 from studio_core.measure.environment import environment, resolve_device
@@ -47,10 +53,11 @@ from studio_core.measure.generation import generate
 from studio_core.measure.memory import peak_memory_meter
 from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, load_options, undo_knobs
 from studio_core.measure.quality import image_metrics
-from studio_core.measure.reference import reference_for, reference_spec
+from studio_core.measure.reference import reference_for, reference_key, reference_spec
 from studio_core.measure.sanity import check_pictures
 from studio_core.measure.timing import Clock, Probe, timed_pass, timing_summary
 from studio_core.spec import ModelInfo, RunSpec, config_hash, resolve
+from studio_core.store.space import check_free_space, needed_bytes
 from studio_core.store.store import RunStore
 
 # image_metrics and reference_spec are re-exported: tests and older callers import them from here
@@ -93,14 +100,16 @@ class Engine:
         return self._pipes.get_or_load(info, device, options)
 
     def reference_for(self, spec: RunSpec, info: ModelInfo, reference: dict | None = None,
-                      device: str = "cpu") -> tuple[dict, np.ndarray]:
+                      device: str = "cpu", stop: Callable[[], str | None] | None = None) -> tuple[dict, np.ndarray]:
         """The stored reference of a resolved spec, generating and keeping it the first time (``reference``)."""
-        return reference_for(self.store, self._pipes, spec, info, reference, device)
+        return reference_for(self.store, self._pipes, spec, info, reference, device, stop)
 
     # ---- the run
     def run(self, spec: RunSpec | dict, *, sweep_id: int | None = None, sweep_index: int | None = None,
-            reference: dict | None = None, on_stage: Callable[[str], None] | None = None) -> RunResult:
-        """Run, time, score and log one configuration (see the module docstring for the steps)."""
+            reference: dict | None = None, on_stage: Callable[[str], None] | None = None,
+            stop: Callable[[], str | None] | None = None) -> RunResult:
+        """Run, time, score and log one configuration (see the module docstring for the steps). ``stop``
+        returns a reason to stop (checked between denoiser steps) or None."""
         stage = on_stage or (lambda s: None)
         # 1. check inputs: raise before any work
         if isinstance(spec, dict):
@@ -112,6 +121,8 @@ class Engine:
                 raise  # input validation: nothing is recorded
             return self._record_lost_model(spec, sweep_id, sweep_index)
         device = resolve_device(spec.device)
+        if not self.store.read_only:  # a read-only study refuses the run at start_run, by that name
+            self._check_space(spec, info, reference)
         # 2. record the run before doing anything that can fail
         run_id = self.store.start_run(
             spec.to_dict(), config_hash=config_hash(spec), model_path=info.path,
@@ -120,30 +131,45 @@ class Engine:
         self._models_run[spec.model] = info.path
         results: dict = {}
         try:
-            images, reports = self._measure(spec, info, device, results, stage)
+            images, reports = self._measure(spec, info, device, results, stage, stop)
             check_pictures(images)  # a flat or black frame is a failure, not a low PSNR
             stage("scoring")
-            results.update(self._score(spec, info, device, images, reference))
+            results.update(self._score(spec, info, device, images, reference, stop))
             if not results["repeats_identical"]:
                 results["metrics_note"] = "; ".join(filter(None, [
                     "outputs differed between repeats with the same seeds (this sampler or device is not "
                     "seed-deterministic); metrics are of the last repeat", results["metrics_note"]]))
             self.store.finish_run(run_id, results)
             return RunResult(run_id, "ok", self.store.get_run(run_id), images, reports)
-        except KeyboardInterrupt:
-            self.store.mark_interrupted([run_id], "stopped by the user (Ctrl-C or cancel)")
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the CLI (its message says so)
+            self.store.mark_interrupted([run_id], str(exc) or "stopped by the user (Ctrl-C or cancel)")
             raise
+        except RunCancelled as exc:  # nothing timed is kept: a cut pass is not a measurement
+            self.store.cancel_run(run_id, str(exc))
+            return RunResult(run_id, "cancelled", self.store.get_run_with_pending(run_id), None, [])
         except Exception as exc:  # recorded with its reason; the caller decides whether to go on
             oom = is_out_of_memory(exc)
-            msg = failure_reason(exc, spec, device, info.path)
+            msg = failure_reason(exc, spec, device, info.path, self.store.data_dir)
         # 7. out of the except block, the failed call's frames (and the tensors they held) are released
         if oom:  # give the memory back: no pipeline is kept, whatever state the failure left it in
             self._pipes.clear()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        self.store.fail_run(run_id, msg, results)
-        return RunResult(run_id, "failed", self.store.get_run(run_id), None, [])
+        self.store.fail_run(run_id, msg, results)  # a full disk keeps it waiting: the row read says so
+        return RunResult(run_id, "failed", self.store.get_run_with_pending(run_id), None, [])
+
+    def _check_space(self, spec: RunSpec, info: ModelInfo, reference: dict | None) -> None:
+        """Step 1's last check: ``NoSpace`` unless the study folder's disk has room for the run's images, its
+        reference's images when none is stored yet, its rows and a margin (``store.space``)."""
+        try:
+            ref_key = reference_key(reference_spec(spec, info, reference), info)
+            missing = self.store.get_reference(ref_key) is None
+        except (KeyError, TypeError, ValueError):  # a reference that cannot be made fails the run later: count it
+            missing = True
+        n = spec.n_images
+        what = f"a run of {n} image{'s' if n != 1 else ''} at {spec.height}x{spec.width} px"
+        check_free_space(self.store.data_dir, needed_bytes(n, spec.height, spec.width, missing), what, missing)
 
     def _record_lost_model(self, spec: RunSpec, sweep_id: int | None, sweep_index: int | None) -> RunResult:
         """A model this engine ran earlier in the session no longer resolves: its folder was moved,
@@ -153,10 +179,10 @@ class Engine:
         run_id = self.store.start_run(spec.to_dict(), config_hash=config_hash(spec), model_path=path,
                                       knobs_label=_knobs_label(spec), sweep_id=sweep_id, sweep_index=sweep_index)
         self.store.fail_run(run_id, lost_model_reason(spec.model, path))
-        return RunResult(run_id, "failed", self.store.get_run(run_id), None, [])
+        return RunResult(run_id, "failed", self.store.get_run_with_pending(run_id), None, [])
 
-    def _measure(self, spec: RunSpec, info: ModelInfo, device: str, results: dict,
-                 stage: Callable[[str], None]) -> tuple[np.ndarray, list[KnobReport]]:
+    def _measure(self, spec: RunSpec, info: ModelInfo, device: str, results: dict, stage: Callable[[str], None],
+                 stop: Callable[[], str | None] | None = None) -> tuple[np.ndarray, list[KnobReport]]:
         """Steps 3-5: load and apply knobs, warm up and time the repeats with peak memory, undo the knobs."""
         # 3. load and apply knobs
         stage("loading")
@@ -167,7 +193,8 @@ class Engine:
         try:
             kwargs = call_kwargs(applied)
             def one_pass(probe: Probe) -> np.ndarray:  # all images in prompt-major order, one generator each
-                return generate(pipe, spec.images(), batch=spec.batch_size, on_call=probe.new_call, **kwargs)
+                return generate(pipe, spec.images(), batch=spec.batch_size, on_call=probe.new_call, stop=stop,
+                                **kwargs)
 
             # 4. warm up (first call = cold), then the timed repeats
             stage("warm-up")
@@ -214,10 +241,10 @@ class Engine:
         return reports, inactive
 
     def _score(self, spec: RunSpec, info: ModelInfo, device: str, images: np.ndarray,
-               reference: dict | None) -> dict:
+               reference: dict | None, stop: Callable[[], str | None] | None = None) -> dict:
         """Step 6: quality against the reference, LPIPS when possible, and prompt fidelity."""
         notes = []
-        ref_row, ref_images = self.reference_for(spec, info, reference, device)
+        ref_row, ref_images = self.reference_for(spec, info, reference, device, stop)
         out = {"reference_id": ref_row["id"], **image_metrics(images, ref_images)}
         why_not = quality.lpips_unavailable_reason()
         if why_not:

@@ -1,4 +1,5 @@
-"""Why a run failed, in words a user can act on: out of memory, a model that will not load, a lost model."""
+"""Why a run failed, in words a user can act on: out of memory, a full disk, a model that will not load, a lost
+model."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 
 from studio_core.errors import BadOutput, KnobUnsupported, ModelLoadError, SpecError
 from studio_core.spec import RunSpec
+from studio_core.store.space import is_write_error, write_error_reason
 
 __all__ = ["failure_reason", "is_out_of_memory", "load_failure_reason", "lost_model_reason", "model_problem",
            "out_of_memory_reason"]
@@ -64,10 +66,14 @@ def load_failure_reason(exc: ModelLoadError, model_path: str) -> str:
             f"Restore or re-copy {'that file' if files else 'the folder'}, or choose another model")
 
 
-def failure_reason(exc: Exception, spec: RunSpec, device: str, model_path: str) -> str:
-    """The recorded reason of a failed run: out of memory, load failure, a refused input, or the exception."""
+def failure_reason(exc: Exception, spec: RunSpec, device: str, model_path: str, data_dir: str | None = None) -> str:
+    """The recorded reason of a failed run: out of memory, a write the disk refused (full, read-only, failing:
+    which folder and what to do; ``data_dir`` is the study folder), load failure, a refused input, or the
+    exception."""
     if is_out_of_memory(exc):
         return out_of_memory_reason(exc, spec, device)
+    if data_dir is not None and is_write_error(exc):
+        return write_error_reason(exc, data_dir)
     if isinstance(exc, ModelLoadError):
         return load_failure_reason(exc, model_path)
     if isinstance(exc, (SpecError, KnobUnsupported, BadOutput)):

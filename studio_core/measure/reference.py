@@ -13,20 +13,24 @@ from studio_core.knobs import KNOBS
 from studio_core.measure.environment import environment
 from studio_core.measure.generation import generate
 from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, load_options, undo_knobs
-from studio_core.spec import REFERENCE_DEFAULT, ModelInfo, RunSpec, resolve
+from studio_core.spec import REFERENCE_DEFAULT, ModelInfo, RunSpec, resolve, scheduler_steps_reason
 from studio_core.store.store import RunStore
 
 __all__ = ["reference_for", "reference_key", "reference_spec"]
 
 def reference_spec(spec: RunSpec, info: ModelInfo, reference: dict | None = None) -> RunSpec:
     """The reference configuration of a resolved spec: same model, prompts, seeds and resolution;
-    a high-step solver, fp32, the model's default guidance, no knobs."""
+    a high-step solver, fp32, the model's default guidance, no knobs. Its steps are capped where the
+    scheduler can take them (``spec.scheduler_steps_reason``: 'leading' spacing ends before the last
+    training timestep)."""
     ref = {**REFERENCE_DEFAULT, **(reference or {})}
     sampler = ref["sampler"]
     knob = KNOBS["sampler"]
     if sampler != "default" and knob.check_model(info, knob.Settings(sampler)):
         sampler = "default"  # a sampler this model cannot take (e.g. a flow-matching model): its own at many steps
     steps = min(int(ref["steps"]), info.num_train_timesteps)
+    while steps > 1 and scheduler_steps_reason(info, sampler, None, steps):  # e.g. DDIM 'leading': 999 of 1000
+        steps -= 1
     return RunSpec(model=spec.model, prompts=spec.prompts, seeds=spec.seeds, steps=steps, sampler=sampler,
                    guidance=float(ref.get("guidance", info.defaults["guidance_scale"])), height=spec.height,
                    width=spec.width, precision="fp32", device=spec.device, warmup=1, repeats=1)
@@ -40,8 +44,10 @@ def reference_key(ref: RunSpec, info: ModelInfo) -> str:
 
 
 def reference_for(store: RunStore, pipelines: PipelineCache, spec: RunSpec, info: ModelInfo,
-                  reference: dict | None = None, device: str = "cpu") -> tuple[dict, np.ndarray]:
-    """The stored reference of a resolved spec, generating and keeping it the first time."""
+                  reference: dict | None = None, device: str = "cpu",
+                  stop=None) -> tuple[dict, np.ndarray]:
+    """The stored reference of a resolved spec, generating and keeping it the first time (``stop`` as
+    ``generate`` takes it: a cancelled run stops its reference too, and nothing is kept)."""
     ref = reference_spec(spec, info, reference)
     key = reference_key(ref, info)
     row = store.get_reference(key)
@@ -51,7 +57,7 @@ def reference_for(store: RunStore, pipelines: PipelineCache, spec: RunSpec, info
         applied = apply_knobs(pipe, ref, pipelines)
         try:
             t0 = time.perf_counter()
-            images = generate(pipe, ref.images(), batch=ref.batch_size, **call_kwargs(applied))
+            images = generate(pipe, ref.images(), batch=ref.batch_size, stop=stop, **call_kwargs(applied))
             gen_ms = (time.perf_counter() - t0) * 1000
         finally:
             undo_knobs(pipe, applied, pipelines)

@@ -13,7 +13,7 @@ from sqlite_utils.migrations import Migrations
 
 __all__ = ["JSON_COLUMNS", "RUN_STATUSES", "TABLES", "migrations", "now"]
 
-RUN_STATUSES = ("running", "ok", "failed", "interrupted")
+RUN_STATUSES = ("running", "ok", "failed", "interrupted", "cancelled")
 TABLES = ("runs", "refs", "sweeps", "images")
 JSON_COLUMNS = ("prompts", "seeds", "knobs", "latencies_ms", "knob_report", "images", "config_json", "env_json")
 
@@ -65,3 +65,12 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     }, pk="id")
     db["sweeps"].create_index(["sweep_key"])
     db["images"].create({"hash": str, "width": int, "height": int, "n_bytes": int, "created_at": str}, pk="hash")
+
+
+@migrations()
+def m002_quarantine(db: sqlite_utils.Database) -> None:
+    """Rows moved out of their table because a text value in them is not valid UTF-8 (``quarantine.py``)."""
+    db["quarantine"].create({
+        "id": int, "table_name": str, "row_key": str, "column_name": str, "raw_json": str, "reason": str,
+        "quarantined_at": str,
+    }, pk="id")

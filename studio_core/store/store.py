@@ -17,6 +17,13 @@ Rules the code keeps:
 * ``RunStore(..., read_only=True)`` serves a finished study (a demo): the file is opened read-only,
   nothing is created or migrated, and every write is refused with ``StoreReadOnly``.
 * Image files are reached only through ``safepaths.inside``: a linked file or folder is refused.
+* A run's outcome that a full disk refuses waits in memory and in ``pending-outcomes.jsonl``, and is
+  written when space returns or at the next start (``pending``); a run the disk has no room for is
+  refused before its row is written (``space``).
+* At open: a damaged write-ahead log is refused by name and copied aside before SQLite can reset it
+  (``wal``); a folder this user cannot write is named as such, not as damaged (``access``); rows whose
+  text will not decode are moved whole to the ``quarantine`` table and listed in ``start_notes``
+  (``quarantine``), and every connection reads such text with U+FFFD instead of failing.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -36,12 +44,20 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import sqlite_utils
 
-from studio_core.errors import StoreError, StoreReadOnly, UnsafePath
+from studio_core.errors import NoSpace, StoreError, StoreReadOnly, UnsafePath
+from studio_core.store import pending
+from studio_core.store.access import cannot_open, not_writable_reason
 from studio_core.store.liveness import run_process_ended
+from studio_core.store.quarantine import decode_tolerantly, find_undecodable, note, quarantine_rows
 from studio_core.store.safepaths import file_target, inside, replace_atomically
 from studio_core.store.schema import JSON_COLUMNS, TABLES, migrations, now
+from studio_core.store.snapshot import Frozen, SnapshotTorn, read_image, source_state, take_snapshot
+from studio_core.store.space import is_disk_full, is_write_error, write_error_reason
+from studio_core.store.wal import refuse_damaged_wal
 
 __all__ = ["DEFAULT_DATA_DIR", "RunStore"]
+
+READ_ONLY_OPTIONAL = frozenset({"m002_quarantine"})  # migrations whose tables a read-only store never reads
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -79,16 +95,25 @@ class RunStore:
         self.path = self.data_dir / "studio.db"
         self.read_only = read_only
         self._wal = self.path.with_name(self.path.name + "-wal")
-        self._immutable_as: tuple | None = None  # the file an immutable connection reads (see _reading)
+        self._frozen: Frozen | None = None  # the study as a read-only connection reads it (see _reading)
         self._lock = threading.RLock()
+        self._pending = pending.PendingOutcomes(self.data_dir, self.flush_pending)  # outcomes waiting for space
+        self.start_notes: list[str] = []  # what the open found and did, for the person starting the studio
         if read_only:
+            refuse_damaged_wal(self.path, keep_copy=False)  # once: following a writer later reads its live log
             self.db = sqlite_utils.Database(self._connect_read_only())
             try:
                 self._check_schema()
+                self.start_notes = [note(bad, moved=False) for bad in find_undecodable(self.db.conn, TABLES)]
+            except sqlite3.DatabaseError as exc:  # e.g. a damaged page
+                self.close()
+                raise StoreError(cannot_open(self.path, exc, writing=False)) from None
             except BaseException:
                 self.close()
                 raise
             return
+        if reason := not_writable_reason(self.data_dir):
+            raise StoreError(reason)
         try:
             self.images_dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -96,38 +121,45 @@ class RunStore:
                              "and not a folder") from None
         except OSError as exc:
             raise StoreError(f"study folder {self.data_dir} cannot be created: {exc.strerror}") from None
-        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
-        self.db = sqlite_utils.Database(conn)
+        refuse_damaged_wal(self.path, keep_copy=True)  # before any connection: SQLite would drop what it cannot replay
         try:
-            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db = sqlite_utils.Database(self._connect("mode=rwc"))
+        except sqlite3.DatabaseError as exc:  # e.g. a file that is not a database
+            raise StoreError(cannot_open(self.path, exc, writing=True)) from None
+        try:
             if self.db.journal_mode != "wal":
                 self.db.enable_wal()
-        except sqlite3.DatabaseError as exc:  # e.g. a file that is not a database
-            conn.close()
-            raise StoreError(f"cannot open {self.path}: {exc}") from None
-        with self._write():  # two processes opening a new study: one creates the schema, the other waits
-            migrations.apply(self.db)
+            with self._write():  # two processes opening a new study: one creates the schema, the other waits
+                migrations.apply(self.db)
+            if find_undecodable(self.db.conn, TABLES):  # rare: look again under the write lock, and move them
+                with self._write():
+                    self.start_notes = quarantine_rows(self.db.conn, find_undecodable(self.db.conn, TABLES), now())
+        except sqlite3.DatabaseError as exc:
+            self.db.conn.close()
+            raise StoreError(cannot_open(self.path, exc, writing=True)) from None
 
     def _connect_read_only(self) -> sqlite3.Connection:
-        """A read-only connection that leaves every file of the study as it found it, chosen by the state
-        of the folder (SQLite would otherwise add an empty ``-wal`` and a ``-shm`` beside a WAL database,
-        and leave them):
+        """A read-only connection that leaves every file of the study as it found it: it creates, writes
+        and touches nothing in the folder. (SQLite would otherwise add an empty ``-wal`` and a ``-shm``
+        beside a WAL database, and write read marks into a ``-shm`` that is there.) Chosen by the state of
+        the folder:
 
         * a rollback-journal database (a bundle): ``mode=ro``; SQLite's locks keep it safe against any
           writer, and it creates no file;
         * a WAL database with its ``-wal`` beside it (a writer has the study open, or died with it open):
-          ``mode=ro``, reading the log through the ``-shm`` index that is already there;
+          a private snapshot (``snapshot.take_snapshot``: the main file and the log copied, never the
+          ``-shm``, the log replayed in the copy), read from memory; images are still read from the folder;
         * a WAL database without ``-wal``: no connection has it open (the last one to close removes the
           log), so the main file is the whole database and is read ``immutable``, with no lock and no side
-          file. A writer that opens the study afterwards is followed: the first read after its ``-wal``
-          appears, or the main file changes, connects again (``_reading``). Left open: a writer that
-          appears and checkpoints into the main file (after 1000 pages of log, or at its close) during
-          that one read could hand it a torn page; the error or stale answer ends with that read.
+          file. Left open: a writer that appears and checkpoints into the main file (after 1000 pages of
+          log, or at its close) during one read could hand that read a torn page; the error or stale answer
+          ends with that read.
 
-        When SQLite cannot create the WAL index (a folder this process cannot write) and no write-ahead
-        log holds data, the main file is the whole database and is opened ``immutable`` as well (and not
-        followed: the reader cannot make the index a writer's log would need).
+        The last two follow a writer: a read after the study's files changed connects again (``_reading``),
+        so it sees every commit made before it began. This works in a folder the reader cannot write, and
+        reads the log a killed writer left without its ``-shm``.
         """
+        started = time.monotonic()  # what following a writer costs, for the gap before the next snapshot
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise StoreError(f"study folder {self.data_dir} cannot be used: it is a file and not a folder")
         if not self.data_dir.is_dir():
@@ -136,28 +168,26 @@ class RunStore:
             raise StoreError(f"study folder {self.data_dir} has no database {self.path.name}")
         with open(self.path, "rb") as fh:
             wal_mode = fh.read(20)[18:20] == b"\x02\x02"  # file format versions 2: WAL (header offsets 18, 19)
-        wal_has_data = self._wal.exists() and self._wal.stat().st_size > 0
         try:
-            if wal_mode and not self._wal.exists():
-                state = self._file_state()  # before connecting: a change in between reconnects, never hides
-                conn, self._immutable_as = self._connect("immutable=1"), state
+            if wal_mode and self._wal.exists():
+                image, state = take_snapshot(self.path)
+                conn = read_image(self._connect("mode=memory"), image)  # opens no file: a blank in-memory db
+                self._frozen = Frozen.after_snapshot(state, started)
                 return conn
-            try:
-                conn = self._connect("mode=ro")
-            except sqlite3.OperationalError as exc:
-                if not wal_mode or exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY or wal_has_data:
-                    raise
-                conn = self._connect("immutable=1")
-            self._immutable_as = None
+            if wal_mode:
+                state = source_state(self.path)  # before connecting: a change in between reconnects, never hides
+                conn, self._frozen = self._connect("immutable=1"), Frozen(state)
+                return conn
+            conn, self._frozen = self._connect("mode=ro"), None
             return conn
         except sqlite3.DatabaseError as exc:
-            hint = "; its write-ahead log holds data only a process that may write the folder can read"
-            raise StoreError(f"cannot read {self.path} read-only: {exc}{hint if wal_has_data else ''}") from exc
+            raise StoreError(f"cannot read {self.path} read-only: {exc}") from exc
 
     def _connect(self, mode: str) -> sqlite3.Connection:
         """A connection to the database file opened with URI parameters ``mode``, checked by one read."""
         conn = sqlite3.connect(f"{self.path.as_uri()}?{mode}", uri=True, timeout=30, check_same_thread=False,
                                isolation_level=None)
+        conn.text_factory = decode_tolerantly  # a value that is not UTF-8 reads with U+FFFD, never raises
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -166,31 +196,38 @@ class RunStore:
             conn.close()
             raise
 
-    def _file_state(self) -> tuple:
-        st = self.path.stat()
-        return st.st_ino, st.st_size, st.st_mtime_ns
-
     @contextmanager
     def _reading(self):
-        """The lock for one read. An ``immutable`` connection (see ``_connect_read_only``) is replaced as soon
-        as a writer's ``-wal`` appears (by a ``mode=ro`` one) or the main file changes (by a fresh one), so
-        the reader sees the writer's commits instead of stale pages or pages a checkpoint rewrites."""
+        """The lock for one read. A read-only connection that reads the study as it stood (a snapshot, or an
+        ``immutable`` main file: see ``_connect_read_only``) is replaced when the study's files have changed
+        since, so the read sees the writer's commits instead of stale pages or pages a checkpoint rewrites.
+        A new snapshot first waits out the gap after the last one (``Frozen.wait_turn``): a busy writer does
+        not make every read copy the database. When every copy is torn (``SnapshotTorn``) the read is
+        answered from the last snapshot, and the next one is tried a gap later."""
         with self._lock:
-            if self._immutable_as is not None and (self._wal.exists() or self._file_state() != self._immutable_as):
-                conn = self._connect_read_only()
-                self.db.conn.close()
-                self.db = sqlite_utils.Database(conn)
+            frozen = self._frozen
+            if frozen is not None and frozen.changed(self.path):
+                frozen.wait_turn()
+                try:
+                    conn = self._connect_read_only()
+                except SnapshotTorn:  # a writer restarting its log faster than it can be copied: read the last one
+                    self._frozen = frozen.postponed()
+                else:
+                    self.db.conn.close()
+                    self.db = sqlite_utils.Database(conn)
             yield
 
     def _check_schema(self) -> None:
-        """A read-only store cannot migrate: refuse a schema older or newer than this code's migrations."""
+        """A read-only store cannot migrate: refuse a schema older or newer than this code's migrations. A
+        study missing only migrations a reader never needs (``READ_ONLY_OPTIONAL``: the quarantine table) is
+        read as it is, so bundles made before them still open as demos."""
         known = [m.name for m in migrations._migrations]
         applied = [m.name for m in migrations.applied(self.db)]
         newer = [name for name in applied if name not in known]
         if newer:
             raise StoreError(f"{self.path} was written by a newer studio (migrations {', '.join(newer)} are "
                              "unknown here); update the studio to read it")
-        if len(applied) < len(known):
+        if any(name not in applied and name not in READ_ONLY_OPTIONAL for name in known):
             raise StoreError(f"{self.path} has schema version {len(applied)} and this studio expects "
                              f"{len(known)}; open it once read-write to migrate it, then read it read-only")
 
@@ -235,10 +272,16 @@ class RunStore:
     @staticmethod
     def check_integrity(db_path: str | Path) -> str:
         """``PRAGMA integrity_check`` of a study's database file before any store opens it: "ok", SQLite's
-        complaint (the first five lines), or the error opening the file. A missing file is "new study"."""
+        complaint (the first five lines), or the error opening the file. A missing file is "new study".
+
+        Raises ``StoreError``, before SQLite touches any file, for a study this user may not write (which is
+        not damage) and for a damaged write-ahead log, keeping a copy of it beside it (see ``wal.py``)."""
         db_path = Path(db_path)
         if not db_path.exists():
             return "new study"
+        if reason := not_writable_reason(db_path.parent):
+            raise StoreError(reason)
+        refuse_damaged_wal(db_path, keep_copy=True)
         try:
             conn = sqlite3.connect(str(db_path), timeout=30)
         except sqlite3.Error as exc:
@@ -270,40 +313,101 @@ class RunStore:
         }
         for key, value in config.items():
             row[key] = _dumps(value) if key in JSON_COLUMNS else value
-        with self._write():
-            return self.db["runs"].insert(row, alter=True).last_pk
+        self._flush_if_pending()
+        try:
+            with self._write():
+                return self.db["runs"].insert(row, alter=True).last_pk
+        except Exception as exc:  # nothing is recorded: like a bad spec, the run never started
+            if not is_write_error(exc):
+                raise
+            error = NoSpace if is_disk_full(exc) else StoreError
+            raise error(f"cannot record the run: {write_error_reason(exc, self.data_dir)}") from exc
 
-    def _update_running(self, run_id: int, values: dict) -> None:
+    def _update_running(self, run_id: int, values: dict, keep: bool = True) -> bool:
+        """Write a run's final ``values`` (only while it is ``running``); True when written. A write error
+        (``space.is_write_error``: a full disk, say) keeps them waiting (``pending``) and returns False, or
+        with ``keep=False`` is raised."""
         values = {k: (_dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str) else v)
                   for k, v in values.items()}
         for k, v in values.items():
             if isinstance(v, (np.floating, np.integer)):
                 values[k] = v.item()
+        self._flush_if_pending()
+        if run_id in self._pending:  # its first outcome still waits for space, and is never overwritten either
+            raise StoreError(f"run {run_id} is already {self._pending[run_id].get('status')} (not yet written: "
+                             "its disk refused the write); a finished run is never overwritten")
+        try:
+            return self._write_outcome(run_id, values, strict=True)
+        except Exception as exc:
+            if not (keep and is_write_error(exc)):
+                raise
+            self._pending.keep(run_id, values, self.db.conn)
+            return False
+
+    def _write_outcome(self, run_id: int, values: dict, strict: bool = False) -> bool:
+        """Update a ``running`` row with encoded ``values``; a row that is missing or no longer running is a
+        ``StoreError`` when ``strict``, else left as it is (False)."""
         with self._write():
             row = self.db.execute("SELECT status FROM runs WHERE id = ?", [run_id]).fetchone()
-            if row is None:
-                raise StoreError(f"run {run_id} does not exist")
-            if row[0] != "running":
+            if row is None or row[0] != "running":
+                if not strict:
+                    return False
+                if row is None:
+                    raise StoreError(f"run {run_id} does not exist")
                 raise StoreError(f"run {run_id} is already {row[0]}; a finished run is never overwritten")
             self.db["runs"].update(run_id, values, alter=True)
+        return True
+
+    def _flush_if_pending(self) -> None:
+        if self._pending:
+            self.flush_pending()
+
+    def flush_pending(self) -> list[int]:
+        """Write the run outcomes a write error kept waiting (``pending``), e.g. once space is freed; returns
+        the ids written. Those still refused keep waiting; a row finished meanwhile is never overwritten."""
+        with self._lock:
+            return self._pending.flush(self._write_outcome)
+
+    def get_run_with_pending(self, run_id: int) -> dict:
+        """``get_run``, with the outcome still waiting for space (if any) laid over the stored row; its
+        ``error`` then ends with a note that it is not written yet."""
+        row = self.get_run(run_id)
+        waiting = self._pending.get(run_id)
+        if waiting is None:
+            return row
+        row = {**row, **self._decode(waiting)}
+        row["error"] = "; ".join(filter(None, [row.get("error"), pending.WAITING_NOTE]))
+        return row
 
     @_writes
     def finish_run(self, run_id: int, results: dict) -> None:
-        """Record a run's results and mark it ``ok``."""
-        self._update_running(run_id, {**results, "status": "ok", "finished_at": now()})
+        """Record a run's results and mark it ``ok``. A write error is raised, not kept: a run whose row cannot
+        be finished is recorded ``failed`` with that reason by its caller (``fail_run`` keeps it waiting)."""
+        self._update_running(run_id, {**results, "status": "ok", "finished_at": now()}, keep=False)
 
     @_writes
-    def fail_run(self, run_id: int, error: str, results: dict | None = None) -> None:
-        """Record why a run failed (and whatever it had measured) and mark it ``failed``."""
-        self._update_running(run_id, {**(results or {}), "status": "failed", "error": error, "finished_at": now()})
+    def fail_run(self, run_id: int, error: str, results: dict | None = None) -> bool:
+        """Record why a run failed (and whatever it had measured) and mark it ``failed``. False when a write
+        error (a full disk) keeps the outcome waiting for space (``flush_pending``)."""
+        return self._update_running(run_id, {**(results or {}), "status": "failed", "error": error,
+                                             "finished_at": now()})
+
+    @_writes
+    def cancel_run(self, run_id: int, reason: str) -> bool:
+        """Mark a run ``cancelled`` (its client went away, or Cancel was pressed) with the reason. False when
+        a write error keeps the outcome waiting for space (``flush_pending``)."""
+        return self._update_running(run_id, {"status": "cancelled", "error": reason, "finished_at": now()})
 
     def mark_interrupted(self, run_ids: Iterable[int] | None = None, reason: str | None = None) -> list[int]:
         """Mark ``running`` rows whose process is gone (on this host) as ``interrupted``: the pid no longer
         exists, is a zombie, or now belongs to a process started after the row was written (a restarted
         server in a container often gets its old pid back; a busy host hands a freed pid to anything).
+        Such a row with an outcome its process recorded in the side file while its disk was full
+        (``pending``) gets that outcome instead; the side file then keeps only lines of rows still running.
 
-        With ``run_ids``, those rows are marked whatever their process (used on Ctrl-C and cancel).
-        A read-only store marks nothing and returns ``[]``.
+        With ``run_ids``, those rows are marked whatever their process (used on Ctrl-C and cancel); a write
+        error keeps their outcome waiting (``flush_pending``). A read-only store marks nothing and returns
+        ``[]``. Returns the ids of the rows marked.
         """
         if self.read_only:
             return []
@@ -311,6 +415,7 @@ class RunStore:
         with self._lock:
             rows = self.db.execute("SELECT id, pid, host, created_at FROM runs WHERE status = 'running'").fetchall()
             wanted = set(run_ids) if run_ids is not None else None
+            recorded = pending.recorded(self.data_dir) if wanted is None else {}
             for rid, pid, rhost, created in rows:
                 if wanted is not None:
                     if rid not in wanted:
@@ -320,12 +425,20 @@ class RunStore:
                     why = reason or ended
                 else:
                     continue
-                with self._write():
-                    cur = self.db.execute(
-                        "UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? "
-                        "WHERE id = ? AND status = 'running'", [why, now(), rid])
-                if cur.rowcount:
-                    marked.append(rid)
+                values = {"status": "interrupted", "error": why, "finished_at": now()}
+                if rid in recorded and pending.matches(recorded[rid], pid, created):
+                    values = recorded[rid]["values"]
+                try:
+                    if self._write_outcome(rid, values):
+                        marked.append(rid)
+                except Exception as exc:
+                    if not is_write_error(exc):
+                        raise
+                    if wanted is not None:
+                        self._pending.keep(rid, values, self.db.conn)
+                    # a process-ended row stays running on a full disk; the next start marks it
+            if recorded:
+                pending.keep_only(self.data_dir, {r[0] for r in rows} - set(marked))
         return marked
 
     @staticmethod
@@ -436,6 +549,7 @@ class RunStore:
         data = buf.getvalue()
         digest = hashlib.sha256(data).hexdigest()
         target = self.image_path(digest)
+        self._flush_if_pending()
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with replace_atomically(target) as tmp:
@@ -545,15 +659,41 @@ class RunStore:
 
     @_writes
     def claim_sweep(self, sweep_id: int) -> None:
-        """Take over an unfinished sweep in this process (after its previous process died)."""
+        """Take over an unfinished sweep (``interrupted``, ``failed``, ``cancelled``, or ``running`` in a
+        process that is gone) in this process: it is ``running`` again, under this process's pid."""
         with self._write():
             self.db.execute("UPDATE sweeps SET pid = ?, status = 'running', finished_at = NULL WHERE id = ?",
                             [os.getpid(), sweep_id])
 
+    def mark_sweeps_interrupted(self) -> list[int]:
+        """Mark ``running`` sweeps whose process is gone as ``interrupted`` (with ``finished_at``), so a killed
+        sweep says so until it is resumed (``claim_sweep``); returns their ids. The process is judged as a
+        run's is (``run_process_ended``), against the sweep's latest activity: its creation or its newest run
+        (a resumed sweep's process started after the sweep was created). A sweep whose newest run was written
+        on another host is left alone, and a read-only store marks nothing (``[]``)."""
+        if self.read_only:
+            return []
+        marked = []
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT s.id, s.pid, max(s.created_at, coalesce(max(r.created_at), '')), "
+                "(SELECT host FROM runs WHERE sweep_id = s.id ORDER BY id DESC LIMIT 1) "
+                "FROM sweeps s LEFT JOIN runs r ON r.sweep_id = s.id WHERE s.status = 'running' GROUP BY s.id"
+            ).fetchall()
+            for sweep_id, pid, latest, host in rows:
+                if host not in (None, socket.gethostname()) or not run_process_ended(pid, latest):
+                    continue
+                with self._write():  # unless another process claimed it meanwhile
+                    cur = self.db.execute("UPDATE sweeps SET status = 'interrupted', finished_at = ? "
+                                          "WHERE id = ? AND status = 'running' AND pid IS ?", [now(), sweep_id, pid])
+                if cur.rowcount:
+                    marked.append(sweep_id)
+        return marked
+
     @_writes
     def finish_sweep(self, sweep_id: int, status: str = "done") -> None:
-        if status not in ("done", "cancelled", "failed"):
-            raise StoreError(f"sweep status {status!r} is not one of done, cancelled, failed")
+        if status not in ("done", "cancelled", "failed", "interrupted"):
+            raise StoreError(f"sweep status {status!r} is not one of done, cancelled, failed, interrupted")
         with self._write():
             self.db.execute("UPDATE sweeps SET status = ?, finished_at = ? WHERE id = ?", [status, now(), sweep_id])
 

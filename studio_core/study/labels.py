@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from studio_core.knobs import KNOBS
 from studio_core.knobs.sampler import SAMPLERS
@@ -21,6 +21,9 @@ from studio_core.store.rows import is_missing
 __all__ = [
     "COLUMN_LABELS",
     "NOISY_IQR_RATIO",
+    "PSNR_OLDER",
+    "PSNR_POOLED",
+    "SSIM_METHOD",
     "axis_label",
     "axis_value",
     "configuration",
@@ -32,8 +35,12 @@ __all__ = [
     "noisy",
     "num",
     "number",
+    "psnr_is_pooled",
+    "psnr_method",
+    "psnr_title",
     "sampler_is_model_default",
     "sampler_text",
+    "ssim_method",
 ]
 
 # column -> what a person reads as its title (tables, axes, CSV-free views); units in parentheses
@@ -47,13 +54,23 @@ COLUMN_LABELS: dict[str, str] = {
     "per_image_ms": "per image (ms)", "cold_ms": "cold call (ms)", "load_ms": "model load (ms)",
     "text_encode_ms": "text encode (ms)", "denoise_ms": "denoise (ms)", "step_mean_ms": "per step (ms)",
     "decode_ms": "VAE decode (ms)", "nfe": "denoiser calls", "peak_mem_bytes": "peak memory (MiB)",
-    "peak_mem_mib": "peak memory (MiB)", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS",
+    "peak_mem_mib": "peak memory (MiB)", "psnr": "PSNR (pooled, dB)", "ssim": "SSIM", "lpips": "LPIPS",
+    "psnr_image_mean": "PSNR, mean of per-image dB", "psnr_std": "PSNR per-image std (dB)",
+    "psnr_min": "worst image PSNR (dB)", "psnr_max": "best image PSNR (dB)", "identical_images": "identical images",
+    "psnr_method": "PSNR method", "ssim_std": "SSIM std", "ssim_method": "SSIM method",
     "fidelity_top1": "fidelity top-1", "fidelity_top5": "fidelity top-5", "knobs_inactive": "did nothing",
     "noise": "timing noise", "error": "error", "device_name": "device", "threads": "threads",
     "batch_size": "batch size", "timestep_spacing": "timestep spacing", "scheduler_class": "scheduler class",
     "warmup": "warm-up calls", "repeats": "timed repeats", "torch_version": "torch", "device": "device setting",
     "diffusers_version": "diffusers", "git_commit": "commit",
 }
+
+# How quality figures were computed; measure/quality.py stores the first and the last with every run.
+# A row without ``psnr_method`` was scored before pooling: its ``psnr`` is a mean of per-image dB, with
+# identical images counted as 100 dB. SSIM has been torchmetrics' variant throughout.
+PSNR_POOLED = "pooled MSE"
+PSNR_OLDER = "mean of per-image dB (older run)"
+SSIM_METHOD = "SSIM (torchmetrics: Gaussian 11x11, sigma 1.5, reflect-padded full map, RGB mean)"
 
 # A timing is flagged noisy when its IQR is more than this fraction of its median. Repeats of one
 # configuration on a quiet machine keep IQR/median under a few percent (benchmarks/results); a quarter
@@ -109,6 +126,32 @@ def noisy(row: Mapping) -> str | None:
         return (f"noisy timing: IQR {ms(iqr)} ms is {iqr / med:.0%} of the median (over "
                 f"{NOISY_IQR_RATIO:.0%}); rerun on a quieter machine or with more repeats")
     return None
+
+
+def psnr_method(row: Mapping) -> str:
+    """How the row's ``psnr`` was computed: its stored ``psnr_method``, or ``PSNR_OLDER`` for a row scored
+    before the studio pooled the MSE (never claim an older figure is pooled)."""
+    method = row.get("psnr_method")
+    return PSNR_OLDER if is_missing(method) or not method else str(method)
+
+
+def psnr_is_pooled(row: Mapping) -> bool:
+    """True when the row's ``psnr`` is the pooled-MSE figure."""
+    return psnr_method(row) == PSNR_POOLED
+
+
+def psnr_title(rows: Iterable[Mapping]) -> str:
+    """The title of a PSNR column or axis over ``rows``: ``COLUMN_LABELS["psnr"]`` (pooled) when every row
+    is pooled, else one that says older rows hold the mean of per-image dB."""
+    if all(psnr_is_pooled(r) for r in rows):
+        return COLUMN_LABELS["psnr"]
+    return "PSNR (dB; pooled, or mean of per-image dB for older runs)"
+
+
+def ssim_method(row: Mapping) -> str:
+    """The SSIM variant of the row: its stored ``ssim_method``, else ``SSIM_METHOD`` (older rows used the same)."""
+    method = row.get("ssim_method")
+    return SSIM_METHOD if is_missing(method) or not method else str(method)
 
 
 # ------------------------------------------------------------------------------------------ knobs

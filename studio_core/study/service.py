@@ -5,9 +5,16 @@ never imports torch), and the ``DeviceQueue`` every generation and sweep passes:
 
 * **Admission**: at most ``limit`` generations and sweeps are admitted at a time (one on the device,
   the rest waiting in line); one more is refused at once with ``StudioBusy`` (``BUSY_MESSAGE``)
-  rather than left to hang.
+  rather than left to hang. Only work whose client is still there counts: an admitted request whose
+  ``stop`` gives a reason (its client went away) leaves the line within half a second, and does not
+  hold a place meanwhile.
 * **The device**: admitted work takes the device lock, so a measurement is never timed beside
   another; those waiting are told, every half second, what holds it.
+* **Following the client**: a generation stops when its ``stop`` gives a reason (the page closed, the
+  request was abandoned) or its session presses Cancel (``cancel_generation``): while it waits it
+  leaves the line and nothing is recorded; while it runs it stops after the denoiser step in progress
+  and its row is ``cancelled`` with the reason. ``stop_all`` does both for every request (the server
+  is stopping).
 
 ``run`` measures one spec in the calling thread and returns its store row. ``run_sweep`` runs (or
 resumes) a sweep in the calling thread (the CLI: Ctrl-C stops it there); ``sweep_events`` runs it in
@@ -25,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from studio_core.errors import DeviceWaitStopped, StoreReadOnly, StudioBusy
+from studio_core.errors import DeviceWaitStopped, RunCancelled, StoreReadOnly, StudioBusy
 from studio_core.models import resolve_model
 from studio_core.spec import REFERENCE_DEFAULT
 from studio_core.store.store import RunStore
@@ -36,6 +43,8 @@ if TYPE_CHECKING:  # the engine imports torch: it is imported when the first run
     from studio_core.measure.engine import Engine
 
 __all__ = ["BUSY_MESSAGE", "DeviceQueue", "StudyService", "SweepEvent", "SweepGrid"]
+
+Stop = Callable[[], "str | None"]  # why to stop now (the client went away, Cancel), or None to go on
 
 BUSY_MESSAGE = ("The studio is busy: {n} generations or sweeps are already running or waiting for the device "
                 "(limit {limit}). Try again in a minute; frontier, compare and runs still work.")
@@ -49,31 +58,51 @@ class DeviceQueue:
         if limit < 1:
             raise ValueError(f"max_waiting={limit}: at least 1 (the run on the device counts)")
         self.limit = limit
-        self.admitted = 0
         self.holder = ""  # what is on the device now, for the progress text of those waiting
         self._count = threading.Lock()
         self._device = threading.Lock()
+        self._admitted: dict[int, Stop | None] = {}  # one entry per admitted request: its stop, if it has one
+        self._tokens = 0
+
+    @property
+    def admitted(self) -> int:
+        """Requests admitted now (running or waiting), including any whose client has just gone."""
+        return len(self._admitted)
+
+    def present(self) -> int:
+        """Admitted requests whose client is still there (a gone one is leaving within half a second)."""
+        with self._count:
+            stops = list(self._admitted.values())
+        return sum(1 for stop in stops if stop is None or not stop())
+
+    def full(self) -> bool:
+        return self.present() >= self.limit
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self, stop: Stop | None = None) -> Iterator[None]:
+        """A place in line, or ``StudioBusy`` at once when ``limit`` requests with their clients still there
+        hold one. ``stop`` tells whether this request's client is gone (it then stops counting)."""
+        n = self.present()
         with self._count:
-            if self.admitted >= self.limit:
-                raise StudioBusy(BUSY_MESSAGE.format(n=self.admitted, limit=self.limit))
-            self.admitted += 1
+            if n >= self.limit:
+                raise StudioBusy(BUSY_MESSAGE.format(n=n, limit=self.limit))
+            self._tokens += 1
+            token = self._tokens
+            self._admitted[token] = stop
         try:
             yield
         finally:
             with self._count:
-                self.admitted -= 1
+                del self._admitted[token]
 
     @contextmanager
     def hold(self, what: str, waiting: Callable[[str], None] | None = None,
-             stop: Callable[[], bool] | None = None) -> Iterator["DeviceQueue"]:
+             stop: Callable[[], object] | None = None) -> Iterator["DeviceQueue"]:
         """The device for ``what``; while another run has it, ``waiting(holder)`` every half second.
-        ``stop`` returning True while waiting gives up (``DeviceWaitStopped``)."""
+        ``stop`` returning something true while waiting gives up (``DeviceWaitStopped`` with it)."""
         while not self._device.acquire(timeout=0.5):
-            if stop is not None and stop():
-                raise DeviceWaitStopped(what)
+            if stop is not None and (why := stop()):
+                raise DeviceWaitStopped(why if isinstance(why, str) else what)
             if waiting is not None:
                 waiting(self.holder or "another run")
         self.holder = what
@@ -130,7 +159,10 @@ class StudyService:
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         self._stops: dict[str, threading.Event] = {}
+        self._cancels: dict[str, threading.Event] = {}  # per session: Cancel pressed for its generation
+        self._stopping: str | None = None  # set by stop_all: every request stops with this reason
         store.mark_interrupted()  # runs a killed process left "running" (a read-only store marks none)
+        store.mark_sweeps_interrupted()  # and sweeps: "interrupted" until started again, which resumes them
 
     @property
     def read_only(self) -> bool:
@@ -155,14 +187,44 @@ class StudyService:
 
     # ------------------------------------------------------------------ generations
     def run(self, spec: dict, *, on_stage: Callable[[str], None] | None = None,
-            waiting: Callable[[str], None] | None = None) -> dict:
-        """Measure one spec and return its store row (``status`` "ok" or "failed"). Admitted or refused at
-        once (``StudioBusy``), then waits for the device, calling ``waiting(holder)`` meanwhile. A spec
-        that does not resolve raises ``SpecError`` and records nothing."""
+            waiting: Callable[[str], None] | None = None, stop: Stop | None = None,
+            session: str | None = None) -> dict:
+        """Measure one spec and return its store row (``status`` "ok", "failed" or "cancelled"). Admitted or
+        refused at once (``StudioBusy``), then waits for the device, calling ``waiting(holder)`` meanwhile.
+        A spec that does not resolve raises ``SpecError`` and records nothing.
+
+        ``stop`` says why to stop (e.g. the client went away); ``session``'s Cancel (``cancel_generation``)
+        and ``stop_all`` stop it too. Stopped while waiting: ``RunCancelled``, nothing recorded; while running:
+        the row is ``cancelled`` after the denoiser step in progress."""
         self._refuse_if_read_only("a generation")
-        with self.device.admit(), self.device.hold(_describe(spec), waiting):
-            result = self.engine.run(spec, reference=self.reference, on_stage=on_stage)
+        cancel = self._cancels.setdefault(session or "default", threading.Event())
+        cancel.clear()
+
+        def why() -> str | None:
+            if self._stopping:
+                return self._stopping
+            if cancel.is_set():
+                return "cancelled by the user (Cancel)"
+            return stop() if stop is not None else None
+
+        try:
+            with self.device.admit(why), self.device.hold(_describe(spec), waiting, stop=why):
+                result = self.engine.run(spec, reference=self.reference, on_stage=on_stage, stop=why)
+        except DeviceWaitStopped as exc:
+            raise RunCancelled(f"{exc} before it started: nothing ran") from None
         return result.row
+
+    def cancel_generation(self, session: str | None = None) -> None:
+        """Stop ``session``'s generation: out of the line if it waits, after the denoiser step in progress if
+        it runs (recorded ``cancelled``)."""
+        self._cancels.setdefault(session or "default", threading.Event()).set()
+
+    def stop_all(self, reason: str) -> None:
+        """Stop everything with ``reason`` (the server is stopping): generations after their denoiser step in
+        progress (recorded ``cancelled``), sweeps between runs, and those waiting leave the line."""
+        self._stopping = reason
+        for event in list(self._stops.values()):
+            event.set()
 
     # ------------------------------------------------------------------ sweeps
     def sweep(self, data: dict | Sweep, source: str = "ui", *, to_run: bool = False) -> Sweep:
@@ -172,8 +234,8 @@ class StudyService:
         if isinstance(data, Sweep):
             return data
         grid_size(data)
-        if to_run and self.device.admitted >= self.device.limit:
-            raise StudioBusy(BUSY_MESSAGE.format(n=self.device.admitted, limit=self.device.limit))
+        if to_run and self.device.full():
+            raise StudioBusy(BUSY_MESSAGE.format(n=self.device.present(), limit=self.device.limit))
         return sweep_from_dict(data, source)
 
     def _sweep_on_device(self, sweep: Sweep, new: bool, progress: bool | Callable,
@@ -205,16 +267,23 @@ class StudyService:
         """Stop ``session``'s sweep after the run in progress (or before it starts, while it waits)."""
         self._stop_event(session).set()
 
-    def sweep_events(self, sweep: dict | Sweep, *, new: bool = False,
-                     session: str | None = None) -> Iterator[SweepEvent]:
+    def sweep_events(self, sweep: dict | Sweep, *, new: bool = False, session: str | None = None,
+                     client: Stop | None = None) -> Iterator[SweepEvent]:
         """Run (or resume) a sweep in a worker thread, yielding what a page shows. Admission is checked at
         the first step (``StudioBusy``); an error that stops the sweep is raised after its events. Closing
-        the iterator early stops the sweep between runs and waits for it: runs never overlap."""
+        the iterator early stops the sweep between runs and waits for it: runs never overlap. So does ``client``
+        giving a reason (the page that started it is gone), and ``stop_all``."""
         self._refuse_if_read_only("a sweep")
         sweep = self.sweep(sweep, to_run=True)
-        with self.device.admit():
-            stop = self._stop_event(session)
-            stop.clear()
+        stop = self._stop_event(session)
+        stop.clear()
+
+        def why() -> str | None:
+            if stop.is_set():
+                return self._stopping or "cancelled"
+            return self._stopping or (client() if client is not None else None)
+
+        with self.device.admit(why):
             events: queue.Queue = queue.Queue()
             outcome: dict[str, Any] = {}
 
@@ -222,7 +291,7 @@ class StudyService:
                 try:
                     outcome["result"] = self._sweep_on_device(
                         sweep, new, lambda done, total, row: events.put(SweepEvent("run", done, total, row=row)),
-                        stop.is_set, lambda holder: events.put(SweepEvent("wait", 0, len(sweep), holder=holder)))
+                        why, lambda holder: events.put(SweepEvent("wait", 0, len(sweep), holder=holder)))
                 except DeviceWaitStopped:
                     outcome["stopped"] = True
                 except BaseException as exc:  # raised to the consumer below

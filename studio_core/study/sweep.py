@@ -26,7 +26,8 @@ Resuming: a sweep is identified by a hash of its resolved configurations. Starte
 its unfinished sweep, marks runs whose process died as ``interrupted``, and runs only the grid cells
 that have no ``ok`` or ``failed`` run yet. So a sweep killed with ``kill -9`` finishes on restart
 without duplicating or losing a row. A sweep stopped by an error (not a failed run: those are
-recorded and the sweep goes on) is left ``failed`` and resumes the same way.
+recorded and the sweep goes on) is left ``failed`` and resumes the same way. A sweep whose process died
+shows as ``interrupted`` from the next start of a studio on the study until it is started again.
 """
 
 from __future__ import annotations
@@ -270,8 +271,9 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
                                       question=sweep.question, n_total=len(sweep),
                                       config={"axes": [[a, list(v)] for a, v in sweep.axes],
                                               "reference": sweep.reference})
-    # 2. runs whose process died are interrupted; finished cells are skipped
+    # 2. runs and sweeps whose process died are interrupted; finished cells are skipped
     store.mark_interrupted()
+    store.mark_sweeps_interrupted()
     earlier = store.sweep_runs(sweep_id)
     interrupted = [r["id"] for r in earlier if r["status"] == "interrupted"]
     finished = {r["sweep_index"] for r in earlier if r["status"] in ("ok", "failed")}
