@@ -3,8 +3,9 @@ inline HTML: the time bar and the images beside their reference).
 
 Every number carries its setup and spread (median with IQR, min..max and n; quality with its method and
 spread: pooled PSNR with the per-image range and identical count, an older run's mean of per-image dB named so;
-memory with what was measured). A noisy timing (IQR over ``labels.NOISY_IQR_RATIO`` of the median) is
-flagged, and so is a stage the run's settings do not touch that ran ``STAGE_SLOWDOWN`` times slower than
+memory above its baseline with how it was measured, energy per image or why there is none). A timing that
+did not converge (``labels.not_converged``) is flagged, as is a noisy one (IQR over ``labels.NOISY_IQR_RATIO``
+of the median) and a stage the run's settings do not touch that ran ``STAGE_SLOWDOWN`` times slower than
 in the pinned baseline (the machine was busy). Against a pinned baseline run the card gives latency ×,
 PSNR Δ and memory Δ, saying "within noise" when the two runs' IQR ranges overlap. Pure functions of run
 rows (and of images the caller loaded); no ``nan``, ``None`` or raw dicts reach the text.
@@ -44,8 +45,6 @@ PIN_HINT = ("**Baseline:** none pinned. Pick a run in *Baseline run* (above the 
 # the segments of the time bar: (row column, name, colour)
 _STAGES = (("text_encode_ms", "text encode", "#4e79a7"), ("denoise_ms", "denoise", "#f28e2b"),
            ("decode_ms", "VAE decode", "#59a14f"), (None, "other", "#bab0ac"))
-_MEM_KINDS = {"cpu_peak_rss": "peak resident memory of the process (CPU)",
-              "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated"}
 _DICT = re.compile(r"\{[^{}]*\}")
 
 
@@ -211,6 +210,8 @@ def baseline_text(row: Mapping, baseline: Mapping) -> str:
     else:
         parts.append("memory Δ n/a")
     notes = []
+    if ma is not None and mb is not None and bool(row.get("peak_mem_method")) != bool(baseline.get("peak_mem_method")):
+        notes.append("memory Δ mixes an older run's absolute peak with a peak above its baseline")
     if not same_n:
         notes.append(f"the baseline made {_plural(_n_images(baseline), 'image')}, this run "
                      f"{_n_images(row)}: latency compared per image")
@@ -238,6 +239,10 @@ def timing_flags(row: Mapping, baseline: Mapping | None = None) -> list[str]:
     settings outside the denoising loop, a text encode or VAE decode ``STAGE_SLOWDOWN`` times slower per
     image, which no setting explains."""
     flags = []
+    unsettled = labels.not_converged(row)
+    if unsettled:
+        flags.append(f"⚠ **{unsettled[0].upper()}{unsettled[1:]}**: the median may still move; rerun on a quieter "
+                     "machine")
     why = labels.noisy(row)
     if why:
         head, _, rest = why.partition(":")
@@ -289,7 +294,7 @@ def reference_strip(row: Mapping, images: Sequence[np.ndarray] | None, reference
 
 
 def _latency_line(row: Mapping) -> str:
-    n = int(num(row.get("repeats")) or len(row.get("latencies_ms") or []))
+    n = labels.timed_repeats(row)
     n_img = _n_images(row)
     med, iqr = num(row.get("latency_median_ms")), num(row.get("latency_iqr_ms"))
     if iqr is None:
@@ -298,6 +303,11 @@ def _latency_line(row: Mapping) -> str:
         share = f", {iqr / med:.0%} of the median (noisy above {labels.NOISY_IQR_RATIO:.0%})" if med else ""
         spread = (f"IQR {labels.ms(iqr)} ms{share}; min..max {labels.ms(row.get('latency_min_ms'))}.."
                   f"{labels.ms(row.get('latency_max_ms'))} ms")
+    lo, hi = num(row.get("latency_ci_low_ms")), num(row.get("latency_ci_high_ms"))
+    if lo is not None and hi is not None and med:
+        spread += f"; median's 95% CI {labels.ms(lo)}..{labels.ms(hi)} ms (±{(hi - lo) / 2 / med:.1%})"
+    if num(row.get("warmup_done")) is not None:
+        spread += f"; after {_plural(int(num(row['warmup_done'])), 'warm-up call')}"
     return (f"**Latency** {labels.ms(med)} ms median of {_plural(n, 'timed repeat')} ({spread}) for {_plural(n_img, 'image')} · "
             f"{labels.ms(row.get('per_image_ms'))} ms per image · cold (first) call {labels.ms(row.get('cold_ms'))} ms"
             + (f" · model load {labels.ms(row.get('load_ms'))} ms" if num(row.get("load_ms"))
@@ -328,6 +338,10 @@ def _quality_line(row: Mapping, reference: Mapping | None) -> str:
     if reference:
         ref = (f" #{reference.get('id')} ({_reference_setup(reference)}, guidance "
                f"{labels.number(reference.get('guidance'), 1)}, same prompts and seeds)")
+        g_ref, g_run = num(reference.get("guidance")), num(row.get("guidance"))
+        if g_ref is not None and g_run is not None and g_ref != g_run:  # one guidance per reference (reference.py)
+            ref += (f", **reference at guidance {g_ref:g}**, this run at guidance {g_run:g}: the scores include "
+                    "the change of guidance")
     n_img = _n_images(row)
     if n_img > 1:
         ssim = (f"SSIM {labels.number(row.get('ssim'), 4)} ± {labels.number(row.get('ssim_std') or 0, 4)} "
@@ -369,10 +383,12 @@ def metrics_card(row: Mapping, reference: Mapping | None = None, *, baseline: Ma
         lines.append(baseline_text(row, baseline))
     elif baseline_hint:
         lines.append(PIN_HINT)
-    if num(row.get("peak_mem_bytes")) is not None:
-        kind = row.get("peak_mem_kind") or ""
-        lines.append(f"**Peak memory** {labels.mib(row['peak_mem_bytes'])} ({_MEM_KINDS.get(kind, kind or 'peak')}; "
-                     f"{labels.mib(row.get('mem_baseline_bytes'))} before the timed part)")
+    memory = labels.memory_text(row)
+    if memory:
+        lines.append(f"**Peak memory** {memory}")
+    energy = labels.energy_text(row)
+    if energy:
+        lines.append(f"**Energy** {energy}")
     if num(row.get("psnr")) is not None:
         lines.append(_quality_line(row, reference))
     strip = reference_strip(row, images, reference_images, reference)

@@ -39,7 +39,7 @@ def _cell_caption(row: Mapping | None) -> str:
         error = html.escape(str(row.get("error") or "no reason recorded"))[:300]
         return (f'<div style="color:#b00020"><b>{html.escape(str(row.get("status")))}</b> (run {int(row["id"])}): '
                 f"{error}</div>")
-    n = int(labels.num(row.get("repeats")) or 0)
+    n = labels.timed_repeats(row)
     parts = [f'<span style="{_GREY}">{html.escape(labels.configuration(row))}</span>',
              f'<b>{labels.ms(row.get("latency_median_ms"))} ms</b> <span style="{_GREY}">(IQR '
              f'{labels.ms(row.get("latency_iqr_ms"))}, n={n})</span>']

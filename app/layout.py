@@ -163,8 +163,10 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                                     boxes[s.axis] = widgets.setting_widget(knob, s, defaults)
                         with gr.Accordion("Measurement", open=False, elem_id="measurement"):
                             with gr.Row():
-                                warmup = gr.Number(1, precision=0, minimum=1, label="Warm-up calls", elem_id="warmup")
-                                repeats = gr.Number(3, precision=0, minimum=1, label="Timed repeats", elem_id="repeats")
+                                warmup = gr.Number(0, precision=0, minimum=0, label="Warm-up calls (0 = auto)", elem_id="warmup")
+                                repeats = gr.Number(0, precision=0, minimum=0, label="Timed repeats (0 = auto)",
+                                                    info="auto: until the median's 95% CI is within ±5% (6-30)",
+                                                    elem_id="repeats")
                             with gr.Row():
                                 device = gr.Dropdown(list(DEVICES), value="auto", label="Device")
                                 batch = gr.Number(None, precision=0, minimum=0, label="Batch size", elem_id="batch",

@@ -20,7 +20,7 @@ from plotly.colors import qualitative
 from app import tables
 from studio_core.store.rows import is_missing, json_list
 from studio_core.study import labels
-from studio_core.study.frontier import COSTS, QUALITIES, classify, pareto_front, setup_label, setups
+from studio_core.study.frontier import COSTS, QUALITIES, classify, comparable, pareto_front, setup_label, setups
 
 __all__ = ["GROUPS", "HOVER_WIDTH", "LATENCY_COSTS", "QUALITY_LABELS", "TIED_NAME", "front_status_text",
            "group_value", "hover_text", "latency_quartiles", "make_frontier_plot"]
@@ -80,7 +80,7 @@ def hover_text(row: Mapping) -> str:
     inactive = labels.inactive_knobs(row)
     if inactive:
         lines += _wrap([f"did nothing: {html.escape(inactive[0])}", *map(html.escape, inactive[1:])])
-    n = num(row.get("repeats"))
+    n = labels.timed_repeats(row) or None
     med = num(row.get("latency_median_ms"))
     iqr = num(row.get("latency_iqr_ms"))
     if med is not None:
@@ -222,8 +222,11 @@ def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "lat
     repeats) as a horizontal bar when the cost is a latency.
     """
     fig = go.Figure()
-    q_label = QUALITY_LABELS.get(quality, quality) + (", higher is better" if QUALITIES.get(quality, True)
-                                                       else ", lower is better")
+    name = QUALITY_LABELS.get(quality, quality)
+    if quality == "psnr":  # pooled for new runs; say so only when every run shown is
+        pooled = "psnr_method" in df.columns and all(labels.psnr_is_pooled(r) for r in df.to_dict("records"))
+        name = name.replace("(dB)", "(pooled, dB)" if pooled else "(dB; older runs: mean of per-image dB)")
+    q_label = name + (", higher is better" if QUALITIES.get(quality, True) else ", lower is better")
     x_label = COSTS.get(cost, cost)
     fig.update_layout(template="plotly_white", height=560, margin=dict(l=60, r=20, t=70, b=50),
                       xaxis_title=x_label + ", lower is better", yaxis_title=q_label,
@@ -232,12 +235,16 @@ def make_frontier_plot(df: pd.DataFrame, quality: str = "psnr", cost: str = "lat
     d = df.copy() if df is not None else pd.DataFrame()
     have = (not d.empty) and quality in d and cost in d
     if have:
+        d = comparable(d, cost)  # memory: only runs that measured it above their own baseline
         d = d[pd.to_numeric(d[cost], errors="coerce").notna() & pd.to_numeric(d[quality], errors="coerce").notna()]
     if not have or d.empty:
         why = "No finished runs yet: generate one on the Generate tab or start a sweep."
         if df is not None and not df.empty:
             why = (f"None of these {len(df)} runs has a {QUALITY_LABELS.get(quality, quality)} value "
                    "(each run's metrics note says why, e.g. LPIPS weights not on disk).")
+            if cost == "peak_mem_bytes" and comparable(df, cost).empty:
+                why = (f"None of these {len(df)} runs measured its peak memory above its own baseline (older "
+                       "runs recorded the whole process's peak, which depends on what ran before).")
         fig.add_annotation(text=why, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14))
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)

@@ -305,8 +305,8 @@ def build_spec(model: str, prompts_text: str, prompt_set: str | None, seeds_text
         elif enabled.get(knob.name):
             spec_knobs[knob.name] = {s.name: coerce(s, values.get(s.axis)) for s in settings}
     spec["knobs"] = spec_knobs
-    spec["warmup"] = _int(warmup if warmup not in (None, "") else 1, "warmup")
-    spec["repeats"] = _int(repeats if repeats not in (None, "") else 3, "repeats")
+    spec["warmup"] = _int(warmup if warmup not in (None, "") else 0, "warmup")  # 0: auto (measure.adaptive)
+    spec["repeats"] = _int(repeats if repeats not in (None, "") else 0, "repeats")
     spec["device"] = device or "auto"
     spec["batch_size"] = None if batch_size in (None, "", 0) else _int(batch_size, "batch_size")
     if spec["device"] not in DEVICES:

@@ -3,7 +3,8 @@
 One loaded pipeline, one process. Every round times each configuration once, in a rotated order, and
 each knob is applied just before its call and undone just after, so drift in the machine's speed hits
 every configuration alike. Timed by the shared harness (``_harness.py``): each call is one pass timed as
-``Engine.run`` times a repeat, and the raw latencies go to ``benchmarks/results/caching-<time>.json``.
+``Engine.run`` times a repeat, and every raw latency goes to ``benchmarks/results/caching-<date>.json``
+(``caching_sd15-<date>.json`` with ``--sd15``; ``--dirty`` to measure on uncommitted code).
 Reported per configuration: median latency over the rounds, the speed-up as
 the median of the per-round ratios uncached / cached (robust to a noisy machine) with its range, PSNR and
 SSIM (mean ± std over images) against the engine's reference (DPM++ 2M, 200 steps, fp32, no knobs) and
@@ -41,7 +42,16 @@ CONFIGS = [
 ]
 
 def main() -> None:
-    from _harness import PassTimer, print_table, setup_line, setup_of, time_rounds, write_results
+    from _harness import (
+        PassTimer,
+        add_publish_args,
+        check_tree,
+        print_table,
+        publish,
+        setup_line,
+        setup_of,
+        time_rounds,
+    )
     from architectures import sd15_pipeline
 
     from studio_core.knobs import KNOBS
@@ -60,7 +70,8 @@ def main() -> None:
     ap.add_argument("--sd15", action="store_true", help="SD 1.5-architecture UNet, random weights")
     ap.add_argument("--size", type=int, default=512, help="--sd15 image size")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    a = ap.parse_args()
+    a = add_publish_args(ap).parse_args()
+    check_tree(a.dirty)
     device = resolve_device(a.device)
     dtype = torch_dtype(a.dtype)
 
@@ -123,9 +134,10 @@ def main() -> None:
     scheduler = type(pipe.scheduler).__name__
     setup = setup_of(device, a.rounds, model=model_line, steps=a.steps, scheduler=scheduler, guidance=guidance,
                      dtype=a.dtype)
-    print("\n" + setup_line(f"{model_line}, {a.steps} steps, {scheduler}, guidance {guidance:g}, {a.dtype}", setup,
+    setup_text = setup_line(f"{model_line}, {a.steps} steps, {scheduler}, guidance {guidance:g}, {a.dtype}", setup,
                             f"{a.rounds} timed rounds, each configuration once per round in rotated order after "
-                            "one untimed warm-up round.") + "\n")
+                            "one untimed warm-up round.")
+    print("\n" + setup_text + "\n")
     ref_cols = ["PSNR vs reference (dB)", "SSIM vs reference"] if reference is not None else []
     header = ["configuration", "median latency (ms)", "speed-up (median of round ratios)", "range", *ref_cols,
               "PSNR vs uncached (dB)", "SSIM vs uncached", "what the knob reported"]
@@ -144,8 +156,8 @@ def main() -> None:
         rep = reports.get((name, str(raw)))
         cells.append("-" if rep is None else (rep.summary + ("" if rep.active else " **[did nothing]**")))
         rows.append(cells)
-    print_table(header, "lrrl" + "rr" * bool(ref_cols) + "rrl", rows)
-    write_results("caching", setup, times, table={"header": header, "rows": rows})
+    table = print_table(header, "lrrl" + "rr" * bool(ref_cols) + "rrl", rows)
+    publish("caching_sd15" if a.sd15 else "caching", setup, times, table, setup_text=setup_text)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Target (issue 2): median at most 2 s on 2 cores at the model's default resolution. Warm-up calls
 are not counted; each timed call is the whole pipeline (text encoding, 20 UNet steps on a batch of
 8 = 4 prompts x 2 for guidance, VAE decode), timed as ``Engine.run`` times a repeat (the shared
-harness, ``_harness.py``); raw latencies go to ``benchmarks/results/embedded_cpu_speed-<time>.json``.
-Run: ``python benchmarks/embedded_cpu_speed.py``.
+harness, ``_harness.py``); every repeat goes to ``benchmarks/results/embedded_cpu_speed-<date>.json``. The
+prompts are the model card's speed protocol (``SPEED_PROMPTS`` in ``embedded/training/evaluate.py``).
+Run: ``python benchmarks/embedded_cpu_speed.py`` (``--dirty`` on uncommitted code).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from _harness import PassTimer, print_table, setup_of, time_rounds, write_results  # noqa: E402
+from _harness import PassTimer, add_publish_args, check_tree, print_table, publish, setup_of, time_rounds  # noqa: E402
 
+from studio_core.embedded.training.evaluate import SPEED_PROMPTS as PROMPTS  # noqa: E402
 from studio_core.measure.timing import latency_spread  # noqa: E402
 from studio_core.models import EMBEDDED_MODEL_DIR, load_pipeline, model_defaults  # noqa: E402
-
-PROMPTS = ["grinning face", "red heart", "rocket", "flag: France"]
 
 
 def main() -> None:
@@ -30,7 +30,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
-    args = p.parse_args()
+    args = add_publish_args(p).parse_args()
+    check_tree(args.dirty)
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("emoji-sd")
@@ -45,16 +46,18 @@ def main() -> None:
     s = {k: v / 1000 for k, v in latency_spread(times_ms).items()}
     setup = setup_of("cpu", args.repeats, warmup=args.warmup, steps=args.steps, images=len(PROMPTS),
                      guidance=d["guidance_scale"], sampler=type(pipe.scheduler).__name__)
-    print("# embedded model CPU speed")
-    print(f"setup: model emoji-sd ({d['height']}x{d['width']}), {len(PROMPTS)} images x {args.steps} steps, "
-          f"guidance {d['guidance_scale']} (UNet batch {2 * len(PROMPTS)}), sampler {setup['sampler']}, "
-          f"torch {setup['torch_version']}, diffusers {setup['diffusers_version']}, threads {setup['threads']}, "
-          f"{setup['device_name']}, git {setup['git_commit']}, warm-up {args.warmup}, repeats {args.repeats}")
-    print_table(["metric", "seconds"], "ll", [
+    setup_text = (f"Setup: model emoji-sd ({d['height']}x{d['width']}), {len(PROMPTS)} images x {args.steps} steps, "
+                  f"guidance {d['guidance_scale']} (UNet batch {2 * len(PROMPTS)}), sampler {setup['sampler']}, "
+                  f"torch {setup['torch_version']}, diffusers {setup['diffusers_version']}, threads "
+                  f"{setup['threads']}, {setup['device_name']}, git {setup['git_commit']}, warm-up {args.warmup}, "
+                  f"repeats {args.repeats}")
+    print(f"# embedded model CPU speed\n{setup_text}")
+    table = print_table(["metric", "seconds"], "lr", [
         ["median", f"{s['median']:.3f}"], ["min", f"{s['min']:.3f}"], ["max", f"{s['max']:.3f}"],
         ["IQR", f"{s['iqr']:.3f}"], ["per image", f"{s['median'] / len(PROMPTS):.3f}"]])
-    print(f"target: median <= 2.000 s -> {'met' if s['median'] <= 2.0 else 'NOT met'}")
-    write_results("embedded_cpu_speed", setup, {"emoji-sd": times_ms})
+    target = f"Target: median <= 2.000 s -> {'met' if s['median'] <= 2.0 else 'NOT met'}."
+    print(target)
+    publish("embedded_cpu_speed", setup, {"emoji-sd": times_ms}, table, setup_text=setup_text, notes=[target])
 
 
 if __name__ == "__main__":

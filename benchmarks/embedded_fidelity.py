@@ -2,7 +2,9 @@
 
 Same fixed caption sample as the training report (200 training captions drawn with seed 1234, and
 the held-out captions), one image per caption with seed = its index, 50 steps by default. Prints a
-table with the setup. Run: ``python benchmarks/embedded_fidelity.py [--guidance 3 5] [--samplers ...]``.
+table with the setup and keeps every caption's rank in ``benchmarks/results/embedded_fidelity-<date>.json``.
+Run: ``python benchmarks/embedded_fidelity.py [--guidance 3 5] [--samplers ...]`` (``--dirty`` on
+uncommitted code).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from _harness import add_publish_args, check_tree, print_table, publish, setup_of  # noqa: E402
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler  # noqa: E402
 
 from studio_core.embedded.training.data import load_or_build  # noqa: E402
@@ -34,7 +37,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    args = add_publish_args(p).parse_args()
+    check_tree(args.dirty)
     torch.set_num_threads(args.threads)
 
     ds = load_or_build(ROOT / ".cache", 32)
@@ -42,20 +46,28 @@ def main() -> None:
     train_caps, held_caps = fidelity_captions(ds, args.n)
     pipe = load_pipeline("emoji-sd")
     base_config = pipe.scheduler.config
-    print(f"# embedded model prompt fidelity\nsetup: emoji-sd 32x32, {args.steps} steps, {len(train_caps)} training "
-          f"captions + {len(held_caps)} held out, seed = caption index, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print("| sampler | guidance | train top-1 | train top-5 | held-out top-1 | held-out top-5 | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    setup = setup_of("cpu", 1, steps=args.steps, train_captions=len(train_caps), held_out=len(held_caps))
+    setup_text = (f"Setup: emoji-sd 32x32, {args.steps} steps, {len(train_caps)} training captions + "
+                  f"{len(held_caps)} held out, seed = caption index; {setup['device_name']}, {setup['threads']} "
+                  f"torch threads, torch {setup['torch_version']}, diffusers {setup['diffusers_version']}, git "
+                  f"{setup['git_commit']}")
+    print(f"# embedded model prompt fidelity\n{setup_text}", flush=True)
+    rows, ranks = [], {}
     for name in args.samplers:
         pipe.scheduler = SAMPLERS[name].from_config(base_config)
         for g in args.guidance:
             t0 = time.perf_counter()
             tr = score_captions(pipe, index, train_caps, args.steps, g)
             ho = score_captions(pipe, index, held_caps, args.steps, g)
-            print(f"| {name} | {g} | {tr.top1:.1%} | {tr.top5:.1%} | {ho.top1:.1%} | {ho.top5:.1%} | "
-                  f"{time.perf_counter() - t0:.0f} |", flush=True)
-
+            rows.append([name, f"{g:g}", f"{tr.top1:.1%}", f"{tr.top5:.1%}", f"{ho.top1:.1%}", f"{ho.top5:.1%}",
+                         f"{time.perf_counter() - t0:.0f}"])
+            ranks[f"{name}, guidance {g:g}, training ranks"] = tr.ranks
+            ranks[f"{name}, guidance {g:g}, held-out ranks"] = ho.ranks
+            print(f"{name} guidance {g:g} done", file=sys.stderr, flush=True)
+    table = print_table(["sampler", "guidance", "train top-1", "train top-5", "held-out top-1", "held-out top-5",
+                         "seconds"], "lrrrrrr", rows)
+    publish("embedded_fidelity", setup, ranks, table, setup_text=setup_text,
+            captions={"train": train_caps, "held_out": held_caps})
 
 if __name__ == "__main__":
     main()

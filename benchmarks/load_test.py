@@ -301,7 +301,7 @@ def main() -> int:
     # ---- report
     print("# load test")
     print(f"setup: app.py on the embedded model (CPU, {os.cpu_count()} logical cores, {platform.processor() or platform.machine()}), "
-          f"server args {args.server_arg or 'default'}; {args.clients} gradio_client clients in one second process, "
+          f"--max-waiting {args.max_waiting}, server args {args.server_arg or 'none'}; {args.clients} gradio_client clients in one second process, "
           f"{len(res)} requests ({args.generate_share:.0%} generate: 1 image x {args.steps} DDIM steps, the model's default guidance, "
           f"warm-up 1, 1 timed repeat) after 2 untimed generates; wall {wall:.1f} s")
     print()

@@ -10,8 +10,8 @@ bare call alternating, median of the paired ratios (robust to a noisy machine); 
 ``Engine.run`` calls against bare medians, round by round. Target: engine at most 3% above bare.
 
 Also printed: the engine's bookkeeping per run (reference lookup, scoring, store writes), which happens
-outside the timed region and is not part of the latency it reports. Raw latencies go to
-``benchmarks/results/overhead-<time>.json``.
+outside the timed region and is not part of the latency it reports. Every raw latency goes to
+``benchmarks/results/overhead-<date>.json`` (``--dirty`` to measure on uncommitted code).
 
     .venv/bin/python benchmarks/overhead.py [--rounds 5] [--repeats 5] [--steps 20] [--device auto]
 """
@@ -30,7 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     import torch
-    from _harness import PassTimer, print_table, setup_line, setup_of, time_rounds, write_results
+    from _harness import (
+        PassTimer,
+        add_publish_args,
+        check_tree,
+        print_table,
+        publish,
+        setup_line,
+        setup_of,
+        time_rounds,
+    )
 
     from studio_core.measure.engine import Engine
     from studio_core.measure.environment import resolve_device
@@ -45,7 +54,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--prompt-set", default="emoji-4")
     ap.add_argument("--device", default="auto")
-    a = ap.parse_args()
+    a = add_publish_args(ap).parse_args()
+    check_tree(a.dirty)
 
     engine = Engine(RunStore(tempfile.mkdtemp(prefix="overhead-")))
     spec = RunSpec(prompt_set=a.prompt_set, steps=a.steps, repeats=a.repeats, device=a.device)
@@ -94,12 +104,13 @@ def main() -> None:
     med = statistics.median
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     setup = setup_of(device, a.rounds, pairs=a.pairs, repeats=a.repeats, steps=resolved.steps)
-    print("\n" + setup_line(
+    setup_text = setup_line(
         f"embedded emoji-sd, {len(prompts)} images ({a.prompt_set}, seed 0) x {resolved.steps} steps, "
         f"{type(pipe.scheduler).__name__}, guidance {resolved.guidance:g}, {resolved.height}x{resolved.width}, fp32",
-        setup, f"(a) {a.pairs} rotated pairs, (b) {a.rounds} rotated rounds") + "\n")
+        setup, f"(a) {a.pairs} rotated pairs, (b) {a.rounds} rotated rounds")
+    print("\n" + setup_text + "\n")
     round_ratios = [x / y for x, y in zip(eng_medians, bare_medians)]
-    print_table(["comparison", "engine median (ms)", "bare median (ms)", "engine / bare", "spread"], "lrrrl", [
+    table = print_table(["comparison", "engine median (ms)", "bare median (ms)", "engine / bare", "spread"], "lrrrl", [
         [f"(a) {a.pairs} alternating single calls", f"{med(p[0] for p in pairs):.1f}",
          f"{med(p[1] for p in pairs):.1f}",
          f"{med(ratios):.4f} (median of paired ratios)", f"IQR of ratios {q[0]:.3f}..{q[2]:.3f}"],
@@ -107,13 +118,13 @@ def main() -> None:
          f"{med(eng_medians):.1f}", f"{med(bare_medians):.1f}", f"{med(round_ratios):.4f} (median of round ratios)",
          f"rounds {', '.join(f'{r:.3f}' for r in round_ratios)}"],
     ])
-    print()
-    print(f"engine overhead on the timed path (a): {100 * (med(ratios) - 1):+.2f}% (target <= +3%)")
-    print(f"bookkeeping outside the timed region (reference lookup, scoring, store writes): median "
-          f"{med(bookkeeping):.0f} ms per run, not part of the reported latency")
-    write_results("overhead", setup, {"(a) engine pass": single["engine pass"], "(a) bare call": single["bare call"],
-                                      "(b) Engine.run median": eng_medians, "(b) bare median": bare_medians},
-                  bookkeeping_ms=[round(x, 1) for x in bookkeeping])
+    notes = [f"Engine overhead on the timed path (a): {100 * (med(ratios) - 1):+.2f}% (target <= +3%).",
+             f"Bookkeeping outside the timed region (reference lookup, scoring, store writes): median "
+             f"{med(bookkeeping):.0f} ms per run, not part of the reported latency."]
+    print("\n" + "\n".join(notes))
+    publish("overhead", setup, {"(a) engine pass": single["engine pass"], "(a) bare call": single["bare call"],
+                                "(b) Engine.run median": eng_medians, "(b) bare median": bare_medians,
+                                "bookkeeping": bookkeeping}, table, setup_text=setup_text, notes=notes)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The embedded emoji-sd model on the CPU. Every configuration has a pipeline of its own, loaded and (for the
 quantization knob) quantized once before timing, since quantization cannot be undone in place. Every round
 times each configuration once, in a rotated order, so drift in the machine's speed hits all alike (the shared
-harness, ``_harness.py``: each call is one pass timed as ``Engine.run`` times a repeat; raw latencies go to
-``benchmarks/results/quantization_cpu-<time>.json``).
+harness, ``_harness.py``: each call is one pass timed as ``Engine.run`` times a repeat; every raw latency
+goes to ``benchmarks/results/quantization_cpu-<date>.json``; ``--dirty`` to measure on uncommitted code).
 Reported per configuration: median latency over the rounds, the speed-up as the median of the per-round
 ratios fp32 / configuration with its range, the weights of the denoiser and of the whole pipeline (torchao's
 quantized tensors counted by their inner int8 / fp8 data and scales), PSNR and SSIM (mean ± std over
@@ -44,7 +44,16 @@ MIB = 2**20
 
 
 def main() -> None:
-    from _harness import PassTimer, print_table, setup_line, setup_of, time_rounds, write_results
+    from _harness import (
+        PassTimer,
+        add_publish_args,
+        check_tree,
+        print_table,
+        publish,
+        setup_line,
+        setup_of,
+        time_rounds,
+    )
 
     from studio_core.errors import SpecError
     from studio_core.knobs import KNOBS
@@ -62,7 +71,8 @@ def main() -> None:
     ap.add_argument("--prompt-set", default="emoji-8")
     ap.add_argument("--store", default=None, help="run store folder (keeps the reference between runs); "
                                                   "default: a new temporary folder")
-    a = ap.parse_args()
+    a = add_publish_args(ap).parse_args()
+    check_tree(a.dirty)
     device = "cpu"
     knob = KNOBS["quantization"]
 
@@ -119,7 +129,8 @@ def main() -> None:
     setup = setup_of(device, a.rounds, model=lead, torchao=_version("torchao"), bitsandbytes=_version("bitsandbytes"))
     how = (f"{a.rounds} timed rounds, each configuration once per round in rotated order after one untimed warm-up "
            "round. Weights in MiB (quantized tensors counted by their inner data and scales).")
-    print("\n" + setup_line(lead, setup, how, libraries=("torchao", "bitsandbytes")) + "\n")
+    setup_text = setup_line(lead, setup, how, libraries=("torchao", "bitsandbytes"))
+    print("\n" + setup_text + "\n")
     header = ["configuration", "median latency (ms)", "speed-up vs fp32 (median of round ratios)", "range",
               "denoiser weights (MiB)", "pipeline weights (MiB)", "PSNR vs reference (dB)", "SSIM vs reference",
               "PSNR vs fp32 (dB)", "SSIM vs fp32", "what the knob reported"]
@@ -139,12 +150,10 @@ def main() -> None:
                  f"{m_base['ssim']:.3f}",
                  "-" if rep is None else rep.summary + ("" if rep.active else " **[did nothing]**")]
         rows.append(cells)
-    print_table(header, "lrrlrrrrrrl", rows)
-    if refused:
-        print("\nNot run on this machine (the knob's reason):\n")
-        for label, reason in refused.items():
-            print(f"* {label}: {reason}")
-    write_results("quantization_cpu", setup, times, refused=refused, table={"header": header, "rows": rows})
+    table = print_table(header, "lrrlrrrrrrl", rows)
+    notes = [f"Not run on this machine: {label} ({reason})." for label, reason in refused.items()]
+    print("\n" + "\n".join(notes))
+    publish("quantization_cpu", setup, times, table, setup_text=setup_text, notes=notes, refused=refused)
 
 
 def _version(name: str) -> str:

@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int)
     r.add_argument("--precision", default="fp32")
     r.add_argument("--device", default="auto")
-    r.add_argument("--warmup", type=int, default=1)
-    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--warmup", type=int, default=0, help="warm-up calls; 0 = auto: until two calls agree (default)")
+    r.add_argument("--repeats", type=int, default=0,
+                   help="timed repeats; 0 = auto: until the median's 95%% CI is within 5%% (default)")
     r.add_argument("--knob", action="append", default=[], metavar="NAME.SETTING=VALUE",
                    help="a knob setting, e.g. --knob deepcache.interval=3 (repeatable)")
     r.add_argument("--json", action="store_true", help="print the stored row as JSON")
@@ -289,14 +290,17 @@ def cmd_frontier(a) -> int:
         return 0
     spread = ["latency_iqr_ms"] if a.cost == "latency_median_ms" else []
     n_setups = front["setup"].nunique()
-    if n_setups > 1:  # never one front across models, machines, sizes or references
-        print(f"{n_setups} setups (model · device · size · reference), one Pareto front each")
+    if n_setups > 1:  # never one front across models, machines, thread counts, sizes or references
+        print(f"{n_setups} setups (model · device · threads · size · reference), one Pareto front each")
     for setup, runs in front.groupby("setup", sort=False):
         title = psnr_title(runs.to_dict("records")) if a.metric == "psnr" else COLUMN_LABELS[a.metric]
+        on_front = int((runs["front_status"] == "front").sum())
+        tied = len(runs) - on_front
         print(f"Pareto front of {setup}: {title}, {'higher' if QUALITIES[a.metric] else 'lower'} "
-              f"is better, against {COLUMN_LABELS[a.cost]}: {len(runs)} run{'s' if len(runs) > 1 else ''}")
+              f"is better, against {COLUMN_LABELS[a.cost]}: {on_front} run{'s' if on_front > 1 else ''}"
+              + (f", and {tied} tied with it within the latency noise" if tied else ""))
         print(_table(runs.to_dict("records"), ["id", "model", "configuration", "steps", "guidance", a.cost, *spread,
-                                               a.metric, "device_name"]))
+                                               a.metric, "device_name", "front_status"]))
     return 0
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "EMBEDDED_MODEL_NAME",
     "MAX_MODEL_CHARS",
     "SUPPORTED_PIPELINES",
+    "WEIGHT_SUFFIXES",
     "ModelLoadError",
     "PipelineFacts",
     "check_pipeline_folder",
@@ -32,7 +33,7 @@ __all__ = [
 
 EMBEDDED_MODEL_NAME = "emoji-sd"
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / EMBEDDED_MODEL_NAME
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")  # every weights file diffusers' loader reads
 MAX_MODEL_CHARS = 4096  # Linux's PATH_MAX: no longer path can be opened, so no longer name is looked up
 
 
@@ -100,8 +101,8 @@ def check_pipeline_folder(folder: str | Path) -> dict:
             continue
         if "config.json" not in files and not any(f.endswith(".json") for f in files):
             raise ModelLoadError(f"{sub} is missing config.json")
-        if spec[0] in ("diffusers", "transformers") and not any(f.endswith(_WEIGHT_SUFFIXES) for f in files):
-            raise ModelLoadError(f"{sub} has no weights file ({', '.join(_WEIGHT_SUFFIXES)})")
+        if spec[0] in ("diffusers", "transformers") and not any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+            raise ModelLoadError(f"{sub} has no weights file ({', '.join(WEIGHT_SUFFIXES)})")
     return index
 
 

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from studio_core.errors import ModelLoadError, SpecError
+from studio_core.fingerprint import model_fingerprint
 from studio_core.knobs import KNOBS, knobs_in
-from studio_core.knobs._validate import check_int, check_number
+from studio_core.knobs._validate import check_int, check_number, is_int
 from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS, compatible_names, model_kind
+from studio_core.measure.adaptive import AUTO, MAX_REPEATS, MAX_WARMUP, plan_for
 from studio_core.models import (
     EMBEDDED_MODEL_DIR,
     MAX_MODEL_CHARS,
@@ -99,8 +101,8 @@ class RunSpec:
     precision: str = "fp32"
     device: str = "auto"
     knobs: dict[str, dict] = field(default_factory=dict)  # settings of the other registered knobs
-    warmup: int = 1
-    repeats: int = 3
+    warmup: int = AUTO  # AUTO (0, or "auto"): until two calls agree; else a fixed count (``measure.adaptive``)
+    repeats: int = AUTO  # AUTO: until the median's 95% CI is within ±5%; else a fixed count
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
@@ -118,6 +120,9 @@ class RunSpec:
                 data[key] = tuple(value)
         if data.get("knobs") is None:
             data.pop("knobs", None)
+        for key in ("warmup", "repeats"):  # "auto" is the spelling of AUTO in YAML and JSON
+            if isinstance(data.get(key), str) and data[key].strip().lower() == "auto":
+                data[key] = AUTO
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -225,8 +230,13 @@ def validate(spec: RunSpec) -> None:
         raise SpecError("precision", spec.precision, f"one of {', '.join(PRECISIONS)}")
     if spec.device not in DEVICES:
         raise SpecError("device", spec.device, f"one of {', '.join(DEVICES)}")
-    _check_int("warmup", spec.warmup, 1, 20)
-    _check_int("repeats", spec.repeats, 1, 100)
+    for name, cap, until in (("warmup", MAX_WARMUP, "until two calls agree"),
+                             ("repeats", MAX_REPEATS, "until the median is stable")):
+        value = getattr(spec, name)
+        if not (type(value) is int and (value == AUTO or 1 <= value <= cap)):
+            shown = f"a whole number of {value.bit_length():,} bits" if is_int(value) and value.bit_length() > 128 \
+                else (value if isinstance(value, (int, float)) else excerpt(value))
+            raise SpecError(name, shown, f"a whole number from 1 to {cap}, or \"auto\" (also 0: {until})")
     # 5. the other knobs: each validates its own settings
     if not isinstance(spec.knobs, dict):
         raise SpecError("knobs", spec.knobs, "a mapping of knob name to its settings")
@@ -251,7 +261,7 @@ class ModelInfo:
     denoiser: str  # "unet" or "transformer"
     time_cond_proj_dim: int | None
     defaults: dict
-    fingerprint: str
+    fingerprint: str  # the content of every file the loader reads (studio_core.fingerprint)
     prediction_type: str = "epsilon"  # what the denoiser predicts: epsilon, v_prediction, flow or consistency
     defaults_source: dict = field(default_factory=dict)  # default's name -> where it came from
     unsupported: str | None = None  # why the studio cannot drive this pipeline; None when it can
@@ -310,6 +320,7 @@ def model_info(model: str) -> ModelInfo:
     try:
         path = Path(resolve_model(model))
         index = check_pipeline_folder(path)
+        fingerprint = model_fingerprint(path, index)
     except ModelLoadError as exc:
         raise SpecError("model", excerpt(model), f"a diffusers pipeline folder ({exc})") from None
     sched = _read_json(path / "scheduler" / "scheduler_config.json")
@@ -320,15 +331,12 @@ def model_info(model: str) -> ModelInfo:
     for name in ("height", "width"):
         sources.setdefault(name, f"native: {size_source}")
     scheduler_class = sched.get("_class_name", "")
-    fingerprint_src = json.dumps([index, den_cfg, sched], sort_keys=True) + "".join(
-        f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-        for p in sorted(path.rglob("*.safetensors")))
     return ModelInfo(
         path=str(path), pipeline_class=index.get("_class_name", ""), scheduler_class=scheduler_class,
         compatible_schedulers=compatible_names(scheduler_class), sample_size=sample_px, size_multiple=multiple,
         num_train_timesteps=int(sched.get("num_train_timesteps", 1000)), denoiser=denoiser,
         time_cond_proj_dim=den_cfg.get("time_cond_proj_dim"), defaults=defaults,
-        fingerprint=hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],
+        fingerprint=fingerprint,
         prediction_type=model_kind(sched, den_cfg.get("time_cond_proj_dim")), defaults_source=sources,
         unsupported=unsupported_reason(index) or (None if sample_px else f"its native size is {size_source}"),
         scheduler_config=sched,
@@ -404,11 +412,14 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
     reason = scheduler_steps_reason(info, spec.sampler, spec.timestep_spacing, spec.steps)
     if reason:
         raise SpecError("steps", spec.steps, reason)
-    work = spec.steps * spec.n_images * (spec.warmup + spec.repeats)
+    plan = plan_for(spec, MAX_IMAGE_STEPS)  # an "auto" count's maximum is lowered to fit; its minimum must
+    work = spec.steps * spec.n_images * plan.min_passes
     if work > MAX_IMAGE_STEPS:
+        passes = f"{plan.warmup_min} + {plan.repeats_min}" + (" at least (auto)" if AUTO in (spec.warmup, spec.repeats)
+                                                              else "")
         raise SpecError("steps", spec.steps, f"at most {MAX_IMAGE_STEPS:,} denoiser steps per run: steps x images x "
                                              f"(warm-up + repeats) is {spec.steps} x {spec.n_images} x "
-                                             f"({spec.warmup} + {spec.repeats}) = {work:,}")
+                                             f"({passes}) = {work:,}")
     facts = SUPPORTED_PIPELINES[info.pipeline_class]
     if spec.steps < facts.min_steps:
         raise SpecError("steps", spec.steps, f"at least {facts.min_steps} for {info.pipeline_class}: "

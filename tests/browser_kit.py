@@ -81,7 +81,7 @@ def ok_runs(served) -> list[dict]:
 def add_run(served, steps: int) -> dict:
     """One run as the Generate tab would make it, through the study service behind the page."""
     row = served.studio.service.run({"model": "emoji-sd", "prompts": ["grinning face"], "seeds": [0],
-                                     "steps": steps, "repeats": 1})
+                                     "steps": steps, "warmup": 1, "repeats": 1})
     assert row["status"] == "ok", row.get("error")
     return row
 

@@ -9,8 +9,8 @@ from app.layout import build_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sampler": "DPM++ 2M", "steps": 6}
-ENDPOINTS = {"build_spec", "generate", "build_sweep", "sweep", "cancel_sweep", "plot_frontier", "compare_runs", "runs",
-             "export_csv", "run_details", "sweep_grid"}
+ENDPOINTS = {"build_spec", "generate", "build_sweep", "sweep", "cancel_sweep", "cancel_generation", "plot_frontier",
+             "compare_runs", "runs", "export_csv", "run_details", "sweep_grid"}
 
 
 def _fn(demo, api_name):

@@ -38,13 +38,15 @@ def test_frontier_plot_points_front_and_colours():
 
 
 def test_frontier_plot_lower_is_better_metric_memory_in_mib_and_empty():
-    df = _runs().assign(lpips=[0.5, 0.2, 0.3, 0.1, 0.4])
+    df = _runs().assign(lpips=[0.5, 0.2, 0.3, 0.1, 0.4], peak_mem_method="cpu: above the baseline")
     fig = plots.make_frontier_plot(df, "lpips", "peak_mem_bytes", color=None)
     front = [t for t in fig.data if t.name == "Pareto front"][0]
     assert list(front.x) == [1.0, 2.0, 4.0] and "MiB" in fig.layout.xaxis.title.text
     assert "lower is better" in fig.layout.yaxis.title.text
     empty = plots.make_frontier_plot(pd.DataFrame(), "psnr")
     assert not empty.data and "No finished runs" in empty.layout.annotations[0].text
+    older = plots.make_frontier_plot(df.drop(columns="peak_mem_method"), "lpips", "peak_mem_bytes")
+    assert "None of these 5 runs measured its peak memory above its own baseline" in older.layout.annotations[0].text
     none = plots.make_frontier_plot(_runs(), "fidelity_top1")
     assert "None of these 5 runs has a prompt fidelity top-1 value" in none.layout.annotations[0].text
 
@@ -118,7 +120,8 @@ def test_latency_spread_draws_quartile_bars_from_the_repeats_or_half_the_iqr():
     assert "median ± IQR/2 (1 runs without recorded repeats)" in fig.layout.title.text
     frame["per_image_ms"] = frame["latency_median_ms"] / frame["n_images"]
     assert _bars(plots.make_frontier_plot(frame, cost="per_image_ms", spread=True))[2] == (1.0, 1.0)  # per image
-    memory = plots.make_frontier_plot(frame, cost="peak_mem_bytes", spread=True)
+    memory = plots.make_frontier_plot(frame.assign(peak_mem_method="cpu: above the baseline"), cost="peak_mem_bytes",
+                                      spread=True)
     assert all(t.error_x.array is None for t in memory.data if t.mode == "markers")
     assert "shown when the cost is a latency" in memory.layout.title.text
     assert all(t.error_x.array is None for t in plots.make_frontier_plot(frame).data if t.mode == "markers")
@@ -167,7 +170,7 @@ def test_metrics_card_carries_spread_setup_and_flags():
     text = cards.metrics_card(_ok_row(), {"id": 1, "sampler": "DPM++ 2M", "steps": 10, "guidance": 3.0})
     for part in ["11.0 ms median of 3 timed repeats", "IQR 1.00 ms", "min..max 10.0..12.0 ms", "cold (first) call",
                  "text encode 1.00 ms", "2.25 ms per step, 4 denoiser calls", "VAE decode 0.50 ms",
-                 "600.0 MiB (peak resident memory of the process (CPU)", "PSNR 30.00 ± 1.50 dB",
+                 "600.0 MiB (older run: absolute, the whole process's peak)", "PSNR 30.00 ± 1.50 dB",
                  "SSIM 0.9000 ± 0.0100", "LPIPS n/a", "mean ± std over 2 images", "DPM++ 2M, 10 steps",
                  "top-1 50%", "top-5 100%", "LPIPS unavailable: test", "CPU test (2 cores) · 2 torch threads",
                  "torch 2.13.0", "diffusers 0.42.1", "commit abc123"]:

@@ -77,6 +77,8 @@ def test_progress_shows_beside_the_button_and_the_card_compares_with_the_pinned_
     _pin(page, baseline["id"])
     expect(page.locator("#metrics-card")).to_contain_text("Generate to see")  # nothing shown yet: nothing to compare
     set_value(page, "setting-steps", 4)
+    page.locator("#measurement").get_by_text("Measurement").click()
+    set_value(page, "repeats", 1)
     page.evaluate(WATCH_PROGRESS_JS)
     n = store.db["runs"].count
     page.click("#generate-btn")

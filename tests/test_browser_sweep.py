@@ -91,7 +91,7 @@ def test_off_on_a_knob_axis_puts_the_baseline_in_the_same_grid(page, served):
     assert (off["status"], on["status"]) == ("ok", "ok")
     assert off["knobs"] == {} and on["knobs"]["deepcache"]["interval"] == 2
     # the "off" cell is the plain run: the same configuration as a run of the form without the knob
-    plain = served.studio.service.run({**BASE, "steps": 4})
+    plain = served.studio.service.run({**BASE, "steps": 4, "warmup": 0})  # the form's warm-up: auto
     assert plain["config_hash"] == off["config_hash"]
     text = page.inner_text("#sweep-grid")
     assert "DeepCache N=2" in text and "nan" not in text and "None" not in text and "{" not in text

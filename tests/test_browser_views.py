@@ -14,7 +14,7 @@ from browser_kit import SHOTS, frontier_points, images_loaded, needs_chromium, o
 
 pytestmark = needs_chromium
 
-BASE = {"model": "emoji-sd", "prompts": ["grinning face"], "seeds": [0], "repeats": 1}
+BASE = {"model": "emoji-sd", "prompts": ["grinning face"], "seeds": [0], "warmup": 1, "repeats": 1}
 BAD = ("nan", "None", "{")  # never in text a person reads
 
 TRACES_JS = """() => {

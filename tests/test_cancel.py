@@ -15,7 +15,7 @@ from live import wait_until
 from test_serving import REF, started
 
 from app.clients import GONE
-from studio_core.errors import RunCancelled, StudioBusy
+from studio_core.errors import RunCancelled, StoreError, StudioBusy
 from studio_core.measure.engine import Engine
 from studio_core.store.store import RunStore
 from studio_core.study.service import DeviceQueue, StudyService
@@ -219,7 +219,10 @@ def test_sigterm_stops_a_cli_run_and_the_row_says_so(tmp_path, tiny_pipeline_dir
             assert proc.poll() is None, proc.stderr.read()
             if not (study / "studio.db").exists():
                 return None
-            store = RunStore(study, read_only=True)
+            try:
+                store = RunStore(study, read_only=True)
+            except StoreError:  # the CLI has made the file and not yet its tables
+                return None
             try:
                 return _newest(store, "running")
             finally:

@@ -65,7 +65,7 @@ def test_tables_name_knobs_and_failures_in_words(tmp_path, capsys):
     runs, front = capsys.readouterr().out.split("Pareto front of ")
     lines = runs.splitlines()
     assert re.match(r"run +status +model +configuration +steps +median latency \(ms\) +latency IQR \(ms\) +"
-                    r"peak memory \(MiB\) +PSNR \(dB\) +SSIM +did nothing +timing noise$", lines[0])
+                    r"peak memory \(MiB\) +PSNR \(pooled, dB\) +SSIM +did nothing +timing noise$", lines[0])
     assert "DPM++ 2M · fp16 · DeepCache N=3 · ToMe 50%" in lines[1] and "123.5" in lines[1] and "3.0" in lines[1]
     assert "31.23" in lines[1] and "0.912" in lines[1] and "ToMe 50%" in lines[1] and "IQR 41%" in lines[1]
     assert "(model default)" in lines[2] and "80.0" in lines[2]

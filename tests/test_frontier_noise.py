@@ -157,3 +157,16 @@ def test_the_figure_rings_tied_runs_in_the_front_colour_and_says_why_in_the_hove
     assert "on the Pareto front" in hover[1] and "dominated by run 1 beyond the latency noise" in hover[4]
     assert all(len(line.replace("<b>", "").replace("</b>", "")) <= plots.HOVER_WIDTH
                for text in hover.values() for line in text.split("<br>"))
+
+
+def test_a_memory_front_leaves_out_older_runs_whose_peak_was_the_whole_process():
+    """Since issue 18 a run's peak is above its own baseline (``peak_mem_method`` says so); older rows hold the
+    process's peak, which depends on what ran before: mixed in, they would move the front for that reason."""
+    from studio_core.study.frontier import comparable
+
+    runs = pd.DataFrame([{"id": 1, "peak_mem_bytes": 900, "peak_mem_method": None},
+                         {"id": 2, "peak_mem_bytes": 50, "peak_mem_method": "cpu: process peak RSS above the baseline"},
+                         {"id": 3, "peak_mem_bytes": 70, "peak_mem_method": ""}])
+    assert list(comparable(runs, "peak_mem_bytes")["id"]) == [2]
+    assert list(comparable(runs, "latency_median_ms")["id"]) == [1, 2, 3]  # other costs: every run
+    assert comparable(runs.drop(columns="peak_mem_method"), "peak_mem_bytes").empty

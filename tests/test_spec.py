@@ -31,8 +31,8 @@ def _err(**fields) -> SpecError:
     ({"seeds": [-3]}, "seeds", "from 0"),
     ({"precision": "fp8"}, "precision", "fp32, fp16, bf16"),
     ({"device": "tpu"}, "device", "auto, cpu, cuda"),
-    ({"repeats": 0}, "repeats", "from 1 to 100"),
-    ({"warmup": 0}, "warmup", "from 1 to 20"),
+    ({"repeats": -1}, "repeats", "from 1 to 100"),
+    ({"warmup": -1}, "warmup", "from 1 to 20"),
     ({"knobs": {"nosuchknob": {}}}, "knobs", "one of"),
     ({"model": "/definitely/not/here"}, "model", "model folder not found"),
 ])

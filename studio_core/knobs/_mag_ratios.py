@@ -11,12 +11,11 @@ the step count of each pipeline call (diffusers interpolates the ratios, nearest
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
 from studio_core.errors import ModelLoadError
+from studio_core.fingerprint import model_fingerprint
 from studio_core.knobs._hooks import ForwardHook
 from studio_core.models import check_pipeline_folder, model_defaults
 
@@ -120,18 +119,16 @@ def calibrate_mag_ratios(pipe, steps: int, height: int | None = None, width: int
 
 def model_key(pipe) -> tuple[str, str, dict]:
     """(path, fingerprint, the model's documented defaults) of the folder the pipeline was loaded from; the
-    fingerprint is the transformer's config and the size and time of every weights file, so a retrained model
-    in the same folder is calibrated again (the scheduler is part of the calibration key on its own)."""
+    fingerprint is the content of every weights, config and tokenizer file the loader reads (``fingerprint``), so
+    a retrained model in the same folder is calibrated again (the scheduler is part of the calibration key on
+    its own)."""
     path = str(getattr(pipe, "name_or_path", "") or "")
     try:
         check_pipeline_folder(path)
     except (ModelLoadError, OSError, ValueError):  # built in memory: key on the object
         return path or f"pipeline@{id(pipe)}", str(id(pipe.transformer)), {}
     folder = Path(path)
-    configs = json.dumps(dict(pipe.transformer.config), sort_keys=True, default=str)
-    files = "".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                    for p in sorted(folder.rglob("*.safetensors")))
-    return str(folder.resolve()), hashlib.sha256((configs + files).encode()).hexdigest()[:16], model_defaults(folder)
+    return str(folder.resolve()), model_fingerprint(folder, check_pipeline_folder(folder)), model_defaults(folder)
 
 
 def ratios_for(pipe, mag_ratios, calibration_steps: int | None = None) -> tuple[tuple[float, ...], dict]:

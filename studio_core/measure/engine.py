@@ -10,11 +10,14 @@
 2. Insert a ``running`` row in the store.
 3. Load the pipeline (cached per model files, device and load options; a pipeline of files that have
    changed since is dropped, never reused) and apply every knob, in order (``pipelines``).
-4. Warm up (the first call is kept as the cold time), then time ``repeats`` passes over all images,
-   with a breakdown into text encoding, the denoising loop and VAE decode (``timing``: CUDA events
-   after a synchronise on GPU, ``perf_counter`` on CPU). Peak memory (``memory``) is
-   ``torch.cuda.max_memory_allocated`` on GPU and the process's peak resident set (VmHWM, reset before
-   the timed part) on CPU.
+4. Warm up (the first call is kept as the cold time) until two calls agree, then time passes over all
+   images until the median's 95% CI is within ±5% (``adaptive``: the default; a fixed count when the
+   spec gives one), with a breakdown into text encoding, the denoising loop and VAE decode (``timing``:
+   CUDA events after a synchronise on GPU, ``perf_counter`` on CPU). The row records the calls made and
+   whether they converged. Peak memory (``memory``) is the peak above the baseline taken before the first
+   warm-up: ``torch.cuda.max_memory_allocated`` on GPU, the process's peak resident set (VmHWM, its reset
+   checked, else no figure and why) on CPU. Energy per image (``energy``: NVML on GPU, RAPL on CPU, less
+   the idle draw) where a counter is readable, else the reason.
 5. Undo the knobs; collect what each knob reports it did.
 6. Check the output is a picture (``sanity``: NaN or infinite values, flat or all-black images fail the run
    with the reason and what to try), then score the images against the reference of (model, prompts,
@@ -47,6 +50,8 @@ import torch
 from studio_core.errors import RunCancelled, SpecError
 from studio_core.knobs import KnobReport
 from studio_core.measure import quality
+from studio_core.measure.adaptive import ci_half_width, convergence_summary, plan_for, warmed_up
+from studio_core.measure.energy import energy_meter
 from studio_core.measure.environment import environment, resolve_device
 from studio_core.measure.failures import failure_reason, is_out_of_memory, lost_model_reason
 from studio_core.measure.generation import generate
@@ -56,7 +61,7 @@ from studio_core.measure.quality import image_metrics
 from studio_core.measure.reference import reference_for, reference_key, reference_spec
 from studio_core.measure.sanity import check_pictures
 from studio_core.measure.timing import Clock, Probe, timed_pass, timing_summary
-from studio_core.spec import ModelInfo, RunSpec, config_hash, resolve
+from studio_core.spec import MAX_IMAGE_STEPS, ModelInfo, RunSpec, config_hash, resolve
 from studio_core.store.space import check_free_space, needed_bytes
 from studio_core.store.store import RunStore
 
@@ -189,37 +194,58 @@ class Engine:
         pipe, load_ms = self.pipeline(info, device, load_options(spec))
         results.update(environment(device), load_ms=round(load_ms, 3), scheduler_class=type(pipe.scheduler).__name__)
         applied = apply_knobs(pipe, spec, self._pipes)
-        clock, meter = Clock(device), peak_memory_meter(device)
+        clock, meter, energy = Clock(device), peak_memory_meter(device), energy_meter(device)
+        plan = plan_for(spec, MAX_IMAGE_STEPS)
         try:
             kwargs = call_kwargs(applied)
             def one_pass(probe: Probe) -> np.ndarray:  # all images in prompt-major order, one generator each
                 return generate(pipe, spec.images(), batch=spec.batch_size, on_call=probe.new_call, stop=stop,
                                 **kwargs)
 
-            # 4. warm up (first call = cold), then the timed repeats
+            # 4. warm up (first call = cold) until two calls agree, then time repeats until the median is stable
             stage("warm-up")
+            energy.idle()  # idle power, before anything runs
             base_mem = meter.reset()
-            warm = []
-            for i in range(spec.warmup):
+            warm: list[float] = []
+            while len(warm) < plan.warmup_max:
                 with contextlib.ExitStack() as stack:
-                    if i == 0:  # knobs' counting instruments: the first warm-up call only, never timed repeats
+                    if not warm:  # knobs' counting instruments: the first warm-up call only, never timed repeats
                         for _knob, _settings, a in applied:
                             if a.instrument is not None:
                                 stack.enter_context(a.instrument())
                     warm.append(timed_pass(pipe, one_pass, clock).total_ms)
-            passes = []
-            for i in range(spec.repeats):
-                stage(f"repeat {i + 1}/{spec.repeats}")
+                if len(warm) >= plan.warmup_min and (not plan.adaptive_warmup or warmed_up(warm)):
+                    break
+            passes: list = []
+            until = f" (until the median's 95% CI is within ±{plan.ci_target:.0%})" if plan.ci_target else ""
+            energy.start()
+            while len(passes) < plan.repeats_max:
+                stage(f"repeat {len(passes) + 1}/{plan.repeats_max}{until}")
                 passes.append(timed_pass(pipe, one_pass, clock))
+                if plan.ci_target is not None and len(passes) >= plan.repeats_min:
+                    half = ci_half_width([p.total_ms for p in passes])
+                    if half is not None and half <= plan.ci_target:
+                        break
+            energy_columns = energy.stop(spec.n_images * len(passes))
             peak = meter.peak()
             # 5. what each knob did, measured while it is still in effect
             reports, inactive = self._knob_reports(applied)
         finally:
             undo_knobs(pipe, applied, self._pipes)
+        latencies = [p.total_ms for p in passes]
         results.update(timing_summary(warm[0], passes, spec.n_images, spec.steps))
         images = passes[-1].images
+        others = sum(1 for p in self._pipes.values() if p is not pipe)
+        measured = {  # the columns added for issue 18; a None is left out so a new column never starts as text
+            **convergence_summary(plan, warm, latencies, spec.warmup), **energy_columns,
+            "peak_mem_method": None if meter.unavailable else (
+                f"{meter.method}; {others} other cached pipeline{'s' if others != 1 else ''} in the baseline"),
+        }
+        results.update({k: v for k, v in measured.items() if v is not None})
         results.update(
-            peak_mem_bytes=int(peak), mem_baseline_bytes=int(base_mem), peak_mem_kind=meter.kind,
+            peak_mem_bytes=None if meter.unavailable else max(int(peak) - int(base_mem), 0),
+            mem_baseline_bytes=int(base_mem),
+            peak_mem_kind=f"unavailable: {meter.unavailable}" if meter.unavailable else meter.kind,
             repeats_identical=int(all(np.array_equal(p.images, images) for p in passes)),
             knob_report=[{"knob": r.knob, "active": r.active, "summary": r.summary, "details": r.details}
                          for r in reports],

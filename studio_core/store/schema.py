@@ -74,3 +74,22 @@ def m002_quarantine(db: sqlite_utils.Database) -> None:
         "id": int, "table_name": str, "row_key": str, "column_name": str, "raw_json": str, "reason": str,
         "quarantined_at": str,
     }, pk="id")
+
+
+# what measurements record since issue 18: how PSNR and SSIM were computed, the memory method, the adaptive timing's
+# counts and confidence interval, and energy; declared so their types never depend on the first value written
+MEASUREMENT_COLUMNS = {
+    "psnr_method": str, "psnr_image_mean": float, "psnr_min": float, "psnr_max": float, "identical_images": int,
+    "ssim_method": str, "peak_mem_method": str, "warmup_done": int, "repeats_done": int, "timing_converged": int,
+    "latency_ci_low_ms": float, "latency_ci_high_ms": float, "timing_note": str, "energy_j_per_image": float,
+    "energy_method": str, "energy_note": str,
+}
+
+
+@migrations()
+def m003_measurement_columns(db: sqlite_utils.Database) -> None:
+    """The measurement columns (``MEASUREMENT_COLUMNS``), kept if a write already made them."""
+    have = set(db["runs"].columns_dict)
+    for name, kind in MEASUREMENT_COLUMNS.items():
+        if name not in have:
+            db["runs"].add_column(name, kind)

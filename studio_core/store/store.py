@@ -57,7 +57,7 @@ from studio_core.store.wal import refuse_damaged_wal
 
 __all__ = ["DEFAULT_DATA_DIR", "RunStore"]
 
-READ_ONLY_OPTIONAL = frozenset({"m002_quarantine"})  # migrations whose tables a read-only store never reads
+READ_ONLY_OPTIONAL = frozenset({"m002_quarantine", "m003_measurement_columns"})  # a reader copes without them
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -219,7 +219,8 @@ class RunStore:
 
     def _check_schema(self) -> None:
         """A read-only store cannot migrate: refuse a schema older or newer than this code's migrations. A
-        study missing only migrations a reader never needs (``READ_ONLY_OPTIONAL``: the quarantine table) is
+        study missing only migrations a reader never needs (``READ_ONLY_OPTIONAL``: the quarantine table, and the
+        measurement columns, which rows of older runs lack anyway) is
         read as it is, so bundles made before them still open as demos."""
         known = [m.name for m in migrations._migrations]
         applied = [m.name for m in migrations.applied(self.db)]

@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
+from studio_core.measure.adaptive import expected_passes
 from studio_core.spec import REFERENCE_DEFAULT
 from studio_core.store.rows import is_missing, json_list
 from studio_core.study.sweep import Sweep
@@ -73,15 +74,18 @@ def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path
     for r in rows:
         wall = _wall_ms(r)
         if wall is not None:
-            passes = (r.get("cold_ms") or r["latency_median_ms"]) + (int(r.get("warmup") or 1) - 1 + int(
-                r.get("repeats") or 1)) * r["latency_median_ms"]
+            warm = int(r.get("warmup_done") or r.get("warmup") or 1)  # what the run made (auto: its count)
+            timed = int(r.get("repeats_done") or r.get("repeats") or 1)
+            passes = (r.get("cold_ms") or r["latency_median_ms"]) + (warm - 1 + timed) * r["latency_median_ms"]
             overheads.append(max(0.0, wall - float(r.get("load_ms") or 0) - passes))
     run_overhead = float(pd.Series(overheads).median()) if overheads else 0.0
     total_ms = 0.0
     for s in specs:
         n_images = len(s.get("prompts") or []) * len(s.get("seeds") or [])
         per_pass = n_images * (outside_img + int(s["steps"]) * step_img)
-        total_ms += per_pass * (int(s.get("warmup", 1)) + int(s.get("repeats", 3))) + run_overhead
+        passes = expected_passes(int(s.get("warmup") or 0), int(s.get("repeats") or 0),
+                                 compiled="compile" in (s.get("knobs") or {}))
+        total_ms += per_pass * passes + run_overhead
     new_refs = 0
     if reference_steps:
         seen = {(json.dumps(json_list(r.get("prompts"))), json.dumps(json_list(r.get("seeds"))),
@@ -107,7 +111,8 @@ def estimate_sweep(sweep: Sweep, history: pd.DataFrame, model_path: str | None =
     seconds, basis = estimate_seconds(history, [s.to_dict() for s in sweep.specs], model_path, reference_steps)
     first = sweep.specs[0]
     return SweepEstimate(runs=len(sweep), shape=" x ".join(str(len(v)) for _, v in sweep.axes),
-                         images_per_run=first.n_images, passes_per_run=first.warmup + first.repeats,
+                         images_per_run=first.n_images,
+                         passes_per_run=expected_passes(first.warmup, first.repeats, compiled="compile" in first.knobs),
                          seconds=seconds, basis=basis, finished_sweep=finished_sweep)
 
 

@@ -31,7 +31,8 @@ import pandas as pd
 
 from studio_core.store.rows import is_missing, json_list
 
-__all__ = ["COSTS", "LATENCY_COSTS", "QUALITIES", "SETUP_COLUMNS", "STATUSES", "classify", "cost_interval",
+__all__ = ["COSTS", "LATENCY_COSTS", "QUALITIES", "SETUP_COLUMNS", "STATUSES", "classify", "comparable",
+           "cost_interval",
            "dominates_beyond_noise", "frontier_table", "pareto_front", "setup_label", "setups"]
 
 # metric column -> True when higher is better
@@ -41,8 +42,21 @@ QUALITIES: dict[str, bool] = {
 # cost column -> label (lower is always better; the page shows memory in MiB)
 COSTS: dict[str, str] = {
     "latency_median_ms": "median latency (ms)", "per_image_ms": "latency per image (ms)",
-    "peak_mem_bytes": "peak memory (MiB)", "step_mean_ms": "mean time per step (ms)",
+    "peak_mem_bytes": "peak memory above the run's baseline (MiB)", "step_mean_ms": "mean time per step (ms)",
+    "energy_j_per_image": "energy per image (J)",
 }
+
+
+def comparable(runs: pd.DataFrame, cost: str) -> pd.DataFrame:
+    """The runs whose ``cost`` means what its axis says: for memory, runs that recorded how
+    (``peak_mem_method``: the peak above the baseline taken before the run); older runs stored the whole
+    process's peak, which depends on what ran before, and are left out rather than mixed in."""
+    if cost != "peak_mem_bytes" or runs.empty:
+        return runs
+    if "peak_mem_method" not in runs.columns:
+        return runs.iloc[0:0]
+    method = runs["peak_mem_method"]
+    return runs[method.notna() & (method.astype(str) != "")]
 # costs whose noise is the run's latency spread (per image: the same spread over its images); the others
 # (memory, per-step time: one median with no recorded spread) are compared as exact values
 LATENCY_COSTS = ("latency_median_ms", "per_image_ms")
@@ -240,6 +254,7 @@ def frontier_table(store, x: str = "latency_median_ms", y: str = "psnr", *, swee
         if column not in frame.columns:
             raise KeyError(f"cannot filter on {column!r}: no such column")
         frame = frame[frame[column] == value]
+    frame = comparable(frame, x)
     keep = STATUSES if include_dominated else ("front", "tied")
     tables = []
     for key, runs in setups(frame):

@@ -32,7 +32,10 @@ __all__ = [
     "knobs_text",
     "mib",
     "ms",
+    "energy_text",
+    "memory_text",
     "noisy",
+    "not_converged",
     "num",
     "number",
     "psnr_is_pooled",
@@ -41,6 +44,7 @@ __all__ = [
     "sampler_is_model_default",
     "sampler_text",
     "ssim_method",
+    "timed_repeats",
 ]
 
 # column -> what a person reads as its title (tables, axes, CSV-free views); units in parentheses
@@ -62,7 +66,12 @@ COLUMN_LABELS: dict[str, str] = {
     "noise": "timing noise", "error": "error", "device_name": "device", "threads": "threads",
     "batch_size": "batch size", "timestep_spacing": "timestep spacing", "scheduler_class": "scheduler class",
     "warmup": "warm-up calls", "repeats": "timed repeats", "torch_version": "torch", "device": "device setting",
-    "diffusers_version": "diffusers", "git_commit": "commit",
+    "diffusers_version": "diffusers", "git_commit": "commit", "front_status": "frontier",
+    # measurement (issue 18): calls made, convergence, memory method, energy
+    "warmup_done": "warm-up calls made", "repeats_done": "timed repeats made", "timing_converged": "timing converged",
+    "latency_ci_low_ms": "median 95% CI low (ms)", "latency_ci_high_ms": "median 95% CI high (ms)",
+    "timing_note": "timing note", "mem_baseline_bytes": "memory baseline (MiB)", "peak_mem_method": "memory method",
+    "energy_j_per_image": "energy per image (J)", "energy_method": "energy method", "energy_note": "energy note",
 }
 
 # How quality figures were computed; measure/quality.py stores the first and the last with every run.
@@ -119,7 +128,7 @@ def noisy(row: Mapping) -> str | None:
     """Why this run's timing should not be trusted alone, or None: its IQR is over ``NOISY_IQR_RATIO``
     of its median (with at least 3 repeats; fewer have no spread to judge)."""
     med, iqr = num(row.get("latency_median_ms")), num(row.get("latency_iqr_ms"))
-    n = num(row.get("repeats")) or 0
+    n = timed_repeats(row)
     if med is None or iqr is None or med <= 0 or n < 3:
         return None
     if iqr / med > NOISY_IQR_RATIO:
@@ -127,6 +136,56 @@ def noisy(row: Mapping) -> str | None:
                 f"{NOISY_IQR_RATIO:.0%}); rerun on a quieter machine or with more repeats")
     return None
 
+
+
+def timed_repeats(row: Mapping) -> int:
+    """How many repeats were timed: ``repeats_done``, else the fixed ``repeats`` asked (0 is "auto"), else
+    the latencies' count."""
+    latencies = row.get("latencies_ms")
+    if isinstance(latencies, str):
+        try:
+            latencies = json.loads(latencies)
+        except ValueError:
+            latencies = None
+    return int(num(row.get("repeats_done")) or num(row.get("repeats"))
+               or (len(latencies) if isinstance(latencies, list) else 0))  # NaN or None: a frame's missing value
+
+
+def not_converged(row: Mapping) -> str | None:
+    """Why this run's timing had not settled when it stopped (``timing_converged`` 0), or None: what its
+    ``timing_note`` says, e.g. "not converged: the median's 95% CI is ±8.7% after 30 repeats"."""
+    if num(row.get("timing_converged")) != 0:
+        return None
+    return row.get("timing_note") or f"not converged after {timed_repeats(row)} repeats"
+
+
+_MEMORY_COUNTERS = {"cpu_peak_rss": "process RSS, reset checked", "cuda_max_memory_allocated": "CUDA allocator"}
+
+
+def memory_text(row: Mapping) -> str | None:
+    """Peak memory as measured: "+123.4 MiB above a 1.20 GiB baseline (process RSS, reset checked)"; an
+    older run (no ``peak_mem_method``) is an absolute peak and says so; "unavailable: why"; None: not run."""
+    kind = str(row.get("peak_mem_kind") or "")
+    peak = num(row.get("peak_mem_bytes"))
+    if kind.startswith("unavailable"):
+        return kind
+    if peak is None:
+        return None
+    if not row.get("peak_mem_method"):
+        return f"{mib(peak)} (older run: absolute, the whole process's peak)"
+    return (f"+{mib(peak)} above a {mib(row.get('mem_baseline_bytes'))} baseline "
+            f"({_MEMORY_COUNTERS.get(kind, kind or 'peak')})")
+
+
+def energy_text(row: Mapping) -> str | None:
+    """Energy per image with its counter ("12.3 J per image (NVML, less idle)"), "unavailable: why", or
+    None for a run measured before energy was."""
+    j = num(row.get("energy_j_per_image"))
+    if j is not None:
+        counter = str(row.get("energy_method") or "counter").split(" (")[0]
+        return f"{number(j, 3 if abs(j) < 10 else 1)} J per image ({counter}, less idle power)"
+    note = row.get("energy_note")
+    return str(note) if note else None
 
 def psnr_method(row: Mapping) -> str:
     """How the row's ``psnr`` was computed: its stored ``psnr_method``, or ``PSNR_OLDER`` for a row scored

@@ -1,5 +1,47 @@
-"""``python -m studio_core.embedded.training``: train the embedded model (see ``train.py``)."""
+"""``python -m studio_core.embedded.training``: train the embedded model (see ``train.py``), or, on a saved
+folder, ``evaluate`` it (writes ``evaluation.json``) and regenerate its model ``card`` (README.md) from
+``training_report.json`` and ``evaluation.json`` without retraining.
 
-from studio_core.embedded.training.train import main
+    python -m studio_core.embedded.training --recipe cpu --out DIR          # train
+    python -m studio_core.embedded.training evaluate --model-dir DIR        # measure: speed, fidelity
+    python -m studio_core.embedded.training card --model-dir DIR            # README.md from the two files
+"""
 
-main()
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def folder_main(argv: list[str]) -> None:
+    """The ``evaluate`` and ``card`` commands on a saved pipeline folder."""
+    from studio_core.embedded.training.model_card import card_from_folder
+
+    p = argparse.ArgumentParser(prog="python -m studio_core.embedded.training", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=["evaluate", "card"])
+    p.add_argument("--model-dir", type=Path, default=Path("studio_core/embedded/emoji-sd"))
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where the rendered data set is kept")
+    p.add_argument("--guidance", type=float, nargs="+", default=None,
+                   help="guidance scales to measure prompt fidelity at (default: 3.0)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats of the speed protocol")
+    p.add_argument("--speed-only", action="store_true",
+                   help="re-time only, keeping the fidelity figures of an evaluation.json of the same weights")
+    a = p.parse_args(argv)
+    if not (a.model_dir / "training_report.json").is_file():
+        p.error(f"--model-dir {a.model_dir}: no training_report.json there (not a trained pipeline folder)")
+    if a.command == "evaluate":
+        from studio_core.embedded.training.evaluate import EXTRA_GUIDANCE, evaluate_model_dir
+
+        evaluate_model_dir(a.model_dir, a.cache_dir, tuple(a.guidance or EXTRA_GUIDANCE), a.threads, a.repeats,
+                           a.speed_only)
+    print(card_from_folder(a.model_dir))
+
+
+if sys.argv[1:2] in (["evaluate"], ["card"]):
+    folder_main(sys.argv[1:])
+else:
+    from studio_core.embedded.training.train import main
+
+    main()

@@ -1,16 +1,44 @@
-"""The model card (README.md) of a trained pipeline folder, written from its training report."""
+"""The model card (README.md) of a trained pipeline folder, generated entirely from its two files.
+
+Every figure comes from ``training_report.json`` (written by training) or ``evaluation.json`` (written by
+``python -m studio_core.embedded.training evaluate``), so retraining and re-evaluating regenerate the whole
+card, and ``... card`` rewrites it from the files alone. An evaluation of other weights (its digest differs)
+is not shown: the card then says the measurements are still to be made.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from studio_core.prompts import GALLERY_PROMPTS
 
-__all__ = ["write_model_card"]
+__all__ = ["card_from_folder", "render_model_card", "write_model_card"]
+
+MODEL_DIR_TEXT = "studio_core/embedded/emoji-sd"  # the folder the card's commands name
 
 
-def write_model_card(out: Path, report: dict) -> None:
-    """README.md of the model folder: data, recipe, compute, metrics, gallery."""
+def card_from_folder(model_dir: Path) -> Path:
+    """Rewrite ``model_dir/README.md`` from its ``training_report.json`` and ``evaluation.json``."""
+    report = json.loads((Path(model_dir) / "training_report.json").read_text(encoding="utf-8"))
+    write_model_card(Path(model_dir), report)
+    return Path(model_dir) / "README.md"
+
+
+def write_model_card(out: Path, report: dict, evaluation: dict | None = None) -> None:
+    """README.md of the model folder from ``report`` and ``evaluation`` (default: the folder's
+    ``evaluation.json`` if there is one); an evaluation of other weights than the folder's is left out."""
+    from studio_core.embedded.training.evaluate import EVALUATION_FILE, weights_digest
+
+    if evaluation is None and (out / EVALUATION_FILE).is_file():
+        evaluation = json.loads((out / EVALUATION_FILE).read_text(encoding="utf-8"))
+    if evaluation is not None and evaluation.get("weights") != weights_digest(out):
+        evaluation = None  # measured on other weights: its figures would describe a different model
+    (out / "README.md").write_text(render_model_card(report, evaluation), encoding="utf-8")
+
+
+def render_model_card(report: dict, evaluation: dict | None) -> str:
+    """The card's text: data, recipe, compute, prompt fidelity, gallery, and what was measured afterwards."""
     r, f, t, d = report["recipe"], report["fidelity"], report["timings"], report["data"]
     params = report["parameters"]
     sweep = "\n".join(f"| {g} | {v['top1']:.1%} | {v['top5']:.1%} | {v['n']} | {v['steps']} |"
@@ -110,8 +138,57 @@ The guidance was chosen on half of the training sample at {r['eval_steps'] // 2}
 ## Limitations
 Tiny and low-resolution by design: it knows emoji names, not language. Held-out figures say how far
 it composes a known base with a known skin tone it never saw together.
-"""
-    (out / "README.md").write_text(text, encoding="utf-8")
+
+{_measured_text(report, evaluation)}"""
+    return text
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _measured_text(report: dict, ev: dict | None) -> str:
+    """The last section: targets, stages, held-out note, other guidance scales and speed (``evaluation.json``)."""
+    command = f"`python -m studio_core.embedded.training evaluate --model-dir {MODEL_DIR_TEXT}`"
+    if ev is None:
+        return (f"## Measured after training\nNot measured on these weights yet: run {command} (speed, and prompt "
+                "fidelity at other guidance scales; it writes `evaluation.json` and rewrites this card).\n")
+    f, t, s, env = report["fidelity"], ev["targets"], ev["speed"], ev["setup"]
+
+    def verdict(value: float, target: float, most: bool = False) -> str:
+        return "met" if (value <= target if most else value >= target) else "NOT met"
+
+    lines = [f"## Measured after training\nBy {command} on these weights (sha256 `{ev['weights']}`), "
+             f"{ev['utc'][:10]}: {env['device_name']} with {env['machine']}, {env['threads']} torch threads, torch "
+             f"{env['torch_version']}, diffusers {env['diffusers_version']}, git {env['git_commit']}.",
+             f"- Against the project's targets ({f['train']['n']} training captions, {f['steps']} "
+             f"{f['sampler']} steps, guidance {f['guidance']}; from training): top-1 **{_pct(f['train']['top1'])}** "
+             f"(target at least {_pct(t['train_top1'])}: {verdict(f['train']['top1'], t['train_top1'])}), top-5 "
+             f"**{_pct(f['train']['top5'])}** (target at least {_pct(t['train_top5'])}: "
+             f"{verdict(f['train']['top5'], t['train_top5'])}). Held-out captions: top-1 "
+             f"{_pct(f['held_out']['top1'])}, top-5 {_pct(f['held_out']['top5'])}."]
+    for c in _chain(report) + [report]:
+        rc, tc = c["recipe"], c["timings"]
+        rate = rc["steps"] * rc["batch"] / tc["denoiser_s"] if tc.get("denoiser_s") else None
+        lines.append(f"- Stage `{rc['name']}`: {rc['steps']} denoiser steps in {tc['total_s'] / 60:.1f} min"
+                     + (f" ({rate:.0f} training images/s)" if rate else "")
+                     + f"; training captions top-1 / top-5 {_pct(c['fidelity']['train']['top1'])} / "
+                     f"{_pct(c['fidelity']['train']['top5'])} at guidance {c['fidelity']['guidance']}.")
+    lines.append("- Every held-out caption is a single-skin-tone variant (the split's design), so compare the "
+                 "held-out figures with that kind's row in the training sample above, not with the whole sample.")
+    for g in ev["fidelity"]:
+        lines.append(f"- Guidance {g['guidance']}, same sample ({g['steps']} {g['sampler']} steps): training "
+                     f"top-1 {_pct(g['train']['top1'])} / top-5 {_pct(g['train']['top5'])}, held-out "
+                     f"{_pct(g['held_out']['top1'])} / {_pct(g['held_out']['top5'])}.")
+    lines.append(f"- Speed (the protocol of `benchmarks/embedded_cpu_speed.py`): {len(s['prompts'])} images x "
+                 f"{s['steps']} {s['sampler']} steps with guidance {s['guidance']} (UNet batch "
+                 f"{2 * len(s['prompts'])}), {env['threads']} threads, {s['warmup']} warm-up calls, {s['repeats']} "
+                 f"repeats: median {s['median_s']:.3f} s (min {s['min_s']:.3f}, max {s['max_s']:.3f}, IQR "
+                 f"{'n/a' if s['iqr_s'] is None else format(s['iqr_s'], '.3f')}; target at most {t['speed_median_s']:g} s: "
+                 f"{verdict(s['median_s'], t['speed_median_s'], most=True)}), {s['per_image_s']:.3f} s per image"
+                 + (f"; 1-minute load average {env['load_average_1m']:.2f} on {env['device_name'].split('(')[-1][:-1]} "
+                    "when timing began" if "load_average_1m" in env else "") + ".")
+    return "\n".join(lines) + "\n"
 
 
 def _family_text(r: dict) -> str:

@@ -1,0 +1,182 @@
+"""Generate ``benchmarks/RESULTS.md`` from the raw results in ``benchmarks/results/``, and nothing else.
+
+Each section belongs to one script (``SECTIONS``): its prose, and the table of the newest results file
+written by that script through ``_harness.publish``, headed by the file's setup line, commit, date and
+the command that regenerates it. A file measured on uncommitted code is marked so; a script with no file
+yet says "not measured yet" with the command to run, so no hand-made figure outlives its code.
+
+    .venv/bin/python benchmarks/make_results.py            # rewrite benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/make_results.py --check    # exit 1 when RESULTS.md is not what the files give
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from _harness import RESULTS_DIR, markdown_table
+
+__all__ = ["SECTIONS", "Section", "latest_results", "render_results", "render_section"]
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One table of RESULTS.md: the results name it reads, its title, the command that measures it, and
+    the prose before (what is measured and how) and after the table (how to read it; no measured figures)."""
+
+    name: str
+    title: str
+    command: str
+    intro: str
+    reading: str = ""
+
+
+SECTIONS = [
+    Section("embedded_cpu_speed", "CPU speed of the embedded model (`benchmarks/embedded_cpu_speed.py`)",
+            ".venv/bin/python benchmarks/embedded_cpu_speed.py",
+            "Issue 2's protocol: 4 images x 20 DDIM steps with the model's default guidance in one call (UNet "
+            "batch 8), 2 torch threads, untimed warm-up calls, then timed repeats. Target: median at most 2 s."),
+    Section("overhead", "Engine overhead (`benchmarks/overhead.py`)", ".venv/bin/python benchmarks/overhead.py",
+            "The same configuration through `Engine.run` and through a bare diffusers call on the same loaded "
+            "pipeline, prompts and seeds, alternating in rotated rounds. Target: the engine at most 3% above bare.",
+            "Row (a) compares single calls pair by pair (median of the paired ratios, robust to a noisy "
+            "machine); row (b) whole `Engine.run` calls against bare medians. Bookkeeping (reference lookup, "
+            "scoring, store writes) happens outside the timed region and is not part of any reported latency."),
+    Section("caching", "Feature caching and token merging (`benchmarks/caching.py`)",
+            ".venv/bin/python benchmarks/caching.py --rounds 5",
+            "DeepCache, cross-attention caching and token merging side by side on the embedded model, each knob "
+            "applied just before its call and undone just after. PSNR/SSIM are mean ± std over the images, "
+            "against the engine's reference (DPM++ 2M, 200 steps, fp32, no knobs) and against the uncached "
+            "output at the same steps.",
+            "Reading it:\n\n"
+            "- **DeepCache**: the speed-up should grow with N and so should the distance to the uncached "
+            "output, while the distance to the converged reference moves little at small N. Published: 2.3x at "
+            "N=3 (SD 1.5, 50 PLMS steps, GPU; diffusers docs: 2.33x at interval 3 on SD 2.1 / A5000). The "
+            "embedded UNet is shallow (3 levels, one layer per block, 8x8 latent), so the shallow path it still "
+            "runs on cached steps is a larger share of its layers (the knob's report says how much), and text "
+            "encoding plus VAE decode are a larger share of the call than on SD 1.5.\n"
+            "- **Cross-attention caching** (T-GATE): once every cross-attention returns the same cached output "
+            "for both halves, the conditional and unconditional predictions are equal and guidance has nothing "
+            "left to do, so the \"keep CFG\" row gives the same images and shows what the caching alone saves. "
+            "T-GATE's own setting (gate 10 of 25 steps, SD 1.5) reports 7.03 s -> 4.31 s with FID 23.93 -> 20.79 "
+            "on a GTX 1080 Ti.\n"
+            "- **ToMe** at 64 tokens per self-attention: the matching and gathering can cost more than the "
+            "attention they save; a ratio below 1.00x is reported, not hidden. ToMe's own table (SD 1.5, 512 px, "
+            "4096 tokens at the top level, RTX 4090) gives 1.87x at 50%."),
+    Section("caching_sd15", "Caching on SD 1.5's architecture, GPU (`benchmarks/caching.py --sd15`)",
+            ".venv/bin/python benchmarks/caching.py --sd15 --device cuda --dtype fp16",
+            "SD 1.5's published UNet, VAE and text-encoder configs with random weights "
+            "(`benchmarks/architectures.py`, nothing downloaded) at 512x512: speed on the real shapes; quality "
+            "columns compare against the uncached output only, since random weights have no reference worth "
+            "matching."),
+    Section("quantization_cpu", "Precision and quantization on CPU (`benchmarks/quantization_cpu.py`)",
+            ".venv/bin/python benchmarks/quantization_cpu.py",
+            "Every configuration has its own pipeline, loaded and (for the quantization knob) quantized once "
+            "before timing. Weights in MiB, quantized tensors counted by their inner data and scales. "
+            "bitsandbytes rows need the package from `requirements-gpu.txt` on the path; schemes that cannot run "
+            "here are listed under the table with the knob's reason.",
+            "Reading it: without native half-precision units and without `torch.compile`, fp16/bf16 and dynamic "
+            "int8 are expected to be slower than fp32 on a CPU (the diffusers-torchao anchor: Flux int8 dynamic "
+            "without compile 130.5 s vs 3.41 s compiled on an H100). Weight memory falls less than the scheme's "
+            "bit width suggests because most of this small UNet's weights are convolutions, which these schemes "
+            "leave in fp32. A GPU table (SD 1.5 architecture, 512x512, with compile) has no script yet."),
+    Section("embedded_fidelity", "Prompt fidelity by sampler and guidance (`benchmarks/embedded_fidelity.py`)",
+            ".venv/bin/python benchmarks/embedded_fidelity.py --guidance 3 5",
+            "The model card's caption sample (200 training captions drawn with seed 1234, and the held-out "
+            "captions), one image per caption with seed = its index: is the nearest training image the "
+            "prompt's own emoji (`studio_core/measure/fidelity.py`)?"),
+    Section("load_test", "Load: many clients against one studio (`benchmarks/load_test.py`)",
+            ".venv/bin/python benchmarks/load_test.py --clients 8 --requests 240 --steps 8",
+            "`app.py` with its defaults in a subprocess; the clients are threads of a second process, each with "
+            "its own `gradio_client.Client`. Afterwards the store is checked from outside the server: every "
+            "accepted generate left exactly one `ok` run, none duplicated or lost, `PRAGMA integrity_check` ok.",
+            "Reading it: reads should stay fast while the device is busy (they never queue behind a "
+            "generation); a generate's latency is mostly waiting its turn (one run on the device at a time keeps "
+            "timings honest), and one past the waiting limit is refused at once instead of hanging."),
+]
+
+
+def latest_results(results_dir: Path = RESULTS_DIR) -> dict[str, tuple[Path, dict]]:
+    """The newest results file (by its recorded UTC time) of every name in ``results_dir``."""
+    newest: dict[str, tuple[Path, dict]] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"{path}: not a readable results file ({exc})") from None
+        if not isinstance(data, dict) or "name" not in data or "utc" not in data:
+            raise SystemExit(f"{path}: not a results file of _harness.publish (no 'name' or 'utc')")
+        if data["name"] not in newest or data["utc"] > newest[data["name"]][1]["utc"]:
+            newest[data["name"]] = (path, data)
+    return newest
+
+
+def render_section(section: Section, found: tuple[Path, dict] | None) -> str:
+    """One section: title, prose, then the file's provenance, setup line, table(s) and notes, then reading."""
+    parts = [f"## {section.title}", section.intro]
+    if found is None:
+        parts.append(f"Not measured yet: run `{section.command}` on a clean commit, then "
+                     "`.venv/bin/python benchmarks/make_results.py`.")
+    else:
+        path, data = found
+        commit = data["commit"][:12]
+        provenance = (f"`{data['command']}` — {data['utc'][:10]}, commit `{commit}`, raw results "
+                      f"[`results/{path.name}`](results/{path.name}).")
+        if data.get("dirty"):
+            provenance += (f" **Measured on uncommitted code** (`{commit}` with {len(data.get('changed', []))} "
+                           "changed paths): not reproducible from the commit alone.")
+        parts.append(provenance)
+        if data.get("setup_text"):
+            parts.append(data["setup_text"])
+        tables = data.get("tables") or [data["table"]]
+        parts += [markdown_table(t["header"], t.get("align") or "l" * len(t["header"]), t["rows"]) for t in tables]
+        if data.get("notes"):
+            parts.append("\n".join(data["notes"]))
+    if section.reading:
+        parts.append(section.reading)
+    return "\n\n".join(parts)
+
+
+def render_results(results_dir: Path = RESULTS_DIR, sections: list[Section] = SECTIONS) -> str:
+    """The whole RESULTS.md from the files in ``results_dir``."""
+    found = latest_results(results_dir)
+    unknown = sorted(set(found) - {s.name for s in sections})
+    head = ("# Benchmark results\n\n"
+            "*Generated by `.venv/bin/python benchmarks/make_results.py` from the raw results in `results/`; do "
+            "not edit by hand (the prose is in that script).*\n\n"
+            "Every table comes from the newest results file of one script, which keeps the command, commit, setup "
+            "and every raw repeat. Ratios are measured side by side in one process (configurations rotated round "
+            "by round), never across runs. The timing scripts share one harness (`_harness.py`) that times "
+            "through the engine's timing core (`studio_core/measure/timing.py`), and refuse to run on uncommitted "
+            "code unless given `--dirty`. Published figures to stand beside them are in `../shared/ANCHORS.md`; "
+            "where setups differ it is said.")
+    body = [render_section(s, found.get(s.name)) for s in sections]
+    if unknown:
+        body.append("## Results without a section\n\n" + "\n".join(
+            f"- `{found[n][0].name}` ({n}): add a `Section` for it in `make_results.py`." for n in unknown))
+    return "\n\n".join([head, *body]) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of results files")
+    p.add_argument("--out", type=Path, default=RESULTS_MD)
+    p.add_argument("--check", action="store_true", help="only compare: exit 1 when --out differs")
+    a = p.parse_args()
+    text = render_results(a.results)
+    if a.check:
+        same = a.out.is_file() and a.out.read_text(encoding="utf-8") == text
+        print(f"{a.out}: {'up to date' if same else 'differs from what the results files give; rerun without --check'}")
+        return 0 if same else 1
+    a.out.write_text(text, encoding="utf-8")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
