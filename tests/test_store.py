@@ -264,7 +264,7 @@ def test_read_only_missing_folder_or_database_is_named_and_nothing_is_created(tm
     assert list((tmp_path / "empty").iterdir()) == []
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "studio.db").write_bytes(b"not sqlite at all" * 100)
-    with pytest.raises(StoreError, match="cannot read .*studio.db read-only: file is not a database"):
+    with pytest.raises(StoreError, match="cannot read .*studio.db: file is not a database .*restore it from a copy"):
         RunStore(tmp_path / "junk", read_only=True)
 
 

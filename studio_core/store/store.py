@@ -180,8 +180,8 @@ class RunStore:
                 return conn
             conn, self._frozen = self._connect("mode=ro"), None
             return conn
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot read {self.path} read-only: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # a damaged file, or one that is not a database: what to do, too
+            raise StoreError(cannot_open(self.path, exc, writing=False)) from exc
 
     def _connect(self, mode: str) -> sqlite3.Connection:
         """A connection to the database file opened with URI parameters ``mode``, checked by one read."""
