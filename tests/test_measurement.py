@@ -86,9 +86,9 @@ def test_other_cached_pipelines_do_not_change_a_runs_peak_above_its_baseline(tmp
     assert "0 other cached pipelines" in alone["peak_mem_method"]
     assert "2 other cached pipelines" in beside["peak_mem_method"]
     assert abs(beside["peak_mem_bytes"] - alone["peak_mem_bytes"]) <= MEMORY_NOISE, (alone, beside)
-    # the absolute figure (what was stored before) moves by more than that noise: the others are in it
-    absolute = [r["peak_mem_bytes"] + r["mem_baseline_bytes"] for r in (alone, beside)]
-    assert absolute[1] - absolute[0] > MEMORY_NOISE
+    # the baseline (what the figure used to include) holds the other pipelines; how much the process's absolute
+    # peak moves with them depends on what the process held before (in the full suite, over a GiB), so it is not
+    # asserted: the figure above the baseline is what must not move
     assert labels.memory_text(beside).startswith("+") and "baseline (process RSS, reset checked)" in \
         labels.memory_text(beside)
 
