@@ -200,19 +200,24 @@ class StudyService:
         cancel = self._cancels.setdefault(session or "default", threading.Event())
         cancel.clear()
 
-        def why() -> str | None:
-            if self._stopping:
-                return self._stopping
-            if cancel.is_set():
-                return "cancelled by the user (Cancel)"
-            return stop() if stop is not None else None
-
+        why = self._reason(cancel, "cancelled by the user (Cancel)", stop)
         try:
             with self.device.admit(why), self.device.hold(_describe(spec), waiting, stop=why):
                 result = self.engine.run(spec, reference=self.reference, on_stage=on_stage, stop=why)
         except DeviceWaitStopped as exc:
             raise RunCancelled(f"{exc} before it started: nothing ran") from None
         return result.row
+
+    def _reason(self, event: threading.Event, cancelled: str, client: Stop | None) -> Stop:
+        """Why a request should stop now, or None: the server is stopping (``stop_all``), its session pressed
+        Cancel (``event``: ``cancelled``), or its client gave a reason (gone)."""
+        def why() -> str | None:
+            if self._stopping:
+                return self._stopping
+            if event.is_set():
+                return cancelled
+            return client() if client is not None else None
+        return why
 
     def cancel_generation(self, session: str | None = None) -> None:
         """Stop ``session``'s generation: out of the line if it waits, after the denoiser step in progress if
@@ -278,11 +283,7 @@ class StudyService:
         stop = self._stop_event(session)
         stop.clear()
 
-        def why() -> str | None:
-            if stop.is_set():
-                return self._stopping or "cancelled"
-            return self._stopping or (client() if client is not None else None)
-
+        why = self._reason(stop, "cancelled", client)
         with self.device.admit(why):
             events: queue.Queue = queue.Queue()
             outcome: dict[str, Any] = {}
