@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--max-waiting", type=int, default=4, metavar="N",
                    help="generations and sweeps admitted at once (one runs, the rest wait); more are "
                         "refused with a 'busy' message (default 4)")
+    p.add_argument("--metric-weights", metavar="DIR", default=env.get("STUDIO_METRIC_WEIGHTS") or None,
+                   help="a folder of locally stored backbones for LPIPS, FID/KID and CLIP-score (alexnet*.pth, "
+                        "vgg16*.pth, inception_v3*.pth, clip/; $STUDIO_METRIC_WEIGHTS); nothing is downloaded")
     args, extra = p.parse_known_args(argv)
     if extra:
         p.error(unrecognized(extra))
@@ -89,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error("--demo STUDY_DIR names the study to show; leave out --data-dir")
     if args.max_waiting < 1:
         p.error(f"--max-waiting {args.max_waiting}: at least 1 (the run on the device counts)")
+    if args.metric_weights is not None:
+        if not Path(args.metric_weights).expanduser().is_dir():
+            p.error(f"--metric-weights {args.metric_weights}: no such folder")
+        os.environ["STUDIO_METRIC_WEIGHTS"] = args.metric_weights  # the engine reads it (standard_metrics)
     return p, args
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from app.pictures import img_tag
 from studio_core.knobs import KNOBS
 from studio_core.knobs.base import GROUPS
-from studio_core.study import labels
+from studio_core.study import labels, quality_text
 from studio_core.study.labels import num
 
 __all__ = ["EMPTY_CARD", "PIN_HINT", "REFERENCE_PAIRS", "STAGE_SLOWDOWN", "baseline_text", "knob_lines", "metrics_card",
@@ -355,6 +355,23 @@ def _quality_line(row: Mapping, reference: Mapping | None) -> str:
             + f"\n\n*PSNR: {labels.psnr_method(row)}: {how}. {labels.ssim_method(row)}.*")
 
 
+def quality_lines(row: Mapping) -> list[str]:
+    """The emoji feature network's scores (on the run's images, and on its distribution set) and the standard
+    metrics from local weights, each with its n, spread and method."""
+    lines = []
+    on_images = quality_text.emoji_image_text(row)
+    if on_images:
+        lines.append(f"**Emoji feature network** {on_images}")
+    dist = quality_text.distribution_text(row)
+    if dist:
+        lines.append(f"**Distribution** {dist}\n\n*{quality_text.NOT_FID.capitalize()}. "
+                     f"{row.get('dist_method') or ''}*")
+    standard = quality_text.standard_text(row)
+    if standard:
+        lines.append(f"**Standard metrics** (local weights) {standard}")
+    return lines
+
+
 def metrics_card(row: Mapping, reference: Mapping | None = None, *, baseline: Mapping | None = None,
                  baseline_hint: bool = False, images: Sequence[np.ndarray] | None = None,
                  reference_images: Sequence[np.ndarray] | None = None) -> str:
@@ -398,6 +415,7 @@ def metrics_card(row: Mapping, reference: Mapping | None = None, *, baseline: Ma
         lines.append(f"**Prompt fidelity** top-1 {num(row['fidelity_top1']):.0%} · top-5 "
                      f"{num(row.get('fidelity_top5')) or 0:.0%} (n={int(num(row.get('fidelity_n')) or 0)}; "
                      "nearest training image by caption)")
+    lines += quality_lines(row)
     if row.get("metrics_note"):
         lines.append(f"*Note: {row['metrics_note']}*")
     knobs = knob_lines(row)

@@ -130,7 +130,8 @@ class Studio:
         enabled = {k: bool(v) or k in force_knobs for k, v in parts["enabled"].items()}
         return widgets.build_spec(parts["model"], parts["prompts"], parts["prompt_set"], parts["seeds"],
                                   parts["values"], enabled, warmup=parts["warmup"], repeats=parts["repeats"],
-                                  device=parts["device"], batch_size=parts["batch_size"])
+                                  device=parts["device"], batch_size=parts["batch_size"],
+                                  distribution=parts.get("distribution", 0))
 
     def check_spec(self, spec: dict) -> dict:
         """Resolve against the model's configs (no weights); ``gr.Error`` naming field, value and rule."""

@@ -172,6 +172,11 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                 batch = gr.Number(None, precision=0, minimum=0, label="Batch size", elem_id="batch",
                                                   placeholder="all", info="images per pipeline call; blank or 0 = "
                                                                           "all images in one call")
+                            distribution = gr.Number(0, precision=0, minimum=0, label="Distribution set (images)",
+                                                     elem_id="distribution",
+                                                     info="emoji models: also draw this many images over as many "
+                                                          "training captions, timed apart, for FD-emoji, KID and "
+                                                          "precision/recall (0 = none; 500 recommended)")
                         with gr.Accordion("Run spec (what the engine receives)", open=False):
                             spec_json = gr.JSON(label="run spec", elem_id="spec-json")
                     with gr.Column(scale=6, min_width=480, elem_id="generate-results"):
@@ -185,8 +190,8 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                         shown_run = gr.State(None)  # the run the card shows: redrawn when the baseline changes
             setting_boxes = [boxes[s.axis] for s in settings]  # the order widgets.split_values reads them in
             enables = [enabled_by[name] for name in knob_names]
-            gen_inputs = [model_box, prompts, prompt_set, seeds, warmup, repeats, device, batch, *setting_boxes,
-                          *enables]
+            gen_inputs = [model_box, prompts, prompt_set, seeds, warmup, repeats, device, batch, distribution,
+                          *setting_boxes, *enables]
 
             # ---------------------------------------------------------------- 2. Sweep
             with gr.Tab("Sweep", id="sweep") as sweep_tab:

@@ -19,7 +19,7 @@ from plotly.colors import qualitative
 
 from app import tables
 from studio_core.store.rows import is_missing, json_list
-from studio_core.study import labels
+from studio_core.study import labels, quality_text
 from studio_core.study.frontier import COSTS, QUALITIES, classify, comparable, pareto_front, setup_label, setups
 
 __all__ = ["GROUPS", "HOVER_WIDTH", "LATENCY_COSTS", "QUALITY_LABELS", "TIED_NAME", "front_status_text",
@@ -28,6 +28,11 @@ __all__ = ["GROUPS", "HOVER_WIDTH", "LATENCY_COSTS", "QUALITY_LABELS", "TIED_NAM
 QUALITY_LABELS = {
     "psnr": "PSNR vs reference (dB)", "ssim": "SSIM vs reference", "lpips": "LPIPS vs reference",
     "fidelity_top1": "prompt fidelity top-1", "fidelity_top5": "prompt fidelity top-5",
+    "fd_emoji": "FD-emoji (own feature net; not FID)", "kid_emoji": "KID-emoji (own feature net)",
+    "precision_emoji": "precision (emoji features, k=3)", "recall_emoji": "recall (emoji features, k=3)",
+    "perceptual_emoji": "perceptual distance vs reference (emoji features)",
+    "classifier_top5": "classifier fidelity top-5", "dist_classifier_top5": "classifier top-5 (distribution set)",
+    "fid": "FID (local Inception weights)", "clip_score": "CLIP-score (local weights)",
 }
 # what points can be coloured or marked by: value (a run column, or "configuration") -> title. The values are
 # the column names the API has always taken; "height" stands for the image size.
@@ -106,6 +111,11 @@ def hover_text(row: Mapping) -> str:
     if num(row.get("fidelity_top1")) is not None:
         lines.append(f"prompt fidelity: top-1 {num(row['fidelity_top1']):.0%}" + (
             f", top-5 {num(row['fidelity_top5']):.0%}" if num(row.get("fidelity_top5")) is not None else ""))
+    dist = quality_text.distribution_text(row, short=True)
+    if dist:
+        lines += _wrap(dist.split(" · "))
+    if num(row.get("perceptual_emoji")) is not None:
+        lines.append(f"perceptual distance {num(row['perceptual_emoji']):.4f} (emoji features)")
     if num(row.get("peak_mem_bytes")) is not None:
         lines.append(f"peak memory {labels.mib(row['peak_mem_bytes'])}")
     setup = [html.escape(str(row["device_name"])) if not is_missing(row.get("device_name")) else "",

@@ -48,6 +48,11 @@ COMPARE_METRICS: dict[str, tuple[bool | None, str, int]] = {
     "step_mean_ms": (False, "ms", 1), "decode_ms": (False, "ms", 1), "nfe": (None, "", 0),
     "peak_mem_bytes": (False, "MiB", 1), "psnr": (True, "dB", 2), "ssim": (True, "", 3), "lpips": (False, "", 3),
     "fidelity_top1": (True, "%", 0), "fidelity_top5": (True, "%", 0),
+    "perceptual_emoji": (False, "", 4), "classifier_top1": (True, "%", 0), "classifier_top5": (True, "%", 0),
+    "fd_emoji": (False, "", 2), "kid_emoji": (False, "", 4), "precision_emoji": (True, "", 3),
+    "recall_emoji": (True, "", 3), "dist_classifier_top5": (True, "%", 0), "dist_n": (None, "", 0),
+    "dist_gen_ms": (False, "ms", 0), "dist_score_ms": (False, "ms", 0),
+    "fid": (False, "", 2), "fid_kid": (False, "", 4), "clip_score": (True, "", 2),
 }
 MINUS = "\u2212"  # deltas print a real minus sign, as wide as the plus
 

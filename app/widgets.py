@@ -260,7 +260,8 @@ def parse_axis_values(axis: str, text: str, kind: type, optional: bool = False) 
 
 
 # ------------------------------------------------------------------------------------------ specs
-GENERATE_FIELDS = ("model", "prompts", "prompt_set", "seeds", "warmup", "repeats", "device", "batch_size")
+GENERATE_FIELDS = ("model", "prompts", "prompt_set", "seeds", "warmup", "repeats", "device", "batch_size",
+                   "distribution")
 
 
 def split_values(values: Sequence, settings: Sequence[Setting], knob_names: Sequence[str]) -> dict:
@@ -277,7 +278,7 @@ def split_values(values: Sequence, settings: Sequence[Setting], knob_names: Sequ
 
 def build_spec(model: str, prompts_text: str, prompt_set: str | None, seeds_text: str,
                values: Mapping[str, Any], enabled: Mapping[str, bool], *, warmup: Any = 1, repeats: Any = 3,
-               device: str = "auto", batch_size: Any = None,
+               device: str = "auto", batch_size: Any = None, distribution: Any = 0,
                knobs: Mapping[str, Knob] | None = None) -> dict:
     """The run-spec dict of the Generate tab's widgets.
 
@@ -309,6 +310,8 @@ def build_spec(model: str, prompts_text: str, prompt_set: str | None, seeds_text
     spec["repeats"] = _int(repeats if repeats not in (None, "") else 0, "repeats")
     spec["device"] = device or "auto"
     spec["batch_size"] = None if batch_size in (None, "", 0) else _int(batch_size, "batch_size")
+    if distribution not in (None, "", 0):  # left out when off, so the spec reads as it always did
+        spec["distribution"] = _int(distribution, "distribution")
     if spec["device"] not in DEVICES:
         raise SpecError("device", device, f"one of {', '.join(DEVICES)}")
     return spec

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -57,6 +58,9 @@ def _value(text: str) -> Any:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m studio_core", description="Diffusion Efficiency Studio engine")
     p.add_argument("--data-dir", help="study folder (default: $STUDIO_DATA_DIR or <project>/data)")
+    p.add_argument("--metric-weights", metavar="DIR",
+                   help="a folder of locally stored backbones for LPIPS, FID/KID and CLIP-score (alexnet*.pth, "
+                        "vgg16*.pth, inception_v3*.pth, clip/; default: $STUDIO_METRIC_WEIGHTS); nothing is downloaded")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help=COMMANDS["run"])
@@ -78,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="timed repeats; 0 = auto: until the median's 95%% CI is within 5%% (default)")
     r.add_argument("--knob", action="append", default=[], metavar="NAME.SETTING=VALUE",
                    help="a knob setting, e.g. --knob deepcache.interval=3 (repeatable)")
+    r.add_argument("--distribution", type=int, default=0, metavar="N",
+                   help="also generate N images over N training captions (timed apart) for FD-emoji, KID and "
+                        "precision/recall (emoji models; 0 = none, the default)")
     r.add_argument("--json", action="store_true", help="print the stored row as JSON")
 
     s = sub.add_parser("sweep", help=COMMANDS["sweep"])
@@ -91,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--status", choices=["running", "ok", "failed", "interrupted", "cancelled"])
 
     f = sub.add_parser("frontier", help=COMMANDS["frontier"])
-    f.add_argument("--metric", default="psnr", help="quality column (psnr, ssim, lpips, fidelity_top1, fidelity_top5)")
+    f.add_argument("--metric", default="psnr", help="quality column: psnr, ssim, lpips, fidelity_top1, fidelity_top5, fd_emoji, kid_emoji, "
+                        "precision_emoji, recall_emoji, perceptual_emoji, classifier_top5, dist_classifier_top5, fid, "
+                        "clip_score")
     f.add_argument("--cost", default="latency_median_ms",
                    help="cost column (latency_median_ms, per_image_ms, peak_mem_bytes, step_mean_ms)")
     f.add_argument("--sweep", type=int, help="only runs of this sweep id (default: all ok runs)")
@@ -125,15 +134,18 @@ def _spec_from_args(a) -> dict:
     return {"model": a.model, "prompts": a.prompt, "prompt_set": a.prompt_set, "seeds": a.seeds, "steps": a.steps,
             "sampler": a.sampler, "timestep_spacing": a.timestep_spacing, "guidance": a.guidance,
             "height": a.height, "width": a.width, "batch_size": a.batch_size, "precision": a.precision,
-            "device": a.device, "knobs": knobs, "warmup": a.warmup, "repeats": a.repeats}
+            "device": a.device, "knobs": knobs, "warmup": a.warmup, "repeats": a.repeats,
+            "distribution": a.distribution}
 
 
 RUN_COLUMNS = ["id", "status", "model", "configuration", "steps", "guidance", "latency_median_ms", "latency_iqr_ms",
                "step_mean_ms", "peak_mem_bytes", "psnr", "ssim", "fidelity_top5", "knobs_inactive", "noise"]
 # number columns -> (decimals, divisor): bytes read as MiB; fidelity is a share, read as a percentage
 DECIMALS = {"guidance": (1, 1), "latency_median_ms": (1, 1), "latency_iqr_ms": (1, 1), "per_image_ms": (1, 1),
-            "step_mean_ms": (2, 1), "peak_mem_bytes": (1, 2**20), "psnr": (2, 1), "ssim": (3, 1), "lpips": (3, 1)}
-PERCENT = ("fidelity_top1", "fidelity_top5")
+            "step_mean_ms": (2, 1), "peak_mem_bytes": (1, 2**20), "psnr": (2, 1), "ssim": (3, 1), "lpips": (3, 1),
+            "fd_emoji": (2, 1), "kid_emoji": (4, 1), "precision_emoji": (3, 1), "recall_emoji": (3, 1),
+            "perceptual_emoji": (4, 1), "fid": (2, 1), "clip_score": (2, 1)}
+PERCENT = ("fidelity_top1", "fidelity_top5", "classifier_top1", "classifier_top5", "dist_classifier_top5")
 WHOLE = ("id", "steps", "sweep_id")
 
 
@@ -353,6 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     try:
+        if a.metric_weights is not None:  # the engine reads it (standard_metrics.configured_weights)
+            from studio_core.measure.standard_metrics import MetricWeights
+
+            try:
+                MetricWeights.from_dir(a.metric_weights)
+            except ValueError as exc:
+                raise SpecError("--metric-weights", a.metric_weights, str(exc)) from None
+            os.environ["STUDIO_METRIC_WEIGHTS"] = a.metric_weights
         return globals()[f"cmd_{a.command}"](a)
     except (SpecError, ModelLoadError, StoreError, SweepBusy, UnsafePath) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -130,7 +130,7 @@ def model_defaults_with_sources(folder: str | Path) -> tuple[dict, dict]:
     sources = {k: f"{cls}.__call__" for k in ("num_inference_steps", "guidance_scale")} if facts else {}
     own = folder / "studio_defaults.json"
     if own.is_file():
-        documented = json.loads(own.read_text(encoding="utf-8"))
+        documented = {k: v for k, v in json.loads(own.read_text(encoding="utf-8")).items() if k in values}
         values.update(documented)
         sources.update({k: "studio_defaults.json" for k in documented})
     return values, sources

@@ -46,7 +46,9 @@ __all__ = [
     "DEVICES",
     "MAX_GUIDANCE",
     "MAX_IMAGES",
+    "MAX_DISTRIBUTION",
     "MAX_IMAGE_STEPS",
+    "MIN_DISTRIBUTION",
     "MAX_MODEL_CHARS",
     "MAX_PROMPT_CHARS",
     "MAX_STEPS",
@@ -74,6 +76,9 @@ MAX_PROMPT_CHARS = 1000
 MAX_TEXT_CHARS = 100_000  # one typed text: the prompts box, the seeds box, a sweep axis's values
 MAX_SWEEP_CELLS = 1000  # configurations in one sweep grid (the product of its axes' lengths)
 MAX_IMAGE_STEPS = 100_000  # denoiser steps x images x (warm-up + repeats) of one run: hours on a small GPU
+# a run's distribution set (``measure.emoji_metrics``): enough images for FD/KID to settle (benchmarks/
+# distribution_validation.py), at most what the work cap allows at 50 steps
+MIN_DISTRIBUTION, MAX_DISTRIBUTION = 50, 2000
 EXCERPT_CHARS = 40  # how much of a refused input a message shows
 # the reference every run is scored against: a high-step multistep solver, fp32, no knobs
 REFERENCE_DEFAULT = {"sampler": "DPM++ 2M", "steps": 200}
@@ -103,6 +108,7 @@ class RunSpec:
     knobs: dict[str, dict] = field(default_factory=dict)  # settings of the other registered knobs
     warmup: int = AUTO  # AUTO (0, or "auto"): until two calls agree; else a fixed count (``measure.adaptive``)
     repeats: int = AUTO  # AUTO: until the median's 95% CI is within ±5%; else a fixed count
+    distribution: int = 0  # images of the distribution set (FD-emoji, KID, precision/recall); 0: none
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
@@ -140,8 +146,12 @@ class RunSpec:
 
 
 def config_hash(spec: RunSpec) -> str:
-    """Stable short hash of a resolved spec's full configuration."""
-    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """Stable short hash of a resolved spec's full configuration. A field added later is left out while it has
+    its default (``distribution`` 0), so runs recorded before it existed keep their hash."""
+    d = spec.to_dict()
+    if not d.get("distribution"):
+        d.pop("distribution", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
@@ -237,6 +247,11 @@ def validate(spec: RunSpec) -> None:
             shown = f"a whole number of {value.bit_length():,} bits" if is_int(value) and value.bit_length() > 128 \
                 else (value if isinstance(value, (int, float)) else excerpt(value))
             raise SpecError(name, shown, f"a whole number from 1 to {cap}, or \"auto\" (also 0: {until})")
+    d = spec.distribution
+    if not (type(d) is int and (d == 0 or MIN_DISTRIBUTION <= d <= MAX_DISTRIBUTION)):
+        raise SpecError("distribution", d if isinstance(d, (int, float)) else excerpt(d),
+                        f"0 (no distribution metrics) or a whole number of images from {MIN_DISTRIBUTION} "
+                        f"to {MAX_DISTRIBUTION}")
     # 5. the other knobs: each validates its own settings
     if not isinstance(spec.knobs, dict):
         raise SpecError("knobs", spec.knobs, "a mapping of knob name to its settings")
@@ -266,6 +281,7 @@ class ModelInfo:
     defaults_source: dict = field(default_factory=dict)  # default's name -> where it came from
     unsupported: str | None = None  # why the studio cannot drive this pipeline; None when it can
     scheduler_config: dict = field(default_factory=dict)  # scheduler_config.json: what its timesteps depend on
+    domain: str | None = None  # studio_defaults.json's "domain" ("emoji": a model the emoji feature network knows)
 
     @property
     def is_embedded(self) -> bool:
@@ -339,7 +355,7 @@ def model_info(model: str) -> ModelInfo:
         fingerprint=fingerprint,
         prediction_type=model_kind(sched, den_cfg.get("time_cond_proj_dim")), defaults_source=sources,
         unsupported=unsupported_reason(index) or (None if sample_px else f"its native size is {size_source}"),
-        scheduler_config=sched,
+        scheduler_config=sched, domain=_read_json(path / "studio_defaults.json").get("domain"),
     )
 
 
@@ -420,6 +436,10 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
         raise SpecError("steps", spec.steps, f"at most {MAX_IMAGE_STEPS:,} denoiser steps per run: steps x images x "
                                              f"(warm-up + repeats) is {spec.steps} x {spec.n_images} x "
                                              f"({passes}) = {work:,}")
+    if spec.steps * spec.distribution > MAX_IMAGE_STEPS:
+        raise SpecError("distribution", spec.distribution, f"at most {MAX_IMAGE_STEPS // spec.steps:,} images at "
+                                                           f"{spec.steps} steps ({MAX_IMAGE_STEPS:,} denoiser steps "
+                                                           "per distribution set)")
     facts = SUPPORTED_PIPELINES[info.pipeline_class]
     if spec.steps < facts.min_steps:
         raise SpecError("steps", spec.steps, f"at least {facts.min_steps} for {info.pipeline_class}: "

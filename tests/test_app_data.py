@@ -256,7 +256,7 @@ def test_table_view_puts_key_columns_first_titled_for_people_and_drops_empty_one
 
 def test_split_values_reads_the_generate_widgets_in_order(dummy_knob):
     settings = [s for k in widgets.registry_knobs() for s in widgets.knob_settings(k)]
-    values = ["emoji-sd", "sun", None, "0", 1, 3, "auto", None, *range(len(settings)), True]
+    values = ["emoji-sd", "sun", None, "0", 1, 3, "auto", None, 0, *range(len(settings)), True]
     parts = widgets.split_values(values, settings, ["dummy"])
     assert parts["model"] == "emoji-sd" and parts["batch_size"] is None and parts["enabled"] == {"dummy": True}
     assert list(parts["values"]) == [s.axis for s in settings]

@@ -61,8 +61,9 @@ def test_run_is_timed_broken_down_scored_and_logged(engine, tiny_pipeline_dir, t
     assert row["peak_mem_kind"] == "cpu_peak_rss" and row["peak_mem_bytes"] >= 0 and row["mem_baseline_bytes"] > 0
     assert row["repeats_identical"] == 1
     assert 0 < row["psnr"] < 100 and -1 <= row["ssim"] < 1 and row["reference_id"]
-    assert row["lpips"] is None and "LPIPS unavailable" in row["metrics_note"]
-    assert "embedded emoji model only" in row["metrics_note"] and row["fidelity_top1"] is None
+    assert row["lpips"] is None and "LPIPS, FID and CLIP-score unavailable" in row["metrics_note"]
+    assert "emoji models only" in row["metrics_note"] and row["fidelity_top1"] is None
+    assert "unavailable for this model" in row["metrics_note"] and row["fd_emoji"] is None and row["perceptual_emoji"] is None
     assert row["torch_version"] and row["diffusers_version"] and row["threads"] >= 1 and row["git_commit"]
     assert row["device_name"].startswith("CPU")
     images = engine.store.load_images(row["images"])

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,7 +50,7 @@ import torch
 
 from studio_core.errors import RunCancelled, SpecError
 from studio_core.knobs import KnobReport
-from studio_core.measure import quality
+from studio_core.measure import emoji_metrics, quality, standard_metrics
 from studio_core.measure.adaptive import ci_half_width, convergence_summary, plan_for, warmed_up
 from studio_core.measure.energy import energy_meter
 from studio_core.measure.environment import environment, resolve_device
@@ -64,6 +65,8 @@ from studio_core.measure.timing import Clock, Probe, timed_pass, timing_summary
 from studio_core.spec import MAX_IMAGE_STEPS, ModelInfo, RunSpec, config_hash, resolve
 from studio_core.store.space import check_free_space, needed_bytes
 from studio_core.store.store import RunStore
+
+DIST_BATCH = 100  # images per pipeline call of a distribution set whose run leaves its batching unset
 
 # image_metrics and reference_spec are re-exported: tests and older callers import them from here
 __all__ = ["Engine", "RunResult", "image_metrics", "reference_spec"]
@@ -93,8 +96,11 @@ def _knobs_label(spec: RunSpec) -> str:
 class Engine:
     """Runs specs against one store. Keeps up to ``max_pipelines`` loaded pipelines between runs."""
 
-    def __init__(self, store: RunStore | None = None, max_pipelines: int = 2):
+    def __init__(self, store: RunStore | None = None, max_pipelines: int = 2, metric_weights=None):
+        """``metric_weights``: a ``standard_metrics.MetricWeights`` for LPIPS, FID/KID and CLIP-score (default: the
+        folder ``$STUDIO_METRIC_WEIGHTS`` names, or none)."""
         self.store = store or RunStore()
+        self.metric_weights = metric_weights if metric_weights is not None else standard_metrics.configured_weights()
         self._pipes = PipelineCache(max_pipelines)
         self._fidelity: dict[str, object] = {}
         self._models_run: dict[str, str] = {}  # model as given -> its folder, for every model run so far
@@ -136,10 +142,10 @@ class Engine:
         self._models_run[spec.model] = info.path
         results: dict = {}
         try:
-            images, reports = self._measure(spec, info, device, results, stage, stop)
+            images, reports, dist_images = self._measure(spec, info, device, results, stage, stop)
             check_pictures(images)  # a flat or black frame is a failure, not a low PSNR
             stage("scoring")
-            results.update(self._score(spec, info, device, images, reference, stop))
+            results.update(self._score(spec, info, device, images, reference, stop, dist_images))
             if not results["repeats_identical"]:
                 results["metrics_note"] = "; ".join(filter(None, [
                     "outputs differed between repeats with the same seeds (this sampler or device is not "
@@ -187,8 +193,10 @@ class Engine:
         return RunResult(run_id, "failed", self.store.get_run_with_pending(run_id), None, [])
 
     def _measure(self, spec: RunSpec, info: ModelInfo, device: str, results: dict, stage: Callable[[str], None],
-                 stop: Callable[[], str | None] | None = None) -> tuple[np.ndarray, list[KnobReport]]:
-        """Steps 3-5: load and apply knobs, warm up and time the repeats with peak memory, undo the knobs."""
+                 stop: Callable[[], str | None] | None = None
+                 ) -> tuple[np.ndarray, list[KnobReport], tuple[np.ndarray, list[str]] | None]:
+        """Steps 3-5: load and apply knobs, warm up and time the repeats with peak memory, make the distribution
+        set (timed apart), undo the knobs."""
         # 3. load and apply knobs
         stage("loading")
         pipe, load_ms = self.pipeline(info, device, load_options(spec))
@@ -230,6 +238,8 @@ class Engine:
             peak = meter.peak()
             # 5. what each knob did, measured while it is still in effect
             reports, inactive = self._knob_reports(applied)
+            # the distribution set, with the knobs still applied, after every timed pass and report
+            dist = self._distribution_set(spec, info, pipe, kwargs, results, stage, stop)
         finally:
             undo_knobs(pipe, applied, self._pipes)
         latencies = [p.total_ms for p in passes]
@@ -252,7 +262,44 @@ class Engine:
             knobs_inactive=", ".join(inactive) or None,
             images=self.store.put_images(images),
         )
-        return images, reports
+        return images, reports, dist
+
+    def _distribution_set(self, spec: RunSpec, info: ModelInfo, pipe, kwargs: dict, results: dict,
+                          stage: Callable[[str], None], stop: Callable[[], str | None] | None
+                          ) -> tuple[np.ndarray, list[str]] | None:
+        """The spec's ``distribution`` images of an emoji model (``emoji_metrics.distribution_captions``, seed =
+        the first seed + i, the run's batching), timed as ``dist_gen_ms``; None when the spec asks for none or
+        the model is not one the feature network knows (the score step says so)."""
+        if not spec.distribution:
+            return None
+        if emoji_metrics.is_emoji_domain(info):
+            captions, held_out = emoji_metrics.dataset_split(self.store.data_dir / "cache", spec.height)
+            chosen = emoji_metrics.distribution_captions(captions, held_out, spec.distribution)
+        elif self._real_set(spec, info) is not None:  # FID/KID from local weights against the user's real set
+            chosen = [spec.prompts[i % len(spec.prompts)] for i in range(spec.distribution)]
+        else:
+            return None
+        stage(f"distribution set ({spec.distribution} images, timed apart from the latency)")
+        pairs = [(c, int(spec.seeds[0]) + i) for i, c in enumerate(chosen)]
+        t0 = time.perf_counter()
+        # the run's batching where it sets one, else up to DIST_BATCH images per call (one call of 500 would
+        # hold every image's activations at once)
+        images = generate(pipe, pairs, batch=spec.batch_size or min(DIST_BATCH, len(pairs)), stop=stop, **kwargs)
+        results["dist_gen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return images, chosen
+
+    def _real_set(self, spec: RunSpec, info: ModelInfo) -> np.ndarray | None:
+        """The real set FID/KID compare a distribution set with: the training renders for an emoji model, the
+        weights folder's ``reference-images/`` for another; None without Inception weights or a real set."""
+        weights = self.metric_weights
+        if weights.unavailable_reason("fid"):
+            return None
+        if emoji_metrics.is_emoji_domain(info):
+            from studio_core.embedded.training.data import load_or_build
+
+            ds = load_or_build(self.store.data_dir / "cache", spec.height)
+            return ds.images[~np.asarray(ds.held_out)]
+        return standard_metrics.reference_images(weights, (spec.height, spec.width))
 
     @staticmethod
     def _knob_reports(applied: list) -> tuple[list[KnobReport], list[str]]:
@@ -267,23 +314,35 @@ class Engine:
         return reports, inactive
 
     def _score(self, spec: RunSpec, info: ModelInfo, device: str, images: np.ndarray,
-               reference: dict | None, stop: Callable[[], str | None] | None = None) -> dict:
-        """Step 6: quality against the reference, LPIPS when possible, and prompt fidelity."""
+               reference: dict | None, stop: Callable[[], str | None] | None = None,
+               dist: tuple[np.ndarray, list[str]] | None = None) -> dict:
+        """Step 6: quality against the reference, LPIPS when possible, prompt fidelity, and the emoji feature
+        network's scores (perceptual distance, classifier fidelity, and the distribution set's FD/KID/P&R)."""
         notes = []
         ref_row, ref_images = self.reference_for(spec, info, reference, device, stop)
         out = {"reference_id": ref_row["id"], **image_metrics(images, ref_images)}
-        why_not = quality.lpips_unavailable_reason()
+        caps = [p for p, _ in spec.images()]
+        dist_images = dist[0] if dist is not None else None
+        scores, std_notes = standard_metrics.run_scores(
+            self.metric_weights, images, ref_images, caps, device, dist_images,
+            self._real_set(spec, info) if dist_images is not None else None)
+        out.update(scores)
+        notes += std_notes
+        why_not = emoji_metrics.unavailable_reason(info)
         if why_not:
             notes.append(why_not)
         else:
-            out["lpips"] = quality.lpips(images, ref_images)
-        if info.is_embedded:
+            out.update(emoji_metrics.emoji_image_scores(images, ref_images, caps))
+            if dist is not None:
+                out.update(emoji_metrics.distribution_scores(dist[0], dist[1], spec.height,
+                                                             self.store.data_dir / "cache"))
+        if emoji_metrics.is_emoji_domain(info):
             if info.path not in self._fidelity:
                 self._fidelity[info.path] = quality.load_fidelity_index(info, self.store.data_dir / "cache")
             scores, fidelity_notes = quality.prompt_fidelity(self._fidelity[info.path], spec, images)
             out.update(scores)
             notes += fidelity_notes
         else:
-            notes.append("prompt fidelity applies to the embedded emoji model only")
+            notes.append("prompt fidelity applies to the emoji models only")
         out["metrics_note"] = "; ".join(notes) or None
         return out

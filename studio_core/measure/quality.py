@@ -1,5 +1,6 @@
-"""Quality of a run's images: PSNR and SSIM against the reference, LPIPS when its weights are on disk,
-and prompt fidelity for the embedded model.
+"""Quality of a run's images: PSNR and SSIM against the reference, and prompt fidelity for the emoji models
+(LPIPS, FID and CLIP-score from local weights are ``standard_metrics``; the emoji feature network's scores are
+``emoji_metrics``).
 
 PSNR is pooled: 10·log10(1/MSE) of the mean squared error over every pixel of every image (values in
 [0, 1]), so one image equal to its reference does not dominate the batch as it does a mean of per-image
@@ -20,7 +21,7 @@ import torch
 from studio_core.spec import ModelInfo, RunSpec
 from studio_core.study.labels import PSNR_POOLED, SSIM_METHOD
 
-__all__ = ["PSNR_CAP_DB", "image_metrics", "lpips", "lpips_unavailable_reason", "load_fidelity_index",
+__all__ = ["PSNR_CAP_DB", "image_metrics", "load_fidelity_index",
            "prompt_fidelity"]
 
 PSNR_CAP_DB = 100.0  # an image (or a batch) equal to its reference pixel for pixel has infinite PSNR
@@ -55,28 +56,6 @@ def image_metrics(images: np.ndarray, reference: np.ndarray) -> dict:
     ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
     out.update(ssim=float(ssim.mean()), ssim_std=float(ssim.std(unbiased=False)), ssim_method=SSIM_METHOD)
     return out
-
-
-def lpips_unavailable_reason() -> str | None:
-    """Why LPIPS (Zhang et al. 2018, AlexNet) cannot be scored here: it needs torchvision and its
-    backbone weights on disk, and nothing is ever downloaded; None when it can."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        return "LPIPS unavailable: torchvision is not installed"
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    if not any(hub.glob("alexnet-*.pth")):
-        return f"LPIPS unavailable: AlexNet backbone weights not found in {hub} (nothing is downloaded)"
-    return None
-
-
-def lpips(images: np.ndarray, reference: np.ndarray) -> float:
-    """Mean LPIPS (Zhang et al. 2018, AlexNet features; torchmetrics) of uint8 images against the reference."""
-    from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity
-
-    a = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    b = torch.from_numpy(reference).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return float(learned_perceptual_image_patch_similarity(a, b, net_type="alex"))
 
 
 def load_fidelity_index(info: ModelInfo, cache_dir: Path):

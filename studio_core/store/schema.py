@@ -93,3 +93,25 @@ def m003_measurement_columns(db: sqlite_utils.Database) -> None:
     for name, kind in MEASUREMENT_COLUMNS.items():
         if name not in have:
             db["runs"].add_column(name, kind)
+
+
+# the emoji feature network's scores and the standard metrics from local weights (issue 19): the run's distribution
+# set size and its timing, FD/KID/precision/recall, the perceptual distance, classifier fidelity, FID/KID and CLIP
+QUALITY_COLUMNS = {
+    "distribution": int, "dist_n": int, "dist_gen_ms": float, "dist_score_ms": float, "dist_method": str,
+    "fd_emoji": float, "kid_emoji": float, "kid_emoji_std": float, "precision_emoji": float, "recall_emoji": float,
+    "dist_classifier_top1": float, "dist_classifier_top5": float, "dist_classifier_n": int,
+    "perceptual_emoji": float, "perceptual_emoji_std": float,
+    "classifier_top1": float, "classifier_top5": float, "classifier_n": int,
+    "lpips_std": float, "lpips_method": str, "fid": float, "fid_kid": float, "fid_kid_std": float, "fid_n": int,
+    "fid_method": str, "clip_score": float, "clip_score_std": float, "clip_method": str,
+}
+
+
+@migrations()
+def m004_quality_columns(db: sqlite_utils.Database) -> None:
+    """The distribution and feature-network columns (``QUALITY_COLUMNS``), kept if a write already made them."""
+    have = set(db["runs"].columns_dict)
+    for name, kind in QUALITY_COLUMNS.items():
+        if name not in have:
+            db["runs"].add_column(name, kind)

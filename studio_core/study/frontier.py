@@ -38,6 +38,9 @@ __all__ = ["COSTS", "LATENCY_COSTS", "QUALITIES", "SETUP_COLUMNS", "STATUSES", "
 # metric column -> True when higher is better
 QUALITIES: dict[str, bool] = {
     "psnr": True, "ssim": True, "lpips": False, "fidelity_top1": True, "fidelity_top5": True,
+    # the emoji feature network's (issue 19): distribution set, perceptual distance, classifier; standard metrics
+    "fd_emoji": False, "kid_emoji": False, "precision_emoji": True, "recall_emoji": True, "perceptual_emoji": False,
+    "classifier_top5": True, "dist_classifier_top5": True, "fid": False, "clip_score": True,
 }
 # cost column -> label (lower is always better; the page shows memory in MiB)
 COSTS: dict[str, str] = {

@@ -72,6 +72,16 @@ COLUMN_LABELS: dict[str, str] = {
     "latency_ci_low_ms": "median 95% CI low (ms)", "latency_ci_high_ms": "median 95% CI high (ms)",
     "timing_note": "timing note", "mem_baseline_bytes": "memory baseline (MiB)", "peak_mem_method": "memory method",
     "energy_j_per_image": "energy per image (J)", "energy_method": "energy method", "energy_note": "energy note",
+    # quality on the emoji feature network and from local standard weights (issue 19)
+    "distribution": "distribution set (images)", "dist_n": "distribution set (images)",
+    "dist_gen_ms": "distribution set generation (ms)", "dist_score_ms": "distribution metrics (ms)",
+    "dist_method": "distribution method", "fd_emoji": "FD-emoji", "kid_emoji": "KID-emoji",
+    "kid_emoji_std": "KID-emoji std", "precision_emoji": "precision (emoji features)",
+    "recall_emoji": "recall (emoji features)", "dist_classifier_top1": "classifier top-1 (distribution set)",
+    "dist_classifier_top5": "classifier top-5 (distribution set)", "perceptual_emoji": "perceptual distance (emoji)",
+    "perceptual_emoji_std": "perceptual distance std", "classifier_top1": "classifier top-1",
+    "classifier_top5": "classifier top-5", "fid": "FID (local weights)", "fid_kid": "KID (local Inception)",
+    "clip_score": "CLIP-score (local weights)",
 }
 
 # How quality figures were computed; measure/quality.py stores the first and the last with every run.

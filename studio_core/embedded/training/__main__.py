@@ -1,10 +1,14 @@
 """``python -m studio_core.embedded.training``: train the embedded model (see ``train.py``), or, on a saved
 folder, ``evaluate`` it (writes ``evaluation.json``) and regenerate its model ``card`` (README.md) from
-``training_report.json`` and ``evaluation.json`` without retraining.
+``training_report.json`` and ``evaluation.json`` without retraining. ``features`` does the same for the emoji
+feature network (``features.py``, ``feature_card.py``).
 
     python -m studio_core.embedded.training --recipe cpu --out DIR          # train
     python -m studio_core.embedded.training evaluate --model-dir DIR        # measure: speed, fidelity
     python -m studio_core.embedded.training card --model-dir DIR            # README.md from the two files
+    python -m studio_core.embedded.training features --recipe cpu|gpu|tiny  # train the feature network
+    python -m studio_core.embedded.training features evaluate --results F   # its evaluation.json, then its card
+    python -m studio_core.embedded.training features card                   # its README.md from its two files
 """
 
 from __future__ import annotations
@@ -39,7 +43,16 @@ def folder_main(argv: list[str]) -> None:
     print(card_from_folder(a.model_dir))
 
 
-if sys.argv[1:2] in (["evaluate"], ["card"]):
+if sys.argv[1:2] == ["features"]:
+    if sys.argv[2:3] in (["evaluate"], ["card"]):
+        from studio_core.embedded.training.feature_card import main as feature_folder_main
+
+        feature_folder_main(sys.argv[2:])
+    else:
+        from studio_core.embedded.training.features import main as train_features
+
+        train_features(sys.argv[2:])
+elif sys.argv[1:2] in (["evaluate"], ["card"]):
     folder_main(sys.argv[1:])
 else:
     from studio_core.embedded.training.train import main

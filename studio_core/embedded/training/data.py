@@ -204,9 +204,12 @@ def load_or_build(cache_dir: str | Path, size: int = 64) -> EmojiDataset:
     cache_dir = Path(cache_dir)
     path = cache_dir / f"emoji{size}-{_cache_key(size)}.npz"
     if path.exists():
+        if size in _BUILT and _BUILT[size].captions:  # this process already holds it (read or rendered)
+            return _BUILT[size]
         z = np.load(path, allow_pickle=False)
         meta = json.loads(str(z["meta"]))
-        return EmojiDataset(z["images"], meta["captions"], meta["chars"], z["held_out"], meta["dropped"])
+        ds = EmojiDataset(z["images"], meta["captions"], meta["chars"], z["held_out"], meta["dropped"])
+        return _BUILT.setdefault(size, ds)
     ds = _BUILT.get(size) or _BUILT.setdefault(size, build_dataset(size))  # rendered once per process
     cache_dir.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"captions": ds.captions, "chars": ds.chars, "dropped": ds.dropped})

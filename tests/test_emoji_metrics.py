@@ -1,0 +1,103 @@
+"""The feature-network and standard-metric scores through the engine: an embedded run with a distribution set
+records FD-emoji, KID, precision/recall, the perceptual distance and classifier fidelity, timed apart from its
+latency; other families say "unavailable for this model" and draw nothing; local random backbones give LPIPS,
+CLIP-score and FID end to end; the spec refuses a distribution set it cannot use.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_standard_metrics import weights_dir  # noqa: F401  (the module-scoped fixture of random backbones)
+
+from studio_core.errors import SpecError
+from studio_core.measure.engine import Engine
+from studio_core.measure.standard_metrics import MetricWeights
+from studio_core.spec import RunSpec, resolve
+from studio_core.store.store import RunStore
+
+REF = {"sampler": "default", "steps": 4}
+
+
+def test_an_embedded_run_with_a_distribution_set_records_every_feature_network_score(tmp_path, emoji32):
+    engine = Engine(RunStore(tmp_path / "study"), metric_weights=MetricWeights())
+    r = engine.run({"model": "emoji-sd", "prompts": ["red heart", "grinning face"], "seeds": [0], "steps": 4,
+                    "warmup": 1, "repeats": 1, "distribution": 50}, reference=REF)
+    assert r.status == "ok", r.error
+    row = r.row
+    assert row["distribution"] == 50 and row["dist_n"] == 50
+    assert row["dist_gen_ms"] > 0 and row["dist_score_ms"] > 0
+    # the latency is the timed repeats' alone: the distribution set's generation is not in it
+    assert row["latency_median_ms"] < row["dist_gen_ms"]
+    for col in ("fd_emoji", "kid_emoji", "kid_emoji_std", "perceptual_emoji", "perceptual_emoji_std"):
+        assert row[col] is not None and math.isfinite(row[col]), col
+    assert row["fd_emoji"] > 0 and row["perceptual_emoji"] > 0  # 4 steps against a 4-step default-sampler reference
+    assert 0 <= row["precision_emoji"] <= 1 and 0 <= row["recall_emoji"] <= 1
+    assert row["classifier_n"] == 2 and 0 <= row["classifier_top5"] <= 1
+    assert row["dist_classifier_n"] == 50 and 0 <= row["dist_classifier_top5"] <= 1
+    assert "not comparable with published FID" in row["dist_method"] and "50 renders" in row["dist_method"]
+    # the real set's features are kept in the study's cache, once per feature network and size
+    assert len(list((tmp_path / "study" / "cache").glob("emoji-features-*-32.npz"))) == 1
+    assert "LPIPS, FID and CLIP-score unavailable: no --metric-weights folder" in row["metrics_note"]
+    # a run without a distribution set still gets the scores on its own images, and none of the set's
+    plain = engine.run({"model": "emoji-sd", "prompts": ["red heart"], "seeds": [0], "steps": 4, "warmup": 1,
+                        "repeats": 1}, reference=REF).row
+    assert plain["perceptual_emoji"] is not None and plain["fd_emoji"] is None and plain["dist_gen_ms"] is None
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory) -> dict:
+    from tiny_families import FAMILIES
+
+    root = tmp_path_factory.mktemp("families")
+    return {name: str(FAMILIES[name](root / name)) for name in ("sd15", "flux", "pixart")}
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux", "pixart"])
+def test_other_models_say_unavailable_and_draw_no_distribution_set(families, family, tmp_path):
+    engine = Engine(RunStore(tmp_path / "study"), metric_weights=MetricWeights())
+    r = engine.run({"model": families[family], "prompts": ["red heart"], "seeds": [0], "steps": 2, "repeats": 1,
+                    "warmup": 1, "height": 64, "width": 64, "device": "cpu", "distribution": 50},
+                   reference={"sampler": "default", "steps": 2})
+    assert r.status == "ok", r.error
+    row = r.row
+    assert "unavailable for this model" in row["metrics_note"]
+    assert all(row[c] is None for c in ("fd_emoji", "kid_emoji", "perceptual_emoji", "classifier_top1",
+                                        "dist_gen_ms", "dist_n"))
+
+
+def test_local_random_backbones_give_lpips_clip_score_and_fid_through_the_engine(weights_dir,  # noqa: F811
+                                                                                  tiny_pipeline_dir, tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for p in weights_dir.iterdir():  # the fixture's backbones, plus a real set of the user's own
+        (folder / p.name).symlink_to(p)
+    (folder / "reference-images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / "reference-images" / f"{i}.png")
+    engine = Engine(RunStore(tmp_path / "study"), metric_weights=MetricWeights.from_dir(folder))
+    r = engine.run({"model": str(tiny_pipeline_dir), "prompts": ["red heart", "sun"], "seeds": [0], "steps": 2,
+                    "warmup": 1, "repeats": 1, "distribution": 50}, reference={"sampler": "default", "steps": 2})
+    assert r.status == "ok", r.error
+    row = r.row
+    assert row["lpips"] >= 0 and "AlexNet alexnet-owt-7be5be79.pth" in row["lpips_method"]
+    assert 0 <= row["clip_score"] <= 100 and row["clip_method"]
+    assert math.isfinite(row["fid"]) and row["fid_n"] == 50 and "not the TF-FID network" in row["fid_method"]
+    assert "real set: 8 images" in row["fid_method"] and row["dist_gen_ms"] > 0
+    assert row["fd_emoji"] is None  # the tiny model is not an emoji model: no feature-network scores
+
+
+@pytest.mark.parametrize("value, message", [
+    (10, "from 50 to 2000"), (5000, "from 50 to 2000"), (-1, "from 50 to 2000"), ("many", "from 50 to 2000"),
+    (2000, "at most 1,000 images at 100 steps"),
+])
+def test_the_spec_refuses_a_distribution_set_it_cannot_use(value, message):
+    with pytest.raises(SpecError, match=message):
+        resolve(RunSpec(model="emoji-sd", prompts=("red heart",), steps=100, warmup=1, repeats=1,
+                        distribution=value))
+    spec, _ = resolve(RunSpec(model="emoji-sd", prompts=("red heart",), warmup=1, repeats=1, distribution=500))
+    assert spec.distribution == 500
