@@ -90,6 +90,39 @@ SECTIONS = [
             "The model card's caption sample (200 training captions drawn with seed 1234, and the held-out "
             "captions), one image per caption with seed = its index: is the nearest training image the "
             "prompt's own emoji (`studio_core/measure/fidelity.py`)?"),
+    Section("distribution_validation",
+            "Validation of the emoji feature network's metrics (`benchmarks/distribution_validation.py`)",
+            ".venv/bin/python benchmarks/distribution_validation.py",
+            "Do FD-emoji, KID-emoji, precision/recall and the perceptual distance behave as such metrics must? At "
+            "32 px with the shipped feature network, against the training-split renders: two random halves of the "
+            "renders against each other (5 seeds); one half against the other corrupted by Gaussian noise, blur, "
+            "JPEG and hue rotation at four rising levels; the embedded model at 50/20/10/4 DDIM steps on 500 "
+            "distribution captions, with the network's classifier and the thumbnail index scoring the same images; "
+            "1,000 generated images subsampled to n = 50...1000 (5 seeds); and the cost of "
+            "`emoji_metrics.distribution_scores` with a cold and a warm real-feature cache. The tables follow in "
+            "that order.",
+            "Reading it: real against real should give KID near 0 and precision and recall near 1; FD is above 0 "
+            "even there, by a bias that shrinks with the sample size, so FD-emoji compares runs with the same "
+            "distribution-set size only. Along each corruption FD, KID and the perceptual distance must rise (the "
+            "monotone table names any that did not); fewer sampling steps should raise FD and KID and lower the "
+            "fidelity. Kappa says how far the classifier and the thumbnail index agree beyond chance on which "
+            "images hit their prompt. All are emoji-domain figures, not comparable with published FID, KID or "
+            "LPIPS."),
+    Section("sampler_distribution",
+            "The sampler shootout on distribution metrics (`benchmarks/sampler_distribution.py`)",
+            ".venv/bin/python benchmarks/sampler_distribution.py",
+            "Every sampler of `presets/sampler-shootout.yaml` at 10 and 20 steps, and the model's default (DDIM at "
+            "50 steps) as the baseline, each one `Engine.run` on a fresh study (emoji-8, seed 0, 1 warm-up call, 3 "
+            "timed repeats): latency, PSNR and SSIM against the same-seed reference (DPM++ 2M, 200 steps), and on a "
+            "distribution set of N training captions generated after the timed repeats with the run's settings, "
+            "FD-emoji, KID-emoji, precision/recall and the classifier's top-5, with the perceptual distance to the "
+            "reference. The grid rows are ranked by PSNR and by FD-emoji side by side.",
+            "Reading it: PSNR asks whether a sampler lands on the reference's image for the same seed; FD-emoji "
+            "asks whether its images look like the training set. A stochastic sampler (ancestral, SDE, DDPM) "
+            "leaves the reference's path by design, so it should rank lower on PSNR than on FD when its images "
+            "are as good as a deterministic sampler's; where both ranks agree, it is genuinely worse at that step "
+            "budget. FD-emoji falls as N grows, so compare rows of one table (same N) only; these are emoji-domain "
+            "figures on the studio's feature network, not comparable with published FID or KID."),
     Section("load_test", "Load: many clients against one studio (`benchmarks/load_test.py`)",
             ".venv/bin/python benchmarks/load_test.py --clients 8 --requests 240 --steps 8",
             "`app.py` with its defaults in a subprocess; the clients are threads of a second process, each with "

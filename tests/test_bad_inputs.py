@@ -86,6 +86,7 @@ SPEC_CASES = [  # (change to a good spec, expected part of the message)
     ({"repeats": -1}, "repeats=-1 is not allowed: a whole number from 1 to 100"),
     ({"warmup": 500}, "warmup=500 is not allowed"),
     ({"batch_size": 0}, "batch_size=0 is not allowed"),
+    ({"distribution": 10}, "distribution=10 is not allowed: 0 (no distribution metrics) or a whole number"),
     ({"colour": "red"}, "colour='red' is not allowed: known fields are"),
     ({"knobs": {"turbo": {}}}, "knobs='turbo' is not allowed: one of"),
     ({"knobs": {"deepcache": {"interval": 0}}}, "knobs.deepcache.interval=0 is not allowed"),

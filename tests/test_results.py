@@ -64,7 +64,8 @@ def test_dirty_tree_is_refused_with_one_line_unless_dirty_is_given(repo: Path, c
 
 
 def test_every_table_script_takes_dirty():
-    for script in ("embedded_cpu_speed", "overhead", "caching", "quantization_cpu", "embedded_fidelity"):
+    for script in ("embedded_cpu_speed", "overhead", "caching", "quantization_cpu", "embedded_fidelity",
+                   "distribution_validation", "sampler_distribution"):
         text = (ROOT / "benchmarks" / f"{script}.py").read_text()
         assert "add_publish_args(" in text and "check_tree(" in text and "publish(" in text, script
 

@@ -173,6 +173,15 @@ def _evaluate(net: EmojiFeatureNet, clean: torch.Tensor, images: np.ndarray, rec
 
 def train_feature_net(recipe: FeatureRecipe, out: Path, cache_dir: Path, vae_dir: Path = EMBEDDED_VAE) -> dict:
     """Stages 1-5; returns the training report (also written to ``out/training_report.json``)."""
+
+    threads = torch.get_num_threads()
+    try:
+        return _train(recipe, out, cache_dir, vae_dir)
+    finally:
+        torch.set_num_threads(threads)  # the recipe's thread count is for this run only
+
+
+def _train(recipe: FeatureRecipe, out: Path, cache_dir: Path, vae_dir: Path) -> dict:
     from studio_core.embedded.training.data import load_or_build
 
     t0 = time.perf_counter()
