@@ -160,6 +160,12 @@ def test_estimate_uses_past_runs_breakdown_per_image_step_and_run_overhead():
     assert with_ref == pytest.approx(seconds + 2 * (50 + 100 * 20) / 1000) and "1 new reference" in basis
     assert estimate.estimate_seconds(history, [spec], "/other") == (None, "unknown until the first run of this model")
     assert estimate.estimate_seconds(pd.DataFrame(), [spec])[0] is None
+    # a distribution set is one more pass over its images; a past run's set is not counted as its overhead
+    with_dist, basis = estimate.estimate_seconds(history, [{**spec, "distribution": 100}], "/m")
+    assert with_dist == pytest.approx(seconds + 100 * (50 + 20 * 20) / 1000) and "100 distribution-set images" in basis
+    past = pd.DataFrame([{**_row(), "dist_gen_ms": 30000.0, "dist_score_ms": 1000.0}])
+    past["finished_at"] = (pd.Timestamp(_row()["finished_at"]) + pd.Timedelta(seconds=31)).isoformat()
+    assert estimate.estimate_seconds(past, [spec], "/m")[0] == pytest.approx(seconds)
 
 
 def test_format_duration():

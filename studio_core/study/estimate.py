@@ -50,7 +50,8 @@ def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path
     Method: from past runs' timing breakdowns, the median denoising cost per image-step and the
     median cost per image outside the denoiser (text encode, decode); a pass over a spec costs
     ``images x (outside + steps x per-step)``, a run ``warm-up + repeats`` passes plus the median
-    per-run overhead seen in past runs' wall time (scoring, logging; load time left out), plus one
+    per-run overhead seen in past runs' wall time (scoring, logging; load time and distribution sets left out),
+    one more pass over a spec's ``distribution`` images where it asks for a distribution set, plus one
     reference pass at ``reference_steps`` per distinct (prompts, seeds, size) no past run had.
     Returns (seconds or None, the basis in words).
     """
@@ -77,15 +78,17 @@ def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path
             warm = int(r.get("warmup_done") or r.get("warmup") or 1)  # what the run made (auto: its count)
             timed = int(r.get("repeats_done") or r.get("repeats") or 1)
             passes = (r.get("cold_ms") or r["latency_median_ms"]) + (warm - 1 + timed) * r["latency_median_ms"]
-            overheads.append(max(0.0, wall - float(r.get("load_ms") or 0) - passes))
+            dist = sum(float(r.get(c)) for c in ("dist_gen_ms", "dist_score_ms") if not is_missing(r.get(c)))
+            overheads.append(max(0.0, wall - float(r.get("load_ms") or 0) - passes - dist))
     run_overhead = float(pd.Series(overheads).median()) if overheads else 0.0
-    total_ms = 0.0
+    total_ms, dist_images = 0.0, 0
     for s in specs:
         n_images = len(s.get("prompts") or []) * len(s.get("seeds") or [])
-        per_pass = n_images * (outside_img + int(s["steps"]) * step_img)
+        per_image = outside_img + int(s["steps"]) * step_img
         passes = expected_passes(int(s.get("warmup") or 0), int(s.get("repeats") or 0),
                                  compiled="compile" in (s.get("knobs") or {}))
-        total_ms += per_pass * passes + run_overhead
+        dist_images += int(s.get("distribution") or 0)  # its distribution set: one more pass over N images
+        total_ms += n_images * per_image * passes + run_overhead + int(s.get("distribution") or 0) * per_image
     new_refs = 0
     if reference_steps:
         seen = {(json.dumps(json_list(r.get("prompts"))), json.dumps(json_list(r.get("seeds"))),
@@ -101,6 +104,8 @@ def estimate_seconds(history: pd.DataFrame, specs: Iterable[Mapping], model_path
              "for scoring and logging")
     if new_refs:
         basis += f"; plus {new_refs} new reference{'s' if new_refs > 1 else ''} at {reference_steps} steps"
+    if dist_images:
+        basis += f"; plus {dist_images:,} distribution-set images (their scoring not included)"
     return total_ms / 1000.0, basis + "; model loading not included"
 
 
