@@ -364,7 +364,7 @@ def quality_lines(row: Mapping) -> list[str]:
         lines.append(f"**Emoji feature network** {on_images}")
     dist = quality_text.distribution_text(row)
     if dist:
-        lines.append(f"**Distribution** {dist}\n\n*{quality_text.NOT_FID.capitalize()}. "
+        lines.append(f"**Distribution** {dist}\n\n*{quality_text.NOT_FID[0].upper() + quality_text.NOT_FID[1:]}. "
                      f"{row.get('dist_method') or ''}*")
     standard = quality_text.standard_text(row)
     if standard:

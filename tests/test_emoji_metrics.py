@@ -101,3 +101,23 @@ def test_the_spec_refuses_a_distribution_set_it_cannot_use(value, message):
                         distribution=value))
     spec, _ = resolve(RunSpec(model="emoji-sd", prompts=("red heart",), warmup=1, repeats=1, distribution=500))
     assert spec.distribution == 500
+
+
+def test_the_card_words_each_score_with_its_n_spread_and_costs():
+    from app.cards import quality_lines
+    from studio_core.study.quality_text import emoji_image_text
+
+    one = {"perceptual_emoji": 0.0065, "perceptual_emoji_std": 0.0, "n_images": 1, "classifier_top1": 0.0,
+           "classifier_top5": 1.0, "classifier_n": 1}
+    assert emoji_image_text(one) == ("perceptual distance 0.0065 vs reference (one image, so no spread) · classifier "
+                                     "top-1 0% · top-5 100% (n=1)")
+    row = {**one, "n_images": 4, "perceptual_emoji_std": 0.002, "fd_emoji": 10.2, "kid_emoji": 0.019,
+           "kid_emoji_std": 0.004, "precision_emoji": 0.9, "recall_emoji": 0.95, "dist_n": 300, "dist_gen_ms": 28000.0,
+           "dist_score_ms": 1000.0, "dist_classifier_top5": 0.92, "dist_method": "emoji feature network (…)",
+           "lpips": 0.12, "lpips_std": 0.03, "lpips_method": "LPIPS (Zhang et al. 2018), AlexNet a.pth"}
+    text = "\n".join(quality_lines(row))
+    assert "perceptual distance 0.0065 ± 0.0020 vs reference (mean ± std over the images)" in text
+    assert ("FD-emoji 10.20 · KID-emoji 0.0190 ± 0.0040 · precision 0.900 · recall 0.950 · classifier top-5 92% "
+            "(n=300 images; generated in 28.0 s and scored in 1.00 s, apart from the latency)") in text
+    assert "not with published FID" in text and "LPIPS 0.1200 ± 0.0300 (LPIPS (Zhang et al. 2018), AlexNet a.pth)" in text
+    assert quality_lines({"psnr": 30.0}) == []  # a run scored before issue 19 shows none of these lines

@@ -23,8 +23,11 @@ def emoji_image_text(row: Mapping) -> str | None:
     parts = []
     d = num(row.get("perceptual_emoji"))
     if d is not None:
-        parts.append(f"perceptual distance {number(d, 4)} ± {number(row.get('perceptual_emoji_std') or 0, 4)} vs "
-                     "reference (mean ± std over the images)")
+        if (num(row.get("n_images")) or 0) > 1:
+            parts.append(f"perceptual distance {number(d, 4)} ± {number(row.get('perceptual_emoji_std') or 0, 4)} "
+                         "vs reference (mean ± std over the images)")
+        else:  # a std over one image means nothing
+            parts.append(f"perceptual distance {number(d, 4)} vs reference (one image, so no spread)")
     if num(row.get("classifier_top1")) is not None:
         parts.append(f"classifier top-1 {_pct(row.get('classifier_top1'))} · top-5 {_pct(row.get('classifier_top5'))}"
                      f" (n={int(num(row.get('classifier_n')) or 0)})")
