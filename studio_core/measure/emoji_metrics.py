@@ -27,8 +27,9 @@ import torch
 from studio_core.measure.feature_net import FEATURE_NET_DIR, EmojiFeatureNet, load_feature_net
 from studio_core.spec import ModelInfo
 
-__all__ = ["DIST_KID_SUBSETS", "dataset_split", "DIST_KID_SUBSET_SIZE", "DIST_PR_K", "FEATURE_NET_METHOD", "distribution_captions",
-           "distribution_scores", "emoji_image_scores", "is_emoji_domain", "unavailable_reason"]
+__all__ = ["DIST_KID_SUBSETS", "DIST_KID_SUBSET_SIZE", "DIST_PR_K", "FEATURE_NET_METHOD", "dataset_split",
+           "distribution_captions", "distribution_scores", "emoji_image_scores", "is_emoji_domain", "training_renders",
+           "unavailable_reason"]
 
 DIST_KID_SUBSETS = 100  # KID: subsets of min(n, 1000) drawn with a fixed seed (torchmetrics' defaults)
 DIST_KID_SUBSET_SIZE = 1000
@@ -110,7 +111,8 @@ def distribution_scores(images: np.ndarray, captions: list[str], size: int, cach
     folder = Path(folder).resolve()
     net = load_feature_net(folder)
     real_all, real_captions = real_features(net, size, cache_dir, _digest(folder))
-    train = set(_training_captions(cache_dir, size))
+    captions_all, held_out = dataset_split(cache_dir, size)
+    train = {c for c, h in zip(captions_all, held_out) if not h}
     real = real_all[[i for i, c in enumerate(real_captions) if c in train]]
     fake = net.features(images)
     mu_r, s_r = feature_stats(real)
@@ -133,11 +135,12 @@ def distribution_scores(images: np.ndarray, captions: list[str], size: int, cach
     return out
 
 
-def _training_captions(cache_dir: Path, size: int) -> list[str]:
+def training_renders(cache_dir: Path, size: int) -> np.ndarray:
+    """The training split's renders at ``size``: the real set of the emoji models' FID/KID from local weights."""
     from studio_core.embedded.training.data import load_or_build
 
     ds = load_or_build(cache_dir, size)
-    return [c for c, h in zip(ds.captions, ds.held_out) if not h]
+    return ds.images[~np.asarray(ds.held_out)]
 
 
 def dataset_split(cache_dir: Path, size: int) -> tuple[list[str], np.ndarray]:

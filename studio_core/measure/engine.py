@@ -194,7 +194,7 @@ class Engine:
 
     def _measure(self, spec: RunSpec, info: ModelInfo, device: str, results: dict, stage: Callable[[str], None],
                  stop: Callable[[], str | None] | None = None
-                 ) -> tuple[np.ndarray, list[KnobReport], tuple[np.ndarray, list[str]] | None]:
+                 ) -> tuple[np.ndarray, list[KnobReport], tuple[np.ndarray, list[str], np.ndarray | None] | None]:
         """Steps 3-5: load and apply knobs, warm up and time the repeats with peak memory, make the distribution
         set (timed apart), undo the knobs."""
         # 3. load and apply knobs
@@ -266,16 +266,18 @@ class Engine:
 
     def _distribution_set(self, spec: RunSpec, info: ModelInfo, pipe, kwargs: dict, results: dict,
                           stage: Callable[[str], None], stop: Callable[[], str | None] | None
-                          ) -> tuple[np.ndarray, list[str]] | None:
-        """The spec's ``distribution`` images of an emoji model (``emoji_metrics.distribution_captions``, seed =
-        the first seed + i, the run's batching), timed as ``dist_gen_ms``; None when the spec asks for none or
-        the model is not one the feature network knows (the score step says so)."""
+                          ) -> tuple[np.ndarray, list[str], np.ndarray | None] | None:
+        """The spec's ``distribution`` images (an emoji model's: ``emoji_metrics.distribution_captions``; another
+        model's with a real set for FID: its prompts in turn; seed = the first seed + i), timed as ``dist_gen_ms``,
+        their captions and the real set FID/KID compare them with (``_real_set``, read once here). None when the
+        spec asks for none or nothing could score them (the score step says so)."""
         if not spec.distribution:
             return None
+        real = self._real_set(spec, info)
         if emoji_metrics.is_emoji_domain(info):
             captions, held_out = emoji_metrics.dataset_split(self.store.data_dir / "cache", spec.height)
             chosen = emoji_metrics.distribution_captions(captions, held_out, spec.distribution)
-        elif self._real_set(spec, info) is not None:  # FID/KID from local weights against the user's real set
+        elif real is not None:  # FID/KID from local weights against the user's real set
             chosen = [spec.prompts[i % len(spec.prompts)] for i in range(spec.distribution)]
         else:
             return None
@@ -286,7 +288,7 @@ class Engine:
         # hold every image's activations at once)
         images = generate(pipe, pairs, batch=spec.batch_size or min(DIST_BATCH, len(pairs)), stop=stop, **kwargs)
         results["dist_gen_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        return images, chosen
+        return images, chosen, real
 
     def _real_set(self, spec: RunSpec, info: ModelInfo) -> np.ndarray | None:
         """The real set FID/KID compare a distribution set with: the training renders for an emoji model, the
@@ -295,10 +297,7 @@ class Engine:
         if weights.unavailable_reason("fid"):
             return None
         if emoji_metrics.is_emoji_domain(info):
-            from studio_core.embedded.training.data import load_or_build
-
-            ds = load_or_build(self.store.data_dir / "cache", spec.height)
-            return ds.images[~np.asarray(ds.held_out)]
+            return emoji_metrics.training_renders(self.store.data_dir / "cache", spec.height)
         return standard_metrics.reference_images(weights, (spec.height, spec.width))
 
     @staticmethod
@@ -315,17 +314,16 @@ class Engine:
 
     def _score(self, spec: RunSpec, info: ModelInfo, device: str, images: np.ndarray,
                reference: dict | None, stop: Callable[[], str | None] | None = None,
-               dist: tuple[np.ndarray, list[str]] | None = None) -> dict:
+               dist: tuple[np.ndarray, list[str], np.ndarray | None] | None = None) -> dict:
         """Step 6: quality against the reference, LPIPS when possible, prompt fidelity, and the emoji feature
         network's scores (perceptual distance, classifier fidelity, and the distribution set's FD/KID/P&R)."""
         notes = []
         ref_row, ref_images = self.reference_for(spec, info, reference, device, stop)
         out = {"reference_id": ref_row["id"], **image_metrics(images, ref_images)}
         caps = [p for p, _ in spec.images()]
-        dist_images = dist[0] if dist is not None else None
-        scores, std_notes = standard_metrics.run_scores(
-            self.metric_weights, images, ref_images, caps, device, dist_images,
-            self._real_set(spec, info) if dist_images is not None else None)
+        dist_images, _, real = dist if dist is not None else (None, None, None)
+        scores, std_notes = standard_metrics.run_scores(self.metric_weights, images, ref_images, caps, device,
+                                                        dist_images, real)
         out.update(scores)
         notes += std_notes
         why_not = emoji_metrics.unavailable_reason(info)

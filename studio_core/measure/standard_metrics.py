@@ -14,6 +14,7 @@ process (``backbones.load_backbone``, ``_load_clip``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -242,6 +243,18 @@ def _frechet(real: torch.Tensor, fake: torch.Tensor) -> float:
     return frechet_distance(mu_r, s_r, mu_f, s_f)
 
 
+_REAL_FEATURES: dict[tuple[str, str, str], torch.Tensor] = {}  # (weights, device, content hash) -> features
+
+
+def _real_inception_features(images: np.ndarray, weights: MetricWeights, device: str | torch.device) -> torch.Tensor:
+    """``inception_features`` of a real set, computed once per process for the same weights and pixels: every run of
+    a study compares its distribution set with the same real set (thousands of 299 px Inception passes)."""
+    key = (str(weights.path_for("fid")), str(device), hashlib.sha256(np.ascontiguousarray(images).data).hexdigest())
+    if key not in _REAL_FEATURES:
+        _REAL_FEATURES[key] = inception_features(images, weights, device)
+    return _REAL_FEATURES[key]
+
+
 def fid_kid(real_images: np.ndarray, fake_images: np.ndarray, weights: MetricWeights,
             device: str | torch.device = "cpu") -> dict:
     """FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018, ± std over subsets) of two uint8 image sets on
@@ -249,7 +262,7 @@ def fid_kid(real_images: np.ndarray, fake_images: np.ndarray, weights: MetricWei
     if len(real_images) < 2 or len(fake_images) < 2:
         raise ValueError(f"FID/KID need at least 2 images in each set, got {len(real_images)} real and "
                          f"{len(fake_images)} generated")
-    real = inception_features(real_images, weights, device)
+    real = _real_inception_features(real_images, weights, device)
     fake = inception_features(fake_images, weights, device)
     kid_mean, kid_std = kid(real, fake, subsets=FID_KID_SUBSETS, subset_size=FID_KID_SUBSET_SIZE, seed=0)
     m = min(FID_KID_SUBSET_SIZE, len(real), len(fake))
