@@ -86,13 +86,19 @@ MEASUREMENT_COLUMNS = {
 }
 
 
+def _add_run_columns(db: sqlite_utils.Database, columns: dict[str, type]) -> None:
+    """Add each of ``columns`` to ``runs`` with its declared type, keeping any a write (``alter=True``) already
+    made: the body of every migration that only adds run columns."""
+    have = set(db["runs"].columns_dict)
+    for name, kind in columns.items():
+        if name not in have:
+            db["runs"].add_column(name, kind)
+
+
 @migrations()
 def m003_measurement_columns(db: sqlite_utils.Database) -> None:
     """The measurement columns (``MEASUREMENT_COLUMNS``), kept if a write already made them."""
-    have = set(db["runs"].columns_dict)
-    for name, kind in MEASUREMENT_COLUMNS.items():
-        if name not in have:
-            db["runs"].add_column(name, kind)
+    _add_run_columns(db, MEASUREMENT_COLUMNS)
 
 
 # the emoji feature network's scores and the standard metrics from local weights (issue 19): the run's distribution
@@ -111,7 +117,4 @@ QUALITY_COLUMNS = {
 @migrations()
 def m004_quality_columns(db: sqlite_utils.Database) -> None:
     """The distribution and feature-network columns (``QUALITY_COLUMNS``), kept if a write already made them."""
-    have = set(db["runs"].columns_dict)
-    for name, kind in QUALITY_COLUMNS.items():
-        if name not in have:
-            db["runs"].add_column(name, kind)
+    _add_run_columns(db, QUALITY_COLUMNS)
