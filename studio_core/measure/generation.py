@@ -16,7 +16,7 @@ import numpy as np
 from studio_core.errors import RunCancelled
 from studio_core.measure.sanity import check_finite
 
-__all__ = ["generate", "stopping_callback", "to_uint8"]
+__all__ = ["generate", "pipeline_call_kwargs", "stopping_callback", "to_uint8"]
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -40,6 +40,35 @@ def stopping_callback(stop: Callable[[], str | None], callback: Callable | None 
     return check
 
 
+def pipeline_call_kwargs(pipe, call_kwargs: dict) -> dict:
+    """What the pipeline needs beyond the studio's common arguments, so every family means the same by them:
+
+    - ``guidance_scale`` of a FluxPipeline whose transformer has no guidance embedding (a model trained with
+      caption dropout, like emoji-flux, rather than FLUX.1-dev's guidance-distilled one) is true
+      classifier-free guidance: ``true_cfg_scale`` with an empty negative prompt. FluxPipeline itself would
+      ignore ``guidance_scale`` there, so the figure would claim a guidance that never happened.
+    - The T5 sequence is padded to its tokenizer's ``model_max_length`` when that is below the pipeline's
+      ``max_sequence_length`` default (512 for Flux, 256 for SD3): padding beyond what the encoder was built
+      for costs attention work on every step and changes nothing the model was trained on."""
+    cls = type(pipe)
+    kwargs = dict(call_kwargs)
+    transformer = getattr(pipe, "transformer", None)
+    if (_takes(cls, "true_cfg_scale") and transformer is not None
+            and not getattr(transformer.config, "guidance_embeds", True) and "guidance_scale" in kwargs):
+        g = float(kwargs["guidance_scale"])
+        if g > 1 and "true_cfg_scale" not in kwargs:
+            kwargs["true_cfg_scale"] = g
+            kwargs.setdefault("negative_prompt", "")
+    if _takes(cls, "max_sequence_length") and "max_sequence_length" not in kwargs:
+        tok = next((t for t in (getattr(pipe, "tokenizer_2", None), getattr(pipe, "tokenizer_3", None))
+                    if type(t).__name__.startswith("T5")), None)
+        default = inspect.signature(cls.__call__).parameters["max_sequence_length"].default
+        limit = getattr(tok, "model_max_length", None)
+        if isinstance(limit, int) and isinstance(default, int) and 0 < limit < default:
+            kwargs["max_sequence_length"] = limit
+    return kwargs
+
+
 def generate(pipe, pairs: Sequence[tuple[str, int]], *, batch: int | None = None,
              on_call: Callable[[], None] | None = None, stop: Callable[[], str | None] | None = None,
              **call_kwargs) -> np.ndarray:
@@ -60,6 +89,7 @@ def generate(pipe, pairs: Sequence[tuple[str, int]], *, batch: int | None = None
     if not pairs:
         raise ValueError("no (prompt, seed) pairs to generate")
     batch = batch or len(pairs)
+    call_kwargs = pipeline_call_kwargs(pipe, call_kwargs)
     if _takes(type(pipe), "clean_caption"):  # PixArt/Sana: prompts go in as given (cleaning needs bs4 and ftfy,
         call_kwargs.setdefault("clean_caption", False)  # and without them diffusers warns on every call)
     if stop is not None and _takes(type(pipe), "callback_on_step_end"):

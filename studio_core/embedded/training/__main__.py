@@ -7,6 +7,8 @@ feature network (``features.py``, ``feature_card.py``).
     python -m studio_core.embedded.training evaluate --model-dir DIR        # measure: speed, fidelity
     python -m studio_core.embedded.training card --model-dir DIR            # README.md from the two files
     python -m studio_core.embedded.training features --recipe cpu|gpu|tiny  # train the feature network
+    python -m studio_core.embedded.training flux --recipe cpu|cpu-continue|gpu|tiny --out DIR  # emoji-flux
+    python -m studio_core.embedded.training flux mag-ratios DIR             # MagCache's ratios into its folder
     python -m studio_core.embedded.training features evaluate --results F   # its evaluation.json, then its card
     python -m studio_core.embedded.training features card                   # its README.md from its two files
 """
@@ -52,6 +54,17 @@ if sys.argv[1:2] == ["features"]:
         from studio_core.embedded.training.features import main as train_features
 
         train_features(sys.argv[2:])
+elif sys.argv[1:3] == ["flux", "mag-ratios"]:  # MagCache's ratios, measured on the folder and shipped in it
+    from studio_core.embedded.training.model_card import card_from_folder
+    from studio_core.knobs._mag_ratios import write_mag_ratios
+
+    folder = sys.argv[3] if len(sys.argv) > 3 else "studio_core/embedded/emoji-flux"
+    print(write_mag_ratios(folder, made_by=f"python -m studio_core.embedded.training flux mag-ratios {folder}"))
+    print(card_from_folder(Path(folder)))
+elif sys.argv[1:2] == ["flux"]:
+    from studio_core.embedded.training.flux import main as train_flux
+
+    train_flux(sys.argv[2:])
 elif sys.argv[1:2] in (["evaluate"], ["card"]):
     folder_main(sys.argv[1:])
 else:

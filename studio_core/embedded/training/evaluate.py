@@ -39,12 +39,18 @@ def fidelity_captions(ds, n: int = 200) -> tuple[list[str], list[str]]:
     return [ds.captions[i] for i in train_idx], [ds.captions[i] for i in ds.held_out_indices][: max(n, 2)]
 
 
-def score_captions(pipe, index, captions: list[str], steps: int, guidance: float):
-    """Prompt fidelity of one image per caption, seeded with the caption's position in the list."""
+def _size(size: int | None) -> dict:
+    """``height`` / ``width`` for a pipeline call: the model's trained size (a FluxPipeline called without one
+    draws at its 512 px default, whatever it was trained at)."""
+    return {} if size is None else {"height": size, "width": size}
+
+
+def score_captions(pipe, index, captions: list[str], steps: int, guidance: float, size: int | None = None):
+    """Prompt fidelity of one image per caption at ``size`` px, seeded with the caption's position in the list."""
     from studio_core.measure.generation import generate
 
     return index.score(generate(pipe, list(zip(captions, range(len(captions)))), batch=64, num_inference_steps=steps,
-                                 guidance_scale=guidance), captions)
+                                 guidance_scale=guidance, **_size(size)), captions)
 
 
 def evaluate(pipe, ds, recipe: Recipe) -> dict:
@@ -57,12 +63,12 @@ def evaluate(pipe, ds, recipe: Recipe) -> dict:
     probe_caps = train_caps[: max(1, len(train_caps) // 2)]
     sweep = {}
     for g in recipe.guidance_grid:
-        r = score_captions(pipe, index, probe_caps, max(2, recipe.eval_steps // 2), g)
+        r = score_captions(pipe, index, probe_caps, max(2, recipe.eval_steps // 2), g, recipe.image_size)
         sweep[str(g)] = {"top1": r.top1, "top5": r.top5, "n": r.n, "steps": max(2, recipe.eval_steps // 2)}
         log(f"guidance {g}: top1 {r.top1:.3f} top5 {r.top5:.3f} ({r.n} captions)")
     best = max(recipe.guidance_grid, key=lambda g: (sweep[str(g)]["top5"], sweep[str(g)]["top1"]))
-    tr = score_captions(pipe, index, train_caps, recipe.eval_steps, best)
-    held = score_captions(pipe, index, held_caps, recipe.eval_steps, best)
+    tr = score_captions(pipe, index, train_caps, recipe.eval_steps, best, recipe.image_size)
+    held = score_captions(pipe, index, held_caps, recipe.eval_steps, best, recipe.image_size)
     log(f"train captions top1 {tr.top1:.3f} top5 {tr.top5:.3f}; held-out top1 {held.top1:.3f} top5 {held.top5:.3f}")
     by_kind = {}
     for kind in ("skin-tone variant", "flag", "other"):
@@ -79,14 +85,14 @@ def evaluate(pipe, ds, recipe: Recipe) -> dict:
     }
 
 
-def write_gallery(pipe, path: Path, guidance: float, steps: int, scale: int = 4) -> list[str]:
+def write_gallery(pipe, path: Path, guidance: float, steps: int, scale: int = 4, size: int | None = None) -> list[str]:
     """A 4x4 grid of the gallery prompts (seed 0 each), upscaled for viewing; returns the prompts."""
     from PIL import Image
 
     from studio_core.measure.generation import generate
 
     imgs = generate(pipe, [(p, 0) for p in GALLERY_PROMPTS], batch=64, num_inference_steps=steps,
-                    guidance_scale=guidance)
+                    guidance_scale=guidance, **_size(size))
     n, s = 4, imgs.shape[1]
     grid = imgs.reshape(n, n, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(n * s, n * s, 3)
     Image.fromarray(grid).resize((n * s * scale, n * s * scale), Image.Resampling.NEAREST).save(path)
@@ -106,7 +112,8 @@ def weights_digest(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def measure_speed(pipe, guidance: float, steps: int = 20, warmup: int = 2, repeats: int = 10) -> dict:
+def measure_speed(pipe, guidance: float, steps: int = 20, warmup: int = 2, repeats: int = 10,
+                  size: int | None = None) -> dict:
     """Issue 2's speed protocol: ``SPEED_PROMPTS`` in one call (seed = index), ``warmup`` untimed calls,
     then ``repeats`` timed as ``Engine.run`` times a repeat; every latency (ms) and their spread (s)."""
     from studio_core.measure.generation import generate
@@ -116,7 +123,7 @@ def measure_speed(pipe, guidance: float, steps: int = 20, warmup: int = 2, repea
 
     def once(_config=None) -> float:
         return timed_pass(pipe, lambda probe: generate(pipe, pairs, on_call=probe.new_call, num_inference_steps=steps,
-                                                       guidance_scale=guidance), clock).total_ms
+                                                       guidance_scale=guidance, **_size(size)), clock).total_ms
 
     for _ in range(warmup):
         once()
@@ -154,7 +161,7 @@ def evaluate_model_dir(model_dir: Path, cache_dir: Path, guidance: tuple[float, 
         raise SystemExit(f"{model_dir}: --speed-only needs an {EVALUATION_FILE} of these weights; run evaluate first")
     load = os.getloadavg()[0]
     log(f"speed: {len(SPEED_PROMPTS)} images x 20 steps, {repeats} repeats (load average {load:.2f})")
-    speed = measure_speed(pipe, model_defaults(model_dir)["guidance_scale"], repeats=repeats)
+    speed = measure_speed(pipe, model_defaults(model_dir)["guidance_scale"], repeats=repeats, size=r["image_size"])
     env = {**environment("cpu"), "machine": platform_line(), "load_average_1m": round(load, 2)}
     if kept is not None:
         evaluation = {**kept, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "setup": env,
@@ -167,8 +174,8 @@ def evaluate_model_dir(model_dir: Path, cache_dir: Path, guidance: tuple[float, 
     fidelity = []
     for g in guidance:
         t0 = time.perf_counter()
-        tr = score_captions(pipe, index, train_caps, r["eval_steps"], g)
-        ho = score_captions(pipe, index, held_caps, r["eval_steps"], g)
+        tr = score_captions(pipe, index, train_caps, r["eval_steps"], g, r["image_size"])
+        ho = score_captions(pipe, index, held_caps, r["eval_steps"], g, r["image_size"])
         fidelity.append({"guidance": g, "steps": r["eval_steps"], "sampler": type(pipe.scheduler).__name__,
                          "train": {"top1": tr.top1, "top5": tr.top5, "n": tr.n},
                          "held_out": {"top1": ho.top1, "top5": ho.top5, "n": ho.n}})

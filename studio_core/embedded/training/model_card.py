@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from studio_core.embedded.training.card_parts import chain as _chain
+from studio_core.embedded.training.card_parts import kind_rows as _kind_rows
+from studio_core.embedded.training.card_parts import pct as _pct
+from studio_core.embedded.training.card_parts import verdict
 from studio_core.prompts import GALLERY_PROMPTS
 
 __all__ = ["card_from_folder", "render_model_card", "write_model_card"]
@@ -34,7 +38,13 @@ def write_model_card(out: Path, report: dict, evaluation: dict | None = None) ->
         evaluation = json.loads((out / EVALUATION_FILE).read_text(encoding="utf-8"))
     if evaluation is not None and evaluation.get("weights") != weights_digest(out):
         evaluation = None  # measured on other weights: its figures would describe a different model
-    (out / "README.md").write_text(render_model_card(report, evaluation), encoding="utf-8")
+    if report.get("model") == "emoji-flux":
+        from studio_core.embedded.training.flux_card import render_flux_card
+
+        text = render_flux_card(out, report, evaluation)
+    else:
+        text = render_model_card(report, evaluation)
+    (out / "README.md").write_text(text, encoding="utf-8")
 
 
 def render_model_card(report: dict, evaluation: dict | None) -> str:
@@ -143,8 +153,6 @@ it composes a known base with a known skin tone it never saw together.
     return text
 
 
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
 
 
 def _measured_text(report: dict, ev: dict | None) -> str:
@@ -154,9 +162,6 @@ def _measured_text(report: dict, ev: dict | None) -> str:
         return (f"## Measured after training\nNot measured on these weights yet: run {command} (speed, and prompt "
                 "fidelity at other guidance scales; it writes `evaluation.json` and rewrites this card).\n")
     f, t, s, env = report["fidelity"], ev["targets"], ev["speed"], ev["setup"]
-
-    def verdict(value: float, target: float, most: bool = False) -> str:
-        return "met" if (value <= target if most else value >= target) else "NOT met"
 
     lines = [f"## Measured after training\nBy {command} on these weights (sha256 `{ev['weights']}`), "
              f"{ev['utc'][:10]}: {env['device_name']} with {env['machine']}, {env['threads']} torch threads, torch "
@@ -198,13 +203,6 @@ def _family_text(r: dict) -> str:
             "emoji and its\n   skin-tone variants, so one-of-a-kind emoji get more epochs than the near-identical tones.")
 
 
-def _chain(report: dict) -> list[dict]:
-    """The reports of the runs this one continued, earliest first."""
-    out, prev = [], report.get("continued_from")
-    while prev:
-        out.insert(0, prev)
-        prev = prev.get("continued_from")
-    return out
 
 
 def _chain_total(report: dict) -> str:
@@ -240,7 +238,3 @@ optimiser, warm-up and cosine (the VAE and tokenizer kept as they were). Stages,
 Reproduce: `python -m studio_core.embedded.training --recipe cpu --out A`, then
 `python -m studio_core.embedded.training --recipe cpu-continue --init A --out studio_core/embedded/emoji-sd`.
 """
-
-
-def _kind_rows(by_kind: dict) -> str:
-    return "\n".join(f"| {k} | {v['n']} | {v['top1']:.1%} | {v['top5']:.1%} |" for k, v in by_kind.items())
