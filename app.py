@@ -30,7 +30,7 @@ from pathlib import Path
 
 from app import serve
 from studio_core.errors import StoreError
-from studio_core.models import EMBEDDED_MODEL_NAME  # none of these imports gradio or torch: bad flags fail fast
+from studio_core.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS  # none imports gradio or torch: bad flags fail fast
 from studio_core.store.store import DEFAULT_DATA_DIR, RunStore
 
 
@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     # no abbreviations: argparse would echo an ambiguous '--au=alice:secret' whole
     p = argparse.ArgumentParser(description="Diffusion Efficiency Studio", formatter_class=_Help, allow_abbrev=False)
     p.add_argument("--model", default=EMBEDDED_MODEL_NAME,
-                   help="embedded model name, diffusers folder or cached repo id")
+                   help=f"an embedded model ({', '.join(EMBEDDED_MODELS)}), a diffusers folder or a cached repo id "
+                        f"(default: {EMBEDDED_MODEL_NAME})")
     p.add_argument("--data-dir", help="study folder with studio.db and images/ "
                                       "(default: $STUDIO_DATA_DIR or <project>/data)")
     env = os.environ

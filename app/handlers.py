@@ -167,8 +167,8 @@ class Studio:
             else:
                 updates.append(gr.skip())
         text = (f"**Model:** {info.pipeline_class} · own scheduler {info.scheduler_class} "
-                f"({_KINDS.get(info.prediction_type, info.prediction_type)}) · native {native} px (multiples of "
-                f"{info.size_multiple}) · {defaults_text(info)} · {len(samplers) - 1} samplers serve it")
+                f"({_KINDS.get(info.prediction_type, info.prediction_type)}) · "
+                f"{defaults['height']}x{defaults['width']} px by default (multiples of {info.size_multiple}) · {defaults_text(info)} · {len(samplers) - 1} samplers serve it")
         return updates + [text] + [widgets.knob_availability(knob, info) for knob in knobs]
 
     def generate(self, spec: dict, baseline: Any = None, request: gr.Request = None, progress=gr.Progress()):

@@ -33,7 +33,7 @@ import gradio as gr
 from app import cards, compare, grid, plots, tables, widgets
 from app.handlers import NO_AXIS, THUMB_PX, Studio
 from studio_core.errors import ModelLoadError, SpecError
-from studio_core.models import EMBEDDED_MODEL_NAME, list_cached_pipelines
+from studio_core.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS, list_cached_pipelines, shipped_embedded_models
 from studio_core.prompts import PROMPT_SETS
 from studio_core.spec import DEVICES, model_info
 from studio_core.store.store import RunStore
@@ -92,7 +92,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
     settings = [s for k in builtin_knobs + extra_knobs for s in widgets.knob_settings(k)]  # widget order
     knob_names = [k.name for k in extra_knobs]
     axes = [(labels.axis_label(a), a) for a in widgets.axis_choices()]  # named for people, sent as paths
-    models = [model] if read_only else [EMBEDDED_MODEL_NAME] + [repo for repo, _ in list_cached_pipelines()]
+    models = [model] if read_only else shipped_embedded_models() + [repo for repo, _ in list_cached_pipelines()]
     if model not in models:
         models.insert(0, model)
     off = not read_only  # the Generate and Sweep controls work
@@ -118,8 +118,8 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                     with gr.Column(scale=5, min_width=420, elem_id="generate-form"):
                         with gr.Row():
                             model_box = gr.Dropdown(models, value=model, allow_custom_value=True, label="Model",
-                                                    info="'emoji-sd' (embedded), a diffusers folder, or a cached "
-                                                         "repo id", elem_id="model", scale=3)
+                                                    info=f"{' or '.join(EMBEDDED_MODELS)} (embedded), a diffusers "
+                                                         "folder, or a cached repo id", elem_id="model", scale=3)
                             prompt_set = gr.Dropdown([widgets.NO_PROMPT_SET, *PROMPT_SETS], label="Prompt set",
                                                      value=widgets.NO_PROMPT_SET, elem_id="prompt-set", scale=2,
                                                      min_width=160)

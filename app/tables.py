@@ -39,7 +39,7 @@ TABLE_COLUMNS = ["id", "configuration", "steps", "latency_median_ms", "latency_i
                  "prompt_set", "n_images", "per_image_ms", "guidance", "size", "created_at", "sweep_id"]
 # configuration and setup columns that can differ between two runs (Compare tab); "size" is height x width
 SETTING_COLUMNS = ["model", "prompt_set", "n_images", "steps", "sampler", "scheduler_class", "timestep_spacing",
-                   "guidance", "size", "batch_size", "precision", "device", "knobs", "warmup", "repeats",
+                   "flow_shift", "guidance", "size", "batch_size", "precision", "device", "knobs", "warmup", "repeats",
                    "device_name", "threads", "torch_version", "diffusers_version", "git_commit"]
 # metric -> (higher is better, None for a count; unit; decimals). Rows read "2,465 ms (+2,282 ms, 13.5x slower)".
 COMPARE_METRICS: dict[str, tuple[bool | None, str, int]] = {
@@ -205,8 +205,8 @@ def _setting_text(row: Mapping, column: str) -> str:
         return _size(row) or "n/a"
     v = row.get(column)
     if _blank(v):
-        return {"timestep_spacing": "the model's own", "batch_size": "all images in one call",
-                "prompt_set": "custom prompts"}.get(column, "n/a")
+        return {"timestep_spacing": "the model's own", "flow_shift": "the model's own",
+                "batch_size": "all images in one call", "prompt_set": "custom prompts"}.get(column, "n/a")
     f = labels.num(v)
     return f"{f:g}" if f is not None and not isinstance(v, str) else str(v)
 

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping
 
 from studio_core.errors import ModelLoadError, SpecError, StoreError, SweepBusy, UnsafePath
 from studio_core.knobs import KNOBS
+from studio_core.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS
 from studio_core.store.rows import is_missing
 from studio_core.study.labels import (
     COLUMN_LABELS,
@@ -64,13 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help=COMMANDS["run"])
-    r.add_argument("--model", default="emoji-sd", help="'emoji-sd', a diffusers folder, or a cached repo id")
+    r.add_argument("--model", default=EMBEDDED_MODEL_NAME,
+                   help=f"an embedded model ({', '.join(EMBEDDED_MODELS)}), a diffusers folder, or a cached repo id")
     r.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     r.add_argument("--prompt-set", help="a named prompt set (emoji-gallery, emoji-8, emoji-4)")
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
     r.add_argument("--steps", type=int)
     r.add_argument("--sampler", default="default")
     r.add_argument("--timestep-spacing")
+    r.add_argument("--shift", "--flow-shift", dest="flow_shift", type=float, metavar="S",
+                   help="a flow-matching model's schedule shift, 0.1 to 20 (default: the model's own, fixed or per "
+                        "image size)")
     r.add_argument("--guidance", type=float)
     r.add_argument("--height", type=int)
     r.add_argument("--width", type=int)
@@ -132,9 +137,9 @@ def _spec_from_args(a) -> dict:
         knob, setting = name.split(".", 1)
         knobs.setdefault(knob, {})[setting] = _value(value)
     return {"model": a.model, "prompts": a.prompt, "prompt_set": a.prompt_set, "seeds": a.seeds, "steps": a.steps,
-            "sampler": a.sampler, "timestep_spacing": a.timestep_spacing, "guidance": a.guidance,
-            "height": a.height, "width": a.width, "batch_size": a.batch_size, "precision": a.precision,
-            "device": a.device, "knobs": knobs, "warmup": a.warmup, "repeats": a.repeats,
+            "sampler": a.sampler, "timestep_spacing": a.timestep_spacing, "flow_shift": a.flow_shift,
+            "guidance": a.guidance, "height": a.height, "width": a.width, "batch_size": a.batch_size,
+            "precision": a.precision, "device": a.device, "knobs": knobs, "warmup": a.warmup, "repeats": a.repeats,
             "distribution": a.distribution}
 
 

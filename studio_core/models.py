@@ -1,4 +1,4 @@
-"""Find and load diffusion pipelines: the embedded default, a diffusers folder, or the local HF cache.
+"""Find and load diffusion pipelines: an embedded model by name, a diffusers folder, or the local HF cache.
 
 Nothing is ever downloaded: every load goes through ``DiffusionPipeline.from_pretrained(...,
 local_files_only=True)``, the same call for the embedded model and for users' own folders. A folder
@@ -15,6 +15,7 @@ from pathlib import Path
 from studio_core.errors import ModelLoadError
 
 __all__ = [
+    "EMBEDDED_MODELS",
     "EMBEDDED_MODEL_DIR",
     "EMBEDDED_MODEL_NAME",
     "MAX_MODEL_CHARS",
@@ -28,11 +29,18 @@ __all__ = [
     "model_defaults",
     "model_defaults_with_sources",
     "resolve_model",
+    "shipped_embedded_models",
     "unsupported_reason",
 ]
 
-EMBEDDED_MODEL_NAME = "emoji-sd"
-EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / EMBEDDED_MODEL_NAME
+# The models this project trains and ships, by name (the default first): a name resolves to its folder
+EMBEDDED_MODELS: dict[str, Path] = {name: Path(__file__).resolve().parent / "embedded" / name
+                                    for name in ("emoji-sd", "emoji-flux")}
+EMBEDDED_MODEL_NAME = "emoji-sd"  # the default model of the app, the CLI and a spec
+EMBEDDED_MODEL_DIR = EMBEDDED_MODELS[EMBEDDED_MODEL_NAME]
+# how each is made, for the error when its folder is not in this checkout
+_TRAINING_COMMANDS = {"emoji-sd": "python -m studio_core.embedded.training --recipe cpu --out {folder}",
+                      "emoji-flux": "python -m studio_core.embedded.training flux --recipe cpu --out {folder}"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")  # every weights file diffusers' loader reads
 MAX_MODEL_CHARS = 4096  # Linux's PATH_MAX: no longer path can be opened, so no longer name is looked up
 
@@ -141,17 +149,32 @@ def model_defaults(folder: str | Path) -> dict:
     return model_defaults_with_sources(folder)[0]
 
 
+def shipped_embedded_models() -> list[str]:
+    """The names of the embedded models whose folder this checkout holds, the default first."""
+    return [name for name, folder in EMBEDDED_MODELS.items() if (folder / "model_index.json").is_file()]
+
+
+def _embedded_names() -> str:
+    return ", ".join(f"'{name}'" for name in EMBEDDED_MODELS)
+
+
 def resolve_model(model: str | Path) -> str:
-    """The embedded model's name, a folder path, or a repo id in the local HF cache -> a loadable path."""
+    """An embedded model's name, a folder path, or a repo id in the local HF cache -> a loadable path."""
     text = str(model).strip()
     if not text:
-        raise ModelLoadError("no model given: use 'emoji-sd' (embedded), a diffusers folder, or a cached repo id")
+        raise ModelLoadError(f"no model given: use an embedded model ({_embedded_names()}), a diffusers folder, "
+                             "or a cached repo id")
     shown = text if len(text) <= 40 else f"{text[:40]}..."  # quoted with repr: a NUL or escape shows as such
     if len(text) > MAX_MODEL_CHARS:
         raise ModelLoadError(f"model name {shown!r} has {len(text):,} characters: at most {MAX_MODEL_CHARS} "
                              "(the longest path the system opens)")
-    if text == EMBEDDED_MODEL_NAME:
-        return str(EMBEDDED_MODEL_DIR)
+    if text in EMBEDDED_MODELS:
+        folder = EMBEDDED_MODELS[text]
+        if not (folder / "model_index.json").is_file():  # e.g. a checkout from before the model was trained
+            train = _TRAINING_COMMANDS[text].format(folder=folder)
+            raise ModelLoadError(f"the embedded model '{text}' is not in this checkout: {folder} has no "
+                                 f"model_index.json (train it with `{train}`)")
+        return str(folder)
     path = Path(text).expanduser()
     try:
         exists = path.exists()
@@ -164,7 +187,7 @@ def resolve_model(model: str | Path) -> str:
     if text in cached:
         return cached[text]
     raise ModelLoadError(
-        f"model {shown!r} is neither the embedded model '{EMBEDDED_MODEL_NAME}', an existing folder, nor a "
+        f"model {shown!r} is neither an embedded model ({_embedded_names()}), an existing folder, nor a "
         f"pipeline in the local Hugging Face cache (found: {sorted(cached) or 'none'}); nothing is downloaded"
     )
 

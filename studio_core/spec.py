@@ -29,10 +29,17 @@ from studio_core.errors import ModelLoadError, SpecError
 from studio_core.fingerprint import model_fingerprint
 from studio_core.knobs import KNOBS, knobs_in
 from studio_core.knobs._validate import check_int, check_number, is_int
-from studio_core.knobs.sampler import SAMPLERS, TIMESTEP_SPACINGS, compatible_names, model_kind
+from studio_core.knobs.sampler import (
+    MAX_FLOW_SHIFT,
+    MIN_FLOW_SHIFT,
+    SAMPLERS,
+    TIMESTEP_SPACINGS,
+    compatible_names,
+    model_kind,
+)
 from studio_core.measure.adaptive import AUTO, MAX_REPEATS, MAX_WARMUP, plan_for
 from studio_core.models import (
-    EMBEDDED_MODEL_DIR,
+    EMBEDDED_MODELS,
     MAX_MODEL_CHARS,
     SUPPORTED_PIPELINES,
     check_pipeline_folder,
@@ -99,6 +106,7 @@ class RunSpec:
     steps: int | None = None
     sampler: str = "default"  # "default": the model's own scheduler
     timestep_spacing: str | None = None  # None: the sampler's own
+    flow_shift: float | None = None  # flow models' schedule shift; None: the model's own (fixed, or per size)
     guidance: float | None = None
     height: int | None = None
     width: int | None = None
@@ -147,10 +155,12 @@ class RunSpec:
 
 def config_hash(spec: RunSpec) -> str:
     """Stable short hash of a resolved spec's full configuration. A field added later is left out while it has
-    its default (``distribution`` 0), so runs recorded before it existed keep their hash."""
+    its default (``distribution`` 0, ``flow_shift`` None), so runs recorded before it existed keep their hash."""
     d = spec.to_dict()
     if not d.get("distribution"):
         d.pop("distribution", None)
+    if d.get("flow_shift") is None:
+        d.pop("flow_shift", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -189,8 +199,8 @@ def validate(spec: RunSpec) -> None:
     """Field-by-field checks that need no model; raises ``SpecError`` at the first problem."""
 
     if not isinstance(spec.model, str) or not spec.model.strip():
-        raise SpecError("model", excerpt(spec.model), "'emoji-sd' (embedded), a diffusers pipeline folder, or a "
-                                                      "cached repo id")
+        raise SpecError("model", excerpt(spec.model), "'emoji-sd' or 'emoji-flux' (embedded), a diffusers "
+                                                      "pipeline folder, or a cached repo id")
     check_text("model", spec.model, MAX_MODEL_CHARS)
     # 1. prompts (how many is checked before each is read)
     if spec.prompt_set is not None:
@@ -229,6 +239,9 @@ def validate(spec: RunSpec) -> None:
         raise SpecError("sampler", spec.sampler, f"'default' or one of {', '.join(SAMPLERS)}")
     if spec.timestep_spacing is not None and spec.timestep_spacing not in TIMESTEP_SPACINGS:
         raise SpecError("timestep_spacing", spec.timestep_spacing, f"unset or one of {', '.join(TIMESTEP_SPACINGS)}")
+    if spec.flow_shift is not None:
+        check_number("flow_shift", spec.flow_shift, MIN_FLOW_SHIFT, MAX_FLOW_SHIFT,
+                     f"unset (the model's own) or a number from {MIN_FLOW_SHIFT:g} to {MAX_FLOW_SHIFT:g}")
     if spec.guidance is not None:
         check_number("guidance", spec.guidance, 0, MAX_GUIDANCE,
                      f"a number from 0 to {MAX_GUIDANCE:g} (1 or less disables guidance)")
@@ -285,7 +298,8 @@ class ModelInfo:
 
     @property
     def is_embedded(self) -> bool:
-        return Path(self.path).resolve() == EMBEDDED_MODEL_DIR.resolve()
+        """One of the models this project ships (``EMBEDDED_MODELS``), by its folder."""
+        return Path(self.path).resolve() in {folder.resolve() for folder in EMBEDDED_MODELS.values()}
 
 
 def _read_json(path: Path) -> dict:
@@ -420,6 +434,7 @@ def resolve(spec: RunSpec, info: ModelInfo | None = None) -> tuple[RunSpec, Mode
         prompts=tuple(PROMPT_SETS[spec.prompt_set]) if spec.prompt_set else tuple(p.strip() for p in spec.prompts),
         steps=spec.steps if spec.steps is not None else int(d["num_inference_steps"]),
         guidance=float(spec.guidance if spec.guidance is not None else d["guidance_scale"]),
+        flow_shift=None if spec.flow_shift is None else float(spec.flow_shift),  # 2 and 2.0: one configuration
         height=spec.height if spec.height is not None else int(d.get("height") or native),
         width=spec.width if spec.width is not None else int(d.get("width") or native),
     )

@@ -49,8 +49,8 @@ def test_build_spec_from_widget_values():
                                {}, warmup=1, repeats=2.0, batch_size=0)
     assert spec == {"model": "emoji-sd", "prompts": ["grinning face", "red heart"], "seeds": [0, 1],
                     "precision": "fp16", "steps": 10, "guidance": 3.0, "height": 32, "width": 32, "sampler": "Euler",
-                    "timestep_spacing": None, "knobs": {}, "warmup": 1, "repeats": 2, "device": "auto",
-                    "batch_size": None}
+                    "timestep_spacing": None, "flow_shift": None, "knobs": {}, "warmup": 1, "repeats": 2,
+                    "device": "auto", "batch_size": None}
     by_set = widgets.build_spec("emoji-sd", "ignored", "emoji-4", "0", {"sampler": None, "steps": None}, {})
     assert by_set["prompt_set"] == "emoji-4" and "prompts" not in by_set
     assert by_set["sampler"] == "default" and by_set["steps"] is None and by_set["precision"] == "fp32"

@@ -81,6 +81,9 @@ SPEC_CASES = [  # (change to a good spec, expected part of the message)
     ({"prompts": ["grinning\x00face"]}, "text without control characters"),
     ({"prompt_set": "everything", "prompts": []}, "prompt_set='everything' is not allowed: one of"),
     ({"sampler": "Eular"}, "sampler='Eular' is not allowed"),
+    ({"flow_shift": 50}, "flow_shift=50 is not allowed: unset (the model's own) or a number from 0.1 to 20"),
+    ({"flow_shift": 2.0}, "sampler='default (shift 2)' is not allowed: shift is a flow-matching setting; this model "
+                          "is epsilon-prediction (DDIMScheduler)"),
     ({"precision": "fp7"}, "precision='fp7' is not allowed: one of fp32, fp16, bf16"),
     ({"device": "tpu"}, "device='tpu' is not allowed: one of auto, cpu, cuda"),
     ({"repeats": -1}, "repeats=-1 is not allowed: a whole number from 1 to 100"),

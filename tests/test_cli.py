@@ -81,6 +81,7 @@ def test_tables_name_knobs_and_failures_in_words(tmp_path, capsys):
     (["run", "--prompt", "sun", "--steps", "0"], "steps=0 is not allowed"),
     (["run", "--prompt", "sun", "--steps", "5000"], "steps=5000 is not allowed"),
     (["run", "--prompt", "sun", "--sampler", "Eular"], "sampler='Eular' is not allowed"),
+    (["run", "--prompt", "sun", "--shift", "0"], "flow_shift=0.0 is not allowed: unset (the model's own) or a number"),
     (["run", "--prompt", "sun", "--height", "30"], "height=30 is not allowed: a multiple of"),
     (["run", "--prompt", "sun", "--guidance", "-1"], "guidance=-1.0 is not allowed"),
     (["run"], "prompts=[] is not allowed"),

@@ -56,7 +56,7 @@ OFFERED = {
     "sdxl": _NOISE_ALL,
     "pixart": _NOISE_ALL,
     "sd3": _FLOW_ALL,
-    "flux": ["Euler (flow)", "DPM++ 2M (flow)", "UniPC (flow)", "DPM++ 2S (flow)"],  # Heun: no sigmas, mu
+    "flux": _FLOW_ALL,  # Heun (flow) too: the studio's FlowMatchHeunDynamicScheduler takes sigmas and mu
     "sana_flow": _FLOW_ALL,
     # SanaPipeline never calls scale_model_input: the Euler family is refused
     "sana_eps": ["DDIM", "DDPM", "PNDM", "PLMS", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
@@ -73,8 +73,8 @@ REFUSED = {
                f"(DPMSolverMultistepScheduler): choose one of {', '.join(_NOISE_ALL)}"),
     "sd3": ("Euler", f"Euler serves {_EPS} models; this model is flow-matching (FlowMatchEulerDiscreteScheduler): "
             f"choose one of {', '.join(_FLOW_ALL)}"),
-    "flux": ("Heun (flow)", "Heun (flow) has no dynamic (resolution-dependent) shifting, which this model's schedule "
-             "uses: choose one of Euler (flow), DPM++ 2M (flow), UniPC (flow), DPM++ 2S (flow)"),
+    "flux": ("LCM", "LCM serves consistency-distilled models; this model is flow-matching "
+             f"(FlowMatchEulerDiscreteScheduler): choose one of {', '.join(_FLOW_ALL)}"),
     "sana_flow": ("DPM++ 2M Karras", f"DPM++ 2M Karras serves {_EPS} models; this model is flow-matching "
                   f"(DPMSolverMultistepScheduler): choose one of {', '.join(_FLOW_ALL)}"),
     "sana_eps": ("Euler", "SanaPipeline never calls scheduler.scale_model_input, so Euler would feed the denoiser "
@@ -165,6 +165,7 @@ GOLDEN: dict[str, dict[str, list[float]]] = {
     },
     "flux": {
         "Euler (flow)": [0.548361, 0.617506, 0.547123, 0.607046, 0.607631, 0.503068, 0.548072, 0.575323, 0.476914],
+        "Heun (flow)": [0.548110, 0.618863, 0.545217, 0.607837, 0.608509, 0.502116, 0.549977, 0.577844, 0.476003],
         "DPM++ 2M (flow)": [0.548143, 0.618269, 0.547228, 0.606891, 0.608047, 0.502919, 0.548609, 0.575792, 0.476752],
         "UniPC (flow)": [0.548235, 0.617588, 0.546592, 0.607270, 0.607898, 0.502724, 0.548705, 0.576047, 0.476731],
         "DPM++ 2S (flow)": [0.548109, 0.617958, 0.547840, 0.606092, 0.607724, 0.503326, 0.547885, 0.575171, 0.477109],
@@ -351,7 +352,8 @@ def test_validation_refuses_before_loading(family):
 
 def test_what_the_refusals_prevent(family):
     """Forced past the check, the refused choices fail as the reasons say: Flux passes sigmas and mu that
-    Heun (flow) cannot take, and Karras sigmas on flow Sana give no image (NaN)."""
+    diffusers' own flow Heun cannot take (why Heun (flow) is the studio's subclass), and Karras sigmas on flow
+    Sana give no image (NaN)."""
     import diffusers
 
     pipe, _ = family("flux")
@@ -374,20 +376,17 @@ def test_what_the_refusals_prevent(family):
 
 def test_a_flux_without_dynamic_shifting_is_refused_what_fluxpipeline_cannot_pass(family, tmp_path):
     """FLUX.1-schnell's schedule (static shift 1, no dynamic shifting): FluxPipeline still passes ``mu`` (and
-    ``sigmas`` unless the scheduler makes flow sigmas), which Heun (flow) cannot take and DPM-Solver++
-    takes only with dynamic shifting (it asserts it)."""
+    ``sigmas`` unless the scheduler makes flow sigmas), which DPM-Solver++ takes only with dynamic shifting (it
+    asserts it); FlowMatch Euler and the studio's Heun take both, and use ``mu`` only with dynamic shifting."""
     pipe, info = family("flux")
     (tmp_path / "scheduler").mkdir()
     config = {**dict(pipe.scheduler.config), "_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0,
               "use_dynamic_shifting": False}
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     schnell = dataclasses.replace(info, path=str(tmp_path))
-    offered = ["Euler (flow)", "UniPC (flow)"]
+    offered = ["Euler (flow)", "Heun (flow)", "UniPC (flow)"]
     assert samplers_for(schnell) == offered
     knob, choose = KNOBS["sampler"], f": choose one of {', '.join(offered)}"
-    assert knob.check_model(schnell, SamplerSettings("Heun (flow)")) == (
-        "FluxPipeline passes mu and sigmas to set_timesteps, which FlowMatchHeunDiscreteScheduler (Heun (flow)) "
-        "does not take" + choose)
     assert knob.check_model(schnell, SamplerSettings("DPM++ 2M (flow)")) == (
         "FluxPipeline passes mu (a dynamic shift) to set_timesteps, which DPMSolverMultistepScheduler "
         "(DPM++ 2M (flow)) takes only with dynamic shifting; this model's schedule has none" + choose)
@@ -396,6 +395,7 @@ def test_a_flux_without_dynamic_shifting_is_refused_what_fluxpipeline_cannot_pas
 @pytest.mark.parametrize("name, sampler, expected", [
     ("sd3", "DPM++ 2M (flow)", {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}),
     ("sd3", "Heun (flow)", {"shift": 3.0}),
+    ("flux", "Heun (flow)", {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15}),
     ("sana_flow", "Euler (flow)", {"shift": 3.0}),
     ("flux", "UniPC (flow)", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
                               "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15}),

@@ -22,8 +22,10 @@ from studio_core.knobs.sampler import (
     SAMPLERS,
     SCHEDULER_COMPATIBLES,
     SET_TIMESTEPS_TAKES,
+    STUDIO_SCHEDULERS,
     TIMESTEP_SPACING_SCHEDULERS,
     compatible_names,
+    scheduler_class,
 )
 from studio_core.knobs.transformer_cache import CACHE_TRANSFORMERS
 
@@ -88,6 +90,7 @@ def test_knobs_never_import_the_spec():
 
 # ------------------------------------------------------------------------------------------ diffusers tables
 def _diffusers_schedulers() -> dict[str, type]:
+    """diffusers' own scheduler classes by name (the studio's ``STUDIO_SCHEDULERS`` are not among them)."""
     diffusers = pytest.importorskip("diffusers")
     from diffusers import SchedulerMixin
 
@@ -110,10 +113,11 @@ def test_scheduler_compatibility_table_is_diffusers_own():
     assert set(SCHEDULER_COMPATIBLES) == listed  # every scheduler that declares compatibles, and only those
     for name, compatibles in SCHEDULER_COMPATIBLES.items():
         assert sorted(compatibles) == sorted(schedulers[name]._compatibles), name
-    for sampler in SAMPLERS.values():  # every named sampler is a diffusers scheduler the table can answer for
-        assert sampler.cls in schedulers
-        assert compatible_names(sampler.cls) == tuple(sorted(set(getattr(schedulers[sampler.cls], "_compatibles",
-                                                                         None) or []) | {sampler.cls}))
+    for sampler in SAMPLERS.values():  # every named sampler is a scheduler the table can answer for: diffusers'
+        cls = scheduler_class(sampler.cls)  # own, or the studio's, which declares what its diffusers base does
+        assert sampler.cls in schedulers or sampler.cls in STUDIO_SCHEDULERS
+        assert compatible_names(sampler.cls) == tuple(sorted(set(getattr(cls, "_compatibles", None) or [])
+                                                             | {sampler.cls}))
 
 
 def test_timestep_spacing_table_is_diffusers_own():
@@ -155,7 +159,7 @@ def test_flow_samplers_step_a_flow_schedule(name):
     """Each flow sampler's overrides are its class's own settings (``from_config`` would drop unknown ones
     silently), and its scheduler steps a flow model's schedule (an SD3-style FlowMatch config)."""
     schedulers, sd = _diffusers_schedulers(), SAMPLERS[name]
-    cls = schedulers[sd.cls]
+    cls = scheduler_class(sd.cls)
     assert set(dict(sd.overrides)) <= set(inspect.signature(cls.__init__).parameters)
     flow_config = {**schedulers["FlowMatchEulerDiscreteScheduler"](shift=3.0).config, **dict(sd.overrides)}
     assert _steps_with(cls, flow_config)
@@ -165,9 +169,9 @@ def test_input_scaling_table_is_diffusers_own():
     """The named samplers whose ``scale_model_input`` changes the latents are the table's."""
     import torch
 
-    schedulers, scaling = _diffusers_schedulers(), set()
+    scaling = set()
     for sd in SAMPLERS.values():
-        scheduler = schedulers[sd.cls].from_config(dict(sd.overrides))
+        scheduler = scheduler_class(sd.cls).from_config(dict(sd.overrides))
         if not hasattr(scheduler, "scale_model_input"):
             continue
         scheduler.set_timesteps(4)
@@ -187,12 +191,16 @@ def test_which_pipelines_call_scale_model_input(pipeline, calls):
 
 def test_flow_scheduler_tables_are_diffusers_own():
     """What the flow samplers' ``set_timesteps`` take (``sigmas``, ``mu``), which have dynamic shifting, and
-    which assert dynamic shifting when given ``mu``."""
+    which assert dynamic shifting when given ``mu``: read off each class, diffusers' own and the studio's; the
+    diffusers class a studio scheduler extends is in the tables too, read off diffusers, so the reason for the
+    subclass (diffusers' flow Heun takes neither and has none) is checked as well."""
     schedulers = _diffusers_schedulers()
     flow_classes = {d.cls for d in SAMPLERS.values() if "flow" in d.kinds}
-    assert set(SET_TIMESTEPS_TAKES) == flow_classes
-    for name in flow_classes:
-        cls = schedulers[name]
+    bases = {base for name, (_, base) in STUDIO_SCHEDULERS.items() if name in flow_classes}
+    assert bases <= set(schedulers) and not set(STUDIO_SCHEDULERS) & set(schedulers)
+    assert set(SET_TIMESTEPS_TAKES) == flow_classes | bases
+    for name in flow_classes | bases:
+        cls = schedulers[name] if name in schedulers else scheduler_class(name)
         assert SET_TIMESTEPS_TAKES[name] == set(inspect.signature(cls.set_timesteps).parameters) & {"sigmas", "mu"}
         assert (name in DYNAMIC_SHIFTING_SCHEDULERS) == ("use_dynamic_shifting" in inspect.signature(cls.__init__)
                                                           .parameters), name
@@ -200,7 +208,7 @@ def test_flow_scheduler_tables_are_diffusers_own():
     for d in {d.cls: d for d in SAMPLERS.values() if "flow" in d.kinds}.values():
         if "mu" not in SET_TIMESTEPS_TAKES[d.cls]:
             continue
-        scheduler = schedulers[d.cls].from_config({**dict(d.overrides), "use_dynamic_shifting": False})
+        scheduler = scheduler_class(d.cls).from_config({**dict(d.overrides), "use_dynamic_shifting": False})
         try:
             scheduler.set_timesteps(2, mu=0.5)
             asserted = False

@@ -10,19 +10,29 @@ for a flow model, the flow samplers (``samplers_for``); any other choice is refu
 the reason and that list. Two more refusals come from how a pipeline drives its scheduler: a pipeline
 that never calls ``scheduler.scale_model_input`` cannot run the Euler family (their input scaling would
 be skipped), and a flow sampler must take what the pipeline passes to ``set_timesteps`` (``sigmas``,
-``mu``) and the model's dynamic shifting.
+``mu``) and the model's dynamic shifting. Heun (flow) is the studio's ``FlowMatchHeunDynamicScheduler``
+(``flow_heun.py``): diffusers' flow Heun takes neither, so FluxPipeline could not run it.
+
+A flow model's ``shift`` is a setting too (``flow_shift``; None: the model's own, fixed or set per image
+size). It goes where the scheduler reads it: ``shift`` (FlowMatch*) or ``flow_shift`` (the flow-sigma
+solvers) of a fixed schedule; for dynamic shifting, ``base_shift = max_shift = ln S``, which makes the
+pipeline's ``mu`` (``calculate_shift``, a line through those two) ln S at every size, and the dynamic shift
+``exp(mu) / (exp(mu) + (1/s - 1))`` the fixed shift ``S s / (1 + (S - 1) s)``.
 
 The diffusers facts behind these checks are written out here (``SCHEDULER_COMPATIBLES``,
 ``TIMESTEP_SPACING_SCHEDULERS``, ``INPUT_SCALING_SCHEDULERS``, ``CALLS_SCALE_MODEL_INPUT``,
-``SET_TIMESTEPS_TAKES`` ...), so that reading a model's configs needs no diffusers import;
+``SET_TIMESTEPS_TAKES`` ..., the studio's own schedulers in ``STUDIO_SCHEDULERS``), so that reading a
+model's configs needs no diffusers import;
 ``tests/test_knob_imports.py`` checks them against the installed diffusers (0.42.1), so an upgrade that
 changes them fails a test instead of drifting.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +40,10 @@ from studio_core.knobs import register
 from studio_core.knobs.base import Applied, Knob, KnobReport, value_text
 
 __all__ = ["CALLS_SCALE_MODEL_INPUT", "DYNAMIC_SHIFTING_SCHEDULERS", "INPUT_SCALING_SCHEDULERS", "KIND_TEXT",
-           "MU_NEEDS_DYNAMIC_SHIFTING", "NOISE_KINDS", "PASSES_MU_ALWAYS", "PASSES_MU_WHEN_DYNAMIC", "PASSES_SIGMAS",
-           "SAMPLERS", "SCHEDULER_COMPATIBLES", "SET_TIMESTEPS_TAKES", "SamplerKnob", "TIMESTEP_SPACINGS",
-           "TIMESTEP_SPACING_SCHEDULERS", "compatible_names", "model_kind", "samplers_for"]
+           "MAX_FLOW_SHIFT", "MIN_FLOW_SHIFT", "MU_NEEDS_DYNAMIC_SHIFTING", "NOISE_KINDS", "PASSES_MU_ALWAYS",
+           "PASSES_MU_WHEN_DYNAMIC", "PASSES_SIGMAS", "SAMPLERS", "SCHEDULER_COMPATIBLES", "SET_TIMESTEPS_TAKES",
+           "STUDIO_SCHEDULERS", "SamplerKnob", "SamplerSettings", "TIMESTEP_SPACINGS", "TIMESTEP_SPACING_SCHEDULERS",
+           "compatible_names", "model_kind", "samplers_for", "scheduler_class"]
 
 # what a model's denoiser predicts, as people say it
 KIND_TEXT = {"epsilon": "epsilon-prediction", "v_prediction": "v-prediction", "sample": "sample-prediction",
@@ -110,7 +121,7 @@ SAMPLERS: dict[str, SamplerDef] = {
     "TCD": _d("TCDScheduler", **_CONSISTENCY, paper="Zheng et al. 2024, Trajectory Consistency Distillation"),
     "Euler (flow)": _d("FlowMatchEulerDiscreteScheduler", **_FLOW,
                        paper="Esser et al. 2024 (SD3), rectified-flow Euler steps"),
-    "Heun (flow)": _d("FlowMatchHeunDiscreteScheduler", order=2, **_FLOW,
+    "Heun (flow)": _d("FlowMatchHeunDynamicScheduler", order=2, **_FLOW,
                       paper="Karras et al. 2022, Algorithm 1 (Heun), on the flow ODE"),
     "DPM++ 2M (flow)": _d("DPMSolverMultistepScheduler", **_FLOW_SIGMAS,
                           paper="Lu et al. 2022, DPM-Solver++(2M) with flow sigmas (Sana)"),
@@ -120,6 +131,11 @@ SAMPLERS: dict[str, SamplerDef] = {
 }
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+MIN_FLOW_SHIFT, MAX_FLOW_SHIFT = 0.1, 20.0  # FLUX.1-dev's dynamic shift is 1.6 to 3.2, SD3's fixed one 3
+
+# schedulers the studio defines (not diffusers'): name -> (module, the diffusers class it extends)
+STUDIO_SCHEDULERS: dict[str, tuple[str, str]] = {
+    "FlowMatchHeunDynamicScheduler": ("studio_core.knobs.flow_heun", "FlowMatchHeunDiscreteScheduler")}
 
 # diffusers' KarrasDiffusionSchedulers: the ``_compatibles`` of every scheduler that lists them
 _KARRAS = ("DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
@@ -158,14 +174,15 @@ CALLS_SCALE_MODEL_INPUT = frozenset((
     "PixArtAlphaPipeline", "PixArtSigmaPAGPipeline", "PixArtSigmaPipeline", "StableDiffusionPAGPipeline",
     "StableDiffusionPipeline", "StableDiffusionXLPAGPipeline", "StableDiffusionXLPipeline"))
 # the flow samplers' classes: which of ``sigmas`` / ``mu`` their ``set_timesteps`` takes, which have dynamic
-# (resolution-dependent) shifting, and which fail on ``mu`` unless dynamic shifting is on (they assert it)
+# (resolution-dependent) shifting, and which fail on ``mu`` unless dynamic shifting is on (they assert it).
+# diffusers' FlowMatchHeunDiscreteScheduler takes neither and has none: the studio's subclass adds them.
 SET_TIMESTEPS_TAKES: dict[str, frozenset[str]] = {
     "FlowMatchEulerDiscreteScheduler": frozenset({"sigmas", "mu"}), "FlowMatchHeunDiscreteScheduler": frozenset(),
-    "DPMSolverMultistepScheduler": frozenset({"mu"}), "UniPCMultistepScheduler": frozenset({"sigmas", "mu"}),
-    "DPMSolverSinglestepScheduler": frozenset({"mu"})}
+    "FlowMatchHeunDynamicScheduler": frozenset({"sigmas", "mu"}), "DPMSolverMultistepScheduler": frozenset({"mu"}),
+    "UniPCMultistepScheduler": frozenset({"sigmas", "mu"}), "DPMSolverSinglestepScheduler": frozenset({"mu"})}
 DYNAMIC_SHIFTING_SCHEDULERS = frozenset((
     "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "FlowMatchEulerDiscreteScheduler",
-    "UniPCMultistepScheduler"))
+    "FlowMatchHeunDynamicScheduler", "UniPCMultistepScheduler"))
 MU_NEEDS_DYNAMIC_SHIFTING = frozenset(("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"))
 # what flow pipelines pass to ``set_timesteps`` beyond the step count: Flux always passes ``mu`` and, unless
 # the scheduler makes flow sigmas itself (``use_flow_sigmas``), ``sigmas``; SD3 passes ``mu`` when the
@@ -202,12 +219,30 @@ def _flow_shift(config: dict) -> float:
     return float(config.get("shift", config.get("flow_shift", 1.0)))
 
 
-def _model_overrides(sd: SamplerDef, config: dict) -> dict:
-    """The flow samplers' settings that come from the model: its shift (``flow_shift`` for the flow-sigma
-    solvers, ``shift`` for FlowMatch*), unless dynamic shifting (carried by ``from_config``) sets it per size."""
-    if "flow" not in sd.kinds or config.get("use_dynamic_shifting"):
-        return {}
-    return {"flow_shift" if dict(sd.overrides).get("use_flow_sigmas") else "shift": _flow_shift(config)}
+def _shift_overrides(sd: SamplerDef, config: dict, shift: float | None) -> dict:
+    """Where a flow schedule's shift goes: the model's own (``shift`` None) or ``shift``. A fixed schedule
+    takes it as ``shift`` (FlowMatch*) or ``flow_shift`` (the flow-sigma solvers). Under dynamic shifting
+    (carried over by ``from_config``) the model's own is left to the pipeline's ``mu``, and a set one is
+    ``base_shift = max_shift``: ln S, the ``mu`` the pipeline then computes for every size (S itself for the
+    linear time shift, ``mu / (mu + (1/s - 1))``)."""
+    if config.get("use_dynamic_shifting"):
+        if shift is None:
+            return {}
+        linear = {**config, **dict(sd.overrides)}.get("time_shift_type") == "linear"
+        mu = shift if linear else math.log(shift)
+        return {"base_shift": mu, "max_shift": mu}
+    return {"shift" if sd.cls.startswith("FlowMatch") else "flow_shift": _flow_shift(config) if shift is None
+            else shift}
+
+
+def _shift_text(config: dict, shift: float | None) -> str:
+    """The shift a flow run used, as the report says it."""
+    dynamic = bool(config.get("use_dynamic_shifting"))
+    if shift is None:
+        return ("the model's dynamic shifting (set per image size)" if dynamic else
+                f"the model's shift {value_text(_flow_shift(config))}")
+    own = "in place of the model's dynamic shifting" if dynamic else f"the model's is {value_text(_flow_shift(config))}"
+    return f"shift {value_text(float(shift))} " + ("at every image size " if dynamic else "") + f"({own})"
 
 
 def _timestep_args(pipeline_class: str, sd: SamplerDef, config: dict) -> set[str]:
@@ -255,30 +290,64 @@ def samplers_for(info) -> list[str]:
     return [name for name, sd in SAMPLERS.items() if _model_refusal(name, sd, info, config, kind) is None]
 
 
+def _with_overrides(config: dict, overrides: dict) -> dict:
+    """A scheduler config with ``overrides`` set, for ``from_config``. In the config, not as keyword arguments:
+    ``from_config`` drops keywords its class does not take, and the flow-sigma solvers keep ``base_shift`` /
+    ``max_shift`` (which FluxPipeline reads to compute ``mu``) only as config. And no longer listed in
+    ``_use_default_values`` (the keys the original left at its class's defaults, which ``from_config`` drops so
+    the new class uses its own): an override there would be dropped too."""
+    out = {**config, **overrides}
+    if "_use_default_values" in config:
+        out["_use_default_values"] = [k for k in config["_use_default_values"] if k not in overrides]
+    return out
+
+
+def scheduler_class(name: str) -> type:
+    """The scheduler class a sampler names: the studio's own (``STUDIO_SCHEDULERS``) or diffusers'."""
+    if name in STUDIO_SCHEDULERS:
+        return getattr(importlib.import_module(STUDIO_SCHEDULERS[name][0]), name)
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def _shift_refusal(info) -> str | None:
+    """Why this model has no shift to set (it is not a flow-matching model), or None."""
+    kind = _kind(info, _scheduler_config(info))
+    if kind == "flow":
+        return None
+    return (f"shift is a flow-matching setting; this model is {KIND_TEXT.get(kind, kind)} "
+            f"({info.scheduler_class or 'no scheduler config'})")
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     sampler: str
     timestep_spacing: str | None = None
+    flow_shift: float | None = None  # flow models: the schedule's shift; None: the model's own
 
 
 @register
 class SamplerKnob(Knob):
     name = "sampler"
     title = "Sampler"
-    description = "Which solver integrates the diffusion ODE/SDE, with optional Karras sigmas and timestep spacing."
+    description = ("Which solver integrates the diffusion ODE/SDE, with optional Karras sigmas and timestep spacing, "
+                   "and a flow model's shift.")
     Settings = SamplerSettings
     builtin_field = "sampler"
     order = 40
     group = "sampling"
 
     def settings_for(self, spec):
-        if spec.sampler == "default" and spec.timestep_spacing is None:
+        if spec.sampler == "default" and spec.timestep_spacing is None and spec.flow_shift is None:
             return None
-        return SamplerSettings(spec.sampler, spec.timestep_spacing)
+        return SamplerSettings(spec.sampler, spec.timestep_spacing, spec.flow_shift)
 
     def describe(self, settings):
-        spacing = settings.timestep_spacing
-        return settings.sampler if spacing is None else f"{settings.sampler} ({spacing})"
+        extra = [settings.timestep_spacing] if settings.timestep_spacing else []
+        if settings.flow_shift is not None:
+            extra.append(f"shift {value_text(float(settings.flow_shift))}")
+        return settings.sampler + (f" ({', '.join(extra)})" if extra else "")
 
     def _definition(self, info_scheduler: str, settings) -> SamplerDef:
         if settings.sampler == "default":
@@ -294,6 +363,8 @@ class SamplerKnob(Knob):
                 offered = samplers_for(info)
                 return f"{reason}: choose " + (f"one of {', '.join(offered)}" if offered else
                                                f"default (the model's own {info.scheduler_class})")
+        if settings.flow_shift is not None and (reason := _shift_refusal(info)):
+            return reason
         if sd.cls == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
             return "DPM++ SDE needs the torchsde package (pip install torchsde)"
         if settings.timestep_spacing is not None and sd.cls not in TIMESTEP_SPACING_SCHEDULERS:
@@ -303,17 +374,15 @@ class SamplerKnob(Knob):
         return None
 
     def apply(self, pipe, settings) -> Applied:
-        import diffusers
-
         original = pipe.scheduler
         config = dict(original.config)
         sd = self._definition(type(original).__name__, settings)
-        from_model = _model_overrides(sd, config)
-        overrides = {**dict(sd.overrides), **from_model}
+        flow = model_kind({**config, "_class_name": type(original).__name__}) == "flow"  # one made in code has none
+        shifted = _shift_overrides(sd, config, settings.flow_shift) if flow else {}
+        overrides = {**dict(sd.overrides), **shifted}
         if settings.timestep_spacing is not None:
             overrides["timestep_spacing"] = settings.timestep_spacing
-        cls = getattr(diffusers, sd.cls)
-        pipe.scheduler = cls.from_config(original.config, **overrides)
+        pipe.scheduler = scheduler_class(sd.cls).from_config(_with_overrides(config, overrides))
 
         def undo() -> None:
             pipe.scheduler = original
@@ -322,15 +391,17 @@ class SamplerKnob(Knob):
             ts = pipe.scheduler.timesteps
             differs = {k: v for k, v in overrides.items() if config.get(k) != v}
             changed = sd.cls != type(original).__name__ or bool(differs)
-            dynamic = "flow" in sd.kinds and bool(config.get("use_dynamic_shifting"))
+            # dynamic: the shift is set per image size (the model's own dynamic shifting, no shift set)
+            dynamic = flow and bool(config.get("use_dynamic_shifting")) and settings.flow_shift is None
+            shift = settings.flow_shift if settings.flow_shift is not None else (
+                "per image size" if dynamic else _flow_shift(config) if flow else None)
             details = {"scheduler": sd.cls, "from": type(original).__name__, "overrides": overrides,
                        "stochastic": sd.stochastic, "calls_per_step": sd.order, "model_default": not changed,
-                       "dynamic_shifting": dynamic, "timesteps": None if ts is None else
+                       "dynamic_shifting": dynamic, "shift": shift, "timesteps": None if ts is None else
                        [int(t) for t in ts[:3]] + (["..."] if len(ts) > 3 else [])}
-            said = [f"{k.replace('_', ' ')} {value_text(v)}" for k, v in differs.items() if k not in from_model]
-            if changed and "flow" in sd.kinds:  # the shift is the model's, whatever the key it goes by
-                said.append("the model's dynamic shifting (set per image size)" if dynamic else
-                            f"the model's shift {value_text(_flow_shift(config))}")
+            said = [f"{k.replace('_', ' ')} {value_text(v)}" for k, v in differs.items() if k not in shifted]
+            if changed and flow:  # the shift, whatever the key it goes by
+                said.append(_shift_text(config, settings.flow_shift))
             summary = (f"{type(original).__name__} -> {sd.cls}" if changed else
                        f"the model's own {sd.cls} (its default, nothing to change)") + (
                 f" with {', '.join(said)}" if said else "") + (" (stochastic)" if sd.stochastic else "")

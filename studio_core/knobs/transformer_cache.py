@@ -33,13 +33,21 @@ that does not belong to the chosen method is an error, not silently ignored.
 
 MagCache's ratios: diffusers 0.42.1 refuses ``MagCacheConfig`` without ``mag_ratios`` (or ``calibrate=True``,
 which never skips and only prints the ratios); it ships ratios for FLUX.1-dev only (``FLUX_MAG_RATIOS``, 28
-steps). This knob takes explicit ratios (``mag_ratios="1.0, 1.21, ..."``), ``mag_ratios="flux1"`` for the shipped
-ones, or by default calibrates them: before the run, one untimed pipeline call without caching (fixed prompt and
-seed, the model's default resolution, ``calibration_steps`` = the model's default step count unless set)
-measures them with diffusers' calibration formula (mean over tokens of ``|r_t| / |r_{t-1}|`` for the residual
-``r`` of the block stack). They are kept per model, scheduler, step count and resolution for the rest of the
-process and written into the run's knob report; diffusers interpolates them (nearest) to the run's step count
-(``_mag_ratios.py``).
+steps). Left unset, this knob uses the ratios shipped in the model folder (``mag_ratios.json``, written by
+``_mag_ratios.write_mag_ratios`` over several prompts and seeds) when they were measured on its weights with the
+run's scheduler, and otherwise calibrates them: before the run, one untimed pipeline call without caching (fixed
+prompt and seed, the model's default resolution and guidance, ``calibration_steps`` = the model's default step
+count unless set) measures them with diffusers' calibration formula (mean over tokens of ``|r_t| / |r_{t-1}|``
+for the residual ``r`` of the block stack), kept per model, scheduler, step count and resolution for the rest of
+the process. ``mag_ratios`` may also name the source ("shipped", "calibrate", "flux1" for diffusers' FLUX.1-dev
+ones) or give the numbers. The run's knob report says which ratios ran, and when diffusers interpolated them
+(nearest) to another step count (``_mag_ratios.py``).
+
+Guidance as two calls per step (FluxPipeline's true CFG, as emoji-flux runs): the pipeline names them
+``cache_context("cond")`` / ``("uncond")``. First Block Cache, TaylorSeer and MagCache key their state on that
+name; PAB and FasterCache keep one state per hook, so the knob gives them one per context
+(``_cache_contexts.per_context_states``): otherwise the unconditional call would reuse the attention output the
+conditional call just computed, and guidance would quietly fade.
 
 Proof that the cache fired: ``LayerCounter`` counts the transformer's linear layers that ran in each denoiser
 call of the first warm-up call. A call that ran fewer than the full count reused the cache (a *hit*).
@@ -51,15 +59,19 @@ import math
 from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
-from studio_core.errors import SpecError
+from studio_core.errors import ModelLoadError, SpecError
 from studio_core.knobs import register
+from studio_core.knobs._cache_contexts import per_context_states
 from studio_core.knobs._hooks import LayerCounter, denoiser_config, denoiser_of, install
 from studio_core.knobs._mag_ratios import (
+    SHIPPED_FILE,
     MagSteps,
     calibrate_mag_ratios,
     parse_ratios,
     ratios_for,
     ratios_source,
+    read_shipped,
+    shipped_ratios,
     transformer_blocks,
 )
 from studio_core.knobs._validate import check_choice, check_int, check_number
@@ -129,7 +141,7 @@ class TransformerCacheSettings:
     max_order: int | None = None
     max_skip_steps: int | None = None  # mag
     retention_ratio: float | None = None
-    mag_ratios: str | None = None  # mag: None = calibrate, "flux1", or comma-separated numbers
+    mag_ratios: str | None = None  # mag: None = shipped or calibrated, "shipped", "calibrate", "flux1", or numbers
     calibration_steps: int | None = None
 
 
@@ -177,6 +189,16 @@ def _attention_layers(transformer, method: str) -> list[str]:
     from diffusers.hooks.taylorseer_cache import _TRANSFORMER_BLOCK_IDENTIFIERS as ts
 
     return [n for n, _m in transformer.named_modules() if any(re.fullmatch(p, n) for p in ts)]
+
+
+def _single_state_hooks(transformer) -> list:
+    """PAB's and FasterCache's hooks on the transformer and its layers: one ``state`` each, not one per context."""
+    from diffusers.hooks.faster_cache import FasterCacheBlockHook, FasterCacheDenoiserHook
+    from diffusers.hooks.pyramid_attention_broadcast import PyramidAttentionBroadcastHook
+
+    kinds = (FasterCacheBlockHook, FasterCacheDenoiserHook, PyramidAttentionBroadcastHook)
+    return [hook for module in transformer.modules() if getattr(module, "_diffusers_hook", None) is not None
+            for hook in module._diffusers_hook.hooks.values() if isinstance(hook, kinds)]
 
 
 def _uses_cache_context(pipe) -> bool:
@@ -244,8 +266,9 @@ class TransformerCacheKnob(Knob):
                 parse_ratios(settings.mag_ratios)
             except (ValueError, TypeError):
                 raise SpecError(f"{f}.mag_ratios", settings.mag_ratios,
-                                "unset (calibrate on this model), 'flux1' (diffusers' FLUX.1-dev ratios), or "
-                                "positive numbers separated by commas") from None
+                                "unset (the model's shipped ratios, else calibrate on it), 'shipped', 'calibrate', "
+                                "'flux1' (diffusers' FLUX.1-dev ratios), or positive numbers separated by commas"
+                                ) from None
 
     def describe(self, settings: TransformerCacheSettings):
         return {"method": settings.method, **{k: v for k, v in (
@@ -258,7 +281,7 @@ class TransformerCacheKnob(Knob):
                  "taylorseer": f"TaylorSeer order {e.get('max_order')}", "mag": f"MagCache {e.get('threshold', 0):g}"}
         return short[settings.method]
 
-    def _label(self, settings: TransformerCacheSettings) -> str:
+    def _label(self, settings: TransformerCacheSettings, ratios_kind: str | None = None) -> str:
         e = effective(settings)
         if settings.method == "first_block":
             return f"first_block threshold {e['threshold']:g}"
@@ -270,9 +293,10 @@ class TransformerCacheKnob(Knob):
         if settings.method == "taylorseer":
             return (f"TaylorSeer order {e['max_order']}, full every {e['cache_interval']} calls after "
                     f"{e['disable_cache_before_step']}")
-        source = {"calibrate": "calibrated on this model", "flux1": "FLUX.1-dev's", "given": "given"}
+        source = {"shipped": "the model's shipped", "calibrated": "calibrated on this model", "flux1": "FLUX.1-dev's",
+                  "given": "given"}.get(ratios_kind or "", "the model's")
         return (f"mag threshold {e['threshold']:g}, at most {e['max_skip_steps']} skips in a row "
-                f"({source[ratios_source(settings.mag_ratios)]} ratios)")
+                f"({source} ratios)")
 
     # ---- support
     def check_model(self, info, settings: TransformerCacheSettings) -> str | None:
@@ -291,6 +315,14 @@ class TransformerCacheKnob(Knob):
         if settings.method == "mag" and ratios_source(settings.mag_ratios) == "flux1" \
                 and cls_name != "FluxTransformer2DModel":
             return f"mag_ratios 'flux1' were measured on FLUX.1-dev; this model's transformer is {cls_name}"
+        if settings.method == "mag" and ratios_source(settings.mag_ratios) in ("default", "shipped"):
+            try:  # a malformed file is an error, not a silent fall-back to calibrating
+                shipped = read_shipped(info.path)
+            except ModelLoadError as exc:
+                return str(exc)
+            if shipped is None and settings.mag_ratios is not None:
+                return (f"mag_ratios 'shipped' needs the model folder's {SHIPPED_FILE}, which it does not have "
+                        "(leave mag_ratios unset to calibrate them on this model)")
         return None
 
     def supports(self, pipe, settings: TransformerCacheSettings) -> str | None:
@@ -319,6 +351,10 @@ class TransformerCacheKnob(Knob):
             return f"{type(pipe).__name__} does not expose current_timestep, which {m} needs"
         if m in ("first_block", "taylorseer") and not _uses_cache_context(pipe):
             return f"{type(pipe).__name__} does not name its denoiser calls (cache_context), which {m}'s state needs"
+        if m == "mag" and ratios_source(settings.mag_ratios) == "shipped":
+            _data, why_not = shipped_ratios(pipe, settings.calibration_steps)
+            if why_not:
+                return f"mag_ratios 'shipped' cannot be used: {why_not}"
         return None
 
     # ---- effect
@@ -376,17 +412,23 @@ class TransformerCacheKnob(Knob):
             from diffusers.hooks.faster_cache import _FASTER_CACHE_DENOISER_HOOK
 
             first_call["hook"] = transformer._diffusers_hook.get_hook(_FASTER_CACHE_DENOISER_HOOK)
+        undos = []  # the knob's own hooks, removed before diffusers' cache
         try:
-            undo_steps = install({"transformer": transformer}, STEPS_HOOK,
-                                 lambda key, m: MagSteps(pipe, config, ratios)) if settings.method == "mag" else None
+            if settings.method == "mag":
+                undos.append(install({"transformer": transformer}, STEPS_HOOK,
+                                     lambda key, m: MagSteps(pipe, config, ratios)))
+            if settings.method in ("faster", "pyramid_attention_broadcast"):
+                undos.append(per_context_states(transformer, _single_state_hooks(transformer)))
         except BaseException:
+            for remove in reversed(undos):
+                remove()
             transformer.disable_cache()
             raise
         counter = LayerCounter(transformer)
 
         def undo() -> None:
-            if undo_steps is not None:
-                undo_steps()
+            for remove in reversed(undos):
+                remove()
             transformer.disable_cache()
             # restore: drop the forward wrappers the hooks left behind and the registries enable_cache created
             for module in transformer.modules():
@@ -404,7 +446,7 @@ class TransformerCacheKnob(Knob):
         return Applied(self.name, undo=undo, report=report, instrument=counter.counting)
 
     def _report(self, settings, counter: LayerCounter, pipe, mag_info: dict, ratios) -> KnobReport:
-        label = self._label(settings)
+        label = self._label(settings, mag_info.get("ratios_kind"))
         details: dict = {"method": settings.method, "config": CONFIGS[settings.method], "settings": effective(settings)}
         if settings.method == "mag":
             details.update(mag_info, mag_ratios=[round(r, 5) for r in ratios])
@@ -421,12 +463,17 @@ class TransformerCacheKnob(Knob):
         steps = getattr(pipe, "_num_timesteps", None)
         details.update(denoiser_calls=len(calls), cache_hits=hits, recomputed=len(calls) - hits, call_marks=marks,
                        layers_full_call=full, **layers)
-        if steps and len(calls) > steps and settings.method in ("faster", "pyramid_attention_broadcast"):
-            details["note"] = ("several denoiser calls per step: diffusers' PAB / FasterCache state is shared "
-                               "between them (not per cache context)")
+        if steps and len(calls) > steps:
+            details["calls_per_step"] = round(len(calls) / steps, 3)
+            details["note"] = ("several denoiser calls per step (guidance as separate cond / uncond calls): each "
+                               "cache context keeps its own cache state")
+        interpolated = ""
+        if settings.method == "mag" and steps and int(steps) != len(ratios):
+            details["mag_ratios_interpolated"] = {"from": len(ratios), "to": int(steps), "how": "nearest (diffusers)"}
+            interpolated = f"; ratios interpolated (nearest) from {len(ratios)} to {int(steps)} steps"
         if hits:
             summary = (f"{label}: {hits} of {len(calls)} denoiser calls reused the cache; {frac:.0%} of {what} "
-                       "ran on average")
+                       f"ran on average{interpolated}")
         else:
-            summary = f"{label}: no denoiser call reused the cache (all {len(calls)} ran every layer)"
+            summary = f"{label}: no denoiser call reused the cache (all {len(calls)} ran every layer){interpolated}"
         return KnobReport(self.name, hits > 0, summary, details)

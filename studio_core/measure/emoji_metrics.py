@@ -10,9 +10,11 @@ emoji model gets beside PSNR/SSIM.
   method compares sets of one size), and the classifier
   fidelity over the set.
 
-The real set is every training-split render at the run's size; its features are computed once per feature
-network and size and kept in the study's ``cache/`` (``distribution.real_features``). The figures are
-meaningful between runs of emoji models at the same n; they are not comparable with published FID or LPIPS.
+The real set is every training-split render at the run's size (emoji-sd's 32 px, emoji-flux's 64 px: the
+network resizes both sets to its 32 px input, so both go through the same resampling); its features are
+computed once per feature network and size and kept in the study's ``cache/`` (``distribution.real_features``).
+The figures are meaningful between runs of emoji models at the same n; they are not comparable with published
+FID or LPIPS.
 """
 
 from __future__ import annotations

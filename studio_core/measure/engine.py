@@ -102,7 +102,7 @@ class Engine:
         self.store = store or RunStore()
         self.metric_weights = metric_weights if metric_weights is not None else standard_metrics.configured_weights()
         self._pipes = PipelineCache(max_pipelines)
-        self._fidelity: dict[str, object] = {}
+        self._fidelity: dict[int, object] = {}  # image size -> the prompt-fidelity gallery at that size
         self._models_run: dict[str, str] = {}  # model as given -> its folder, for every model run so far
         self.store.mark_interrupted()
 
@@ -335,9 +335,9 @@ class Engine:
                 out.update(emoji_metrics.distribution_scores(dist[0], dist[1], spec.height,
                                                              self.store.data_dir / "cache"))
         if emoji_metrics.is_emoji_domain(info):
-            if info.path not in self._fidelity:
-                self._fidelity[info.path] = quality.load_fidelity_index(info, self.store.data_dir / "cache")
-            scores, fidelity_notes = quality.prompt_fidelity(self._fidelity[info.path], spec, images)
+            if spec.height not in self._fidelity:
+                self._fidelity[spec.height] = quality.load_fidelity_index(spec.height, self.store.data_dir / "cache")
+            scores, fidelity_notes = quality.prompt_fidelity(self._fidelity[spec.height], spec, images)
             out.update(scores)
             notes += fidelity_notes
         else:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studio_core.spec import ModelInfo, RunSpec
+from studio_core.spec import RunSpec
 from studio_core.study.labels import PSNR_POOLED, SSIM_METHOD
 
 __all__ = ["PSNR_CAP_DB", "image_metrics", "load_fidelity_index",
@@ -58,13 +58,15 @@ def image_metrics(images: np.ndarray, reference: np.ndarray) -> dict:
     return out
 
 
-def load_fidelity_index(info: ModelInfo, cache_dir: Path):
-    """The embedded model's prompt-fidelity gallery (nearest-neighbour retrieval over its training set),
-    rendered once and kept in ``cache_dir`` (the study's ``cache/``: nothing is written in the project)."""
+def load_fidelity_index(size: int, cache_dir: Path):
+    """The emoji models' prompt-fidelity gallery (nearest-neighbour retrieval over the emoji set) rendered at
+    ``size`` px, the run's own (emoji-sd's 32, emoji-flux's 64, not the pipeline's native size: FluxPipeline's
+    hard-coded 128 latents are 512 px), once, and kept in ``cache_dir`` (the study's ``cache/``: nothing is
+    written in the project)."""
     from studio_core.embedded.training.data import load_or_build
     from studio_core.measure.fidelity import PromptFidelityIndex
 
-    ds = load_or_build(cache_dir, int(info.sample_size or 32))
+    ds = load_or_build(cache_dir, int(size))
     return PromptFidelityIndex(ds.images, ds.captions)
 
 

@@ -64,8 +64,10 @@ def reference_key(ref: RunSpec, info: ModelInfo, device: str | None = None) -> s
 
     device = device or ref.device
     device_type = (resolve_device(device) if device == "auto" else device).split(":")[0]  # cuda:1 -> cuda
-    src = {"fingerprint": info.fingerprint, **{k: v for k, v in ref.to_dict().items()
-                                                 if k not in ("model", "device", "warmup", "repeats", "batch_size", "distribution")},
+    # left out: the model and device (the fingerprint and device type name them), timing counts, batching, the
+    # distribution set, and flow_shift (always None here: the model's own), so older references keep their keys
+    unkeyed = ("model", "device", "warmup", "repeats", "batch_size", "distribution", "flow_shift")
+    src = {"fingerprint": info.fingerprint, **{k: v for k, v in ref.to_dict().items() if k not in unkeyed},
            "device_type": device_type, "precision_policy": REFERENCE_PRECISION,
            "torch": str(torch.__version__), "diffusers": str(diffusers.__version__)}
     return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:24]

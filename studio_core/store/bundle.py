@@ -36,7 +36,7 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from studio_core.errors import StoreError
-from studio_core.models import EMBEDDED_MODEL_NAME
+from studio_core.models import EMBEDDED_MODELS
 from studio_core.store.provenance import git_commit
 from studio_core.store.safepaths import check_path, file_target, replace_atomically
 from studio_core.store.schema import JSON_COLUMNS, migrations, now
@@ -209,9 +209,9 @@ def _is_absolute(path: str) -> bool:
 
 
 def _is_model_path(model: Any, model_path: str | None) -> bool:
-    """Whether a run's ``model`` names a folder rather than the embedded model or a repo id (``org/name``):
+    """Whether a run's ``model`` names a folder rather than an embedded model or a repo id (``org/name``):
     an absolute or dotted path, more than one ``/``, or the tail of the folder it resolved to."""
-    if not isinstance(model, str) or not model.strip() or model == EMBEDDED_MODEL_NAME:
+    if not isinstance(model, str) or not model.strip() or model in EMBEDDED_MODELS:
         return False
     if _is_absolute(model) or model.startswith(".") or "\\" in model or model.count("/") > 1:
         return True

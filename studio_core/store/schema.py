@@ -118,3 +118,9 @@ QUALITY_COLUMNS = {
 def m004_quality_columns(db: sqlite_utils.Database) -> None:
     """The distribution and feature-network columns (``QUALITY_COLUMNS``), kept if a write already made them."""
     _add_run_columns(db, QUALITY_COLUMNS)
+
+
+@migrations()
+def m005_flow_shift_column(db: sqlite_utils.Database) -> None:
+    """``flow_shift``, the run spec's field for a flow model's schedule shift (issue 20), kept if a write made it."""
+    _add_run_columns(db, {"flow_shift": float})

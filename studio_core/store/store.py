@@ -57,7 +57,8 @@ from studio_core.store.wal import refuse_damaged_wal
 
 __all__ = ["DEFAULT_DATA_DIR", "RunStore"]
 
-READ_ONLY_OPTIONAL = frozenset({"m002_quarantine", "m003_measurement_columns", "m004_quality_columns"})  # a reader copes without them
+READ_ONLY_OPTIONAL = frozenset({"m002_quarantine", "m003_measurement_columns", "m004_quality_columns",
+                                "m005_flow_shift_column"})  # a reader copes without them
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 

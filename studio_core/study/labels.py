@@ -64,7 +64,8 @@ COLUMN_LABELS: dict[str, str] = {
     "psnr_method": "PSNR method", "ssim_std": "SSIM std", "ssim_method": "SSIM method",
     "fidelity_top1": "fidelity top-1", "fidelity_top5": "fidelity top-5", "knobs_inactive": "did nothing",
     "noise": "timing noise", "error": "error", "device_name": "device", "threads": "threads",
-    "batch_size": "batch size", "timestep_spacing": "timestep spacing", "scheduler_class": "scheduler class",
+    "batch_size": "batch size", "timestep_spacing": "timestep spacing", "flow_shift": "flow shift",
+    "scheduler_class": "scheduler class",
     "warmup": "warm-up calls", "repeats": "timed repeats", "torch_version": "torch", "device": "device setting",
     "diffusers_version": "diffusers", "git_commit": "commit", "front_status": "frontier",
     # measurement (issue 18): calls made, convergence, memory method, energy
@@ -289,19 +290,21 @@ def _scheduler_name(cls: Any) -> str:
 
 def sampler_text(row: Mapping) -> str:
     """``"DDIM (model default)"`` for the model's own scheduler, whether asked for as ``default`` or by
-    name; otherwise the sampler's name (with its timestep spacing when set)."""
+    name; otherwise the sampler's name (with its timestep spacing and flow shift when set: "Euler (flow)
+    (shift 2)")."""
     sampler = row.get("sampler")
     if is_missing(sampler) or sampler in ("", "default"):
         name = _scheduler_name(row.get("scheduler_class"))
     else:
         name = str(sampler)
-    spacing = row.get("timestep_spacing")
-    extra = "" if is_missing(spacing) or not spacing else f", {spacing} spacing"
+    spacing, shift = row.get("timestep_spacing"), num(row.get("flow_shift"))
+    extras = ([] if is_missing(spacing) or not spacing else [f"{spacing} spacing"]) + (
+        [] if shift is None else [f"shift {shift:g}"])
     if sampler_is_model_default(row):
         if name.endswith(")"):  # "Euler (flow)" -> "Euler (flow, model default)"
-            return f"{name[:-1]}, model default{extra})"
-        return f"{name} (model default{extra})"
-    return name + (f" ({spacing} spacing)" if extra else "")
+            return f"{name[:-1]}, {', '.join(['model default', *extras])})"
+        return f"{name} ({', '.join(['model default', *extras])})"
+    return name + (f" ({', '.join(extras)})" if extras else "")
 
 
 def _names(text: Any) -> list[str]:
