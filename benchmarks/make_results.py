@@ -37,10 +37,12 @@ class Section:
 
 
 SECTIONS = [
-    Section("embedded_cpu_speed", "CPU speed of the embedded model (`benchmarks/embedded_cpu_speed.py`)",
+    Section("embedded_cpu_speed", "CPU speed of the embedded models (`benchmarks/embedded_cpu_speed.py`)",
             ".venv/bin/python benchmarks/embedded_cpu_speed.py",
-            "Issue 2's protocol: 4 images x 20 DDIM steps with the model's default guidance in one call (UNet "
-            "batch 8), 2 torch threads, untimed warm-up calls, then timed repeats. Target: median at most 2 s."),
+            "Issue 2's protocol, for each embedded model: 4 images x 20 steps of its own sampler with its default "
+            "guidance, at its default size, in one call; 2 torch threads, untimed warm-up calls, then timed "
+            "repeats with the models in rotated order. emoji-sd's UNet runs one batch of 8 per step; emoji-flux's "
+            "transformer two calls of batch 4 (true CFG). Target: median at most 2 s for each (issues 2 and 20)."),
     Section("overhead", "Engine overhead (`benchmarks/overhead.py`)", ".venv/bin/python benchmarks/overhead.py",
             "The same configuration through `Engine.run` and through a bare diffusers call on the same loaded "
             "pipeline, prompts and seeds, alternating in rotated rounds. Target: the engine at most 3% above bare.",
@@ -74,6 +76,30 @@ SECTIONS = [
             "(`benchmarks/architectures.py`, nothing downloaded) at 512x512: speed on the real shapes; quality "
             "columns compare against the uncached output only, since random weights have no reference worth "
             "matching."),
+    Section("transformer_caching", "Transformer caching on emoji-flux (`benchmarks/transformer_caching.py`)",
+            ".venv/bin/python benchmarks/transformer_caching.py",
+            "The cells of `presets/transformer-caching.yaml` side by side on emoji-flux (a FluxPipeline: 3 double- "
+            "and 4 single-stream blocks of width 192, 64 image tokens) at 28 steps with its own guidance, true "
+            "classifier-free guidance, so two transformer calls per step: the uncached baseline, First Block Cache "
+            "at two thresholds, FasterCache, Pyramid Attention Broadcast, TaylorSeer, and MagCache with the "
+            "magnitude ratios shipped in the model folder. Each cell's knobs are applied through the engine just "
+            "before its pass and undone just after. PSNR/SSIM are mean ± std over the images, against the "
+            "uncached output and against the engine's reference (the model's own flow-matching Euler at 200 "
+            "steps, fp32); fidelity is the emoji retrieval top-1 / top-5; \"cached calls\" counts the "
+            "transformer calls that ran fewer layers than a full one (the knob's own count), of all calls. Under "
+            "the table, each method's figure beside its published one, generated from the same results file.",
+            "Reading it: a cached call skips only the transformer's blocks (First Block Cache and MagCache: all "
+            "but the first block, or all of them) or its attention (PAB, FasterCache, TaylorSeer), so the "
+            "speed-up is bounded by the share of a call those take; text encoding and the VAE decode run "
+            "uncached. The published figures are FLUX.1-dev at 1024 px (4096 image tokens, 19 double- and 38 "
+            "single-stream blocks of width 3072) on datacenter GPUs, where the blocks are nearly the whole call; "
+            "at 64 tokens on a CPU, per-call overhead is a larger share, so expect smaller ratios for the same "
+            "fraction of cached calls. The anchors run their own settings (First Block Cache at 0.08, as the "
+            "first FBCache row here; TaylorSeer its own interval and order; MagCache at threshold 0.24 with 5 "
+            "skips in a row), and FLUX.1-dev is "
+            "guidance-distilled (one call per step), where emoji-flux's cond and uncond calls each keep their "
+            "own cache. Read a row's PSNR against the uncached output as the cost of the cache alone, and against "
+            "the reference beside the uncached row's own distance to it."),
     Section("quantization_cpu", "Precision and quantization on CPU (`benchmarks/quantization_cpu.py`)",
             ".venv/bin/python benchmarks/quantization_cpu.py",
             "Every configuration has its own pipeline, loaded and (for the quantization knob) quantized once "
@@ -123,6 +149,25 @@ SECTIONS = [
             "are as good as a deterministic sampler's; where both ranks agree, it is genuinely worse at that step "
             "budget. FD-emoji falls as N grows, so compare rows of one table (same N) only; these are emoji-domain "
             "figures on the studio's feature network, not comparable with published FID or KID."),
+    Section("sampler_distribution_flux",
+            "The sampler shootout on emoji-flux (`benchmarks/sampler_distribution.py --preset "
+            "presets/flux-sampler-shootout.yaml`)",
+            ".venv/bin/python benchmarks/sampler_distribution.py --preset presets/flux-sampler-shootout.yaml",
+            "The same shootout on the flow-matching model: the flow samplers of `presets/flux-sampler-shootout.yaml` "
+            "(Euler, Heun, DPM++ 2M, UniPC and DPM++ 2S, the last three on flow sigmas) at 8, 14 and 28 steps on "
+            "emoji-flux (a FluxPipeline at 64 px with true classifier-free guidance: two transformer calls per step), "
+            "and the model's default (its flow-matching Euler at 28 steps) as the baseline, each one `Engine.run` on "
+            "a fresh study (emoji-8, seed 0, 1 warm-up call, 3 timed repeats). The reference is the model's own "
+            "Euler at 200 steps (a flow model cannot take DPM++ 2M's noise schedule); the distribution set is N "
+            "training captions as on emoji-sd, N set in the script so the table takes about 10 minutes on 2 cores. "
+            "A `flow_shift` axis in the preset adds a row per sampler, steps and shift.",
+            "Reading it: Euler (flow) at 28 steps is the model's default run, so its images are the baseline's and "
+            "its quality figures must match that row (only the latency may differ, by noise). Heun makes two "
+            "transformer calls per step and guidance branch, so set it beside the others at equal denoiser calls "
+            "(Heun at 14 steps against the rest at 28), not equal steps. Every sampler here is deterministic, so a "
+            "row whose PSNR and FD ranks disagree lands near the reference's image but off the training "
+            "distribution, or the other way round. FD-emoji compares rows of this table only (one N), and it is not "
+            "comparable with emoji-sd's table: another model at another size and N."),
     Section("load_test", "Load: many clients against one studio (`benchmarks/load_test.py`)",
             ".venv/bin/python benchmarks/load_test.py --clients 8 --requests 240 --steps 8",
             "`app.py` with its defaults in a subprocess; the clients are threads of a second process, each with "

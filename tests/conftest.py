@@ -39,6 +39,17 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_emoji_flux(tmp_path_factory) -> Path:
+    """A folder shaped like the embedded emoji-flux: a real FluxPipeline from its training's tiny recipe (64 px,
+    ``studio_defaults.json`` with ``"domain": "emoji"``), trained a few steps once a session."""
+    from studio_core.embedded.training.flux import FLUX_RECIPES, train_flux
+
+    out = tmp_path_factory.mktemp("flux") / "emoji-flux"
+    train_flux(FLUX_RECIPES["tiny"], out, ROOT / ".cache", device="cpu", evaluate_after=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def embedded_pipe():
     from studio_core.models import load_pipeline
 

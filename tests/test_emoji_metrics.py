@@ -48,6 +48,29 @@ def test_an_embedded_run_with_a_distribution_set_records_every_feature_network_s
     assert plain["perceptual_emoji"] is not None and plain["fd_emoji"] is None and plain["dist_gen_ms"] is None
 
 
+def test_an_emoji_flux_run_is_scored_against_the_emoji_set_at_its_own_64_px(tiny_emoji_flux, tmp_path, monkeypatch):
+    from studio_core.models import EMBEDDED_MODELS
+
+    monkeypatch.setitem(EMBEDDED_MODELS, "emoji-flux", tiny_emoji_flux)  # the tiny recipe standing in for the real one
+    engine = Engine(RunStore(tmp_path / "study"), metric_weights=MetricWeights())
+    r = engine.run({"model": "emoji-flux", "prompts": ["red heart", "grinning face", "a cat"], "seeds": [0],
+                    "warmup": 1, "repeats": 1, "distribution": 50}, reference={"sampler": "default", "steps": 2})
+    assert r.status == "ok", r.error
+    row = r.row
+    assert (row["model"], row["height"], row["width"]) == ("emoji-flux", 64, 64)
+    # prompt fidelity over the two prompts that are emoji captions, against the gallery at the images' 64 px
+    assert row["fidelity_n"] == 2 and 0 <= row["fidelity_top1"] <= row["fidelity_top5"] <= 1
+    assert "prompt fidelity over 2 of 3 images" in row["metrics_note"]
+    assert "applies to the emoji models only" not in row["metrics_note"]
+    cache = tmp_path / "study" / "cache"
+    assert [p.name.split("-")[0] for p in cache.glob("emoji*-*.npz") if not p.name.startswith("emoji-")] == [
+        "emoji64"]  # one rendering of the set, at 64 px: not FluxPipeline's native 512 px
+    # the feature network's scores: its real set at 64 px too
+    assert row["classifier_n"] == 2 and math.isfinite(row["perceptual_emoji"])
+    assert row["dist_n"] == 50 and math.isfinite(row["fd_emoji"]) and "training renders at 64 px" in row["dist_method"]
+    assert len(list(cache.glob("emoji-features-*-64.npz"))) == 1
+
+
 @pytest.fixture(scope="module")
 def families(tmp_path_factory) -> dict:
     from tiny_families import FAMILIES

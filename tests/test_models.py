@@ -8,10 +8,13 @@ from studio_core.errors import ModelLoadError
 from studio_core.measure.generation import generate
 from studio_core.models import (
     EMBEDDED_MODEL_DIR,
+    EMBEDDED_MODEL_NAME,
+    EMBEDDED_MODELS,
     SUPPORTED_PIPELINES,
     check_pipeline_folder,
     load_pipeline,
     resolve_model,
+    shipped_embedded_models,
 )
 
 
@@ -93,10 +96,12 @@ def test_broken_folders_give_clear_errors(tiny_pipeline_dir, tmp_path, breakage,
     assert str(folder) in str(err.value)
 
 
-def test_unknown_model_name_says_nothing_is_downloaded():
-    with pytest.raises(ModelLoadError, match="nothing is downloaded"):
+def test_unknown_model_name_names_the_embedded_models_and_says_nothing_is_downloaded():
+    with pytest.raises(ModelLoadError, match="neither an embedded model \\('emoji-sd', 'emoji-flux'\\), an existing "
+                                             "folder, nor a pipeline in the local Hugging Face cache .*nothing is "
+                                             "downloaded"):
         resolve_model("runwayml/stable-diffusion-v1-5")
-    with pytest.raises(ModelLoadError, match="no model given"):
+    with pytest.raises(ModelLoadError, match="no model given: use an embedded model \\('emoji-sd', 'emoji-flux'\\)"):
         resolve_model("  ")
 
 
@@ -123,3 +128,99 @@ def test_supported_pipeline_table_is_diffusers_own(name):
         empty = cls(**dict.fromkeys(list(inspect.signature(cls.__init__).parameters)[1:]))  # no components
         assert empty.default_sample_size == facts.default_sample_size
 
+
+
+def test_the_embedded_models_are_named_with_the_default_first():
+    assert list(EMBEDDED_MODELS) == ["emoji-sd", "emoji-flux"] and EMBEDDED_MODEL_NAME == "emoji-sd"
+    assert EMBEDDED_MODEL_DIR == EMBEDDED_MODELS["emoji-sd"]
+    for name, folder in EMBEDDED_MODELS.items():
+        assert folder.name == name and folder.parent == EMBEDDED_MODEL_DIR.parent  # studio_core/embedded/<name>
+    assert shipped_embedded_models()[0] == "emoji-sd"  # shipped in every checkout
+
+
+@pytest.mark.parametrize("name, command", [
+    ("emoji-sd", "python -m studio_core.embedded.training --recipe cpu"),
+    ("emoji-flux", "python -m studio_core.embedded.training flux --recipe cpu"),
+])
+def test_an_embedded_name_without_its_folder_is_refused_with_the_command_that_trains_it(name, command, tmp_path,
+                                                                                          monkeypatch):
+    from studio_core.errors import SpecError
+    from studio_core.spec import model_info
+
+    missing = tmp_path / "embedded" / name
+    monkeypatch.setitem(EMBEDDED_MODELS, name, missing)
+    for step in ("absent", "half-written"):  # a checkout from before it was trained; a training still writing it
+        if step == "half-written":
+            missing.mkdir(parents=True)
+            (missing / "README.md").write_text("training")
+        with pytest.raises(ModelLoadError) as err:
+            resolve_model(name)
+        assert str(err.value) == (f"the embedded model '{name}' is not in this checkout: {missing} has no "
+                                  f"model_index.json (train it with `{command} --out {missing}`)")
+        with pytest.raises(SpecError, match=f"the embedded model '{name}' is not in this checkout"):
+            model_info(name)  # what a spec, the page and the CLI say
+        assert name not in shipped_embedded_models()
+
+
+def test_emoji_flux_resolves_by_name_once_its_folder_is_there(tiny_emoji_flux, tmp_path, monkeypatch):
+    monkeypatch.setitem(EMBEDDED_MODELS, "emoji-flux", tmp_path / "not-yet")
+    assert shipped_embedded_models() == ["emoji-sd"]
+    monkeypatch.setitem(EMBEDDED_MODELS, "emoji-flux", tiny_emoji_flux)
+    assert resolve_model("emoji-flux") == resolve_model(" emoji-flux ") == str(tiny_emoji_flux)
+    assert shipped_embedded_models() == ["emoji-sd", "emoji-flux"]
+    assert resolve_model("emoji-sd") == str(EMBEDDED_MODEL_DIR)
+
+
+def test_both_embedded_models_are_embedded_and_in_the_emoji_domain(tiny_emoji_flux, tmp_path, monkeypatch):
+    from studio_core.measure.emoji_metrics import is_emoji_domain, unavailable_reason
+    from studio_core.spec import RunSpec, model_info, resolve
+
+    monkeypatch.setitem(EMBEDDED_MODELS, "emoji-flux", tiny_emoji_flux)
+    sd, flux = model_info("emoji-sd"), model_info("emoji-flux")
+    assert sd.is_embedded and flux.is_embedded and flux.pipeline_class == "FluxPipeline"
+    assert is_emoji_domain(sd) and is_emoji_domain(flux) and unavailable_reason(flux) is None
+    spec, _ = resolve(RunSpec(model="emoji-flux", prompts=("red heart",)))
+    assert (spec.height, spec.width) == (64, 64)  # its studio_defaults.json, not FluxPipeline's native 512 px
+    # the same weights elsewhere are a user's folder: not embedded, still emoji by what its defaults file says
+    copy = shutil.copytree(tiny_emoji_flux, tmp_path / "my-flux")
+    assert not model_info(str(copy)).is_embedded and is_emoji_domain(model_info(str(copy)))
+
+
+def test_a_study_bundle_keeps_each_embedded_name_as_a_name():
+    from studio_core.store.bundle import _is_model_path
+
+    for name, folder in EMBEDDED_MODELS.items():
+        assert not _is_model_path(name, str(folder))
+    assert _is_model_path("/home/me/emoji-flux", "/home/me/emoji-flux")  # a folder of that name is a folder
+
+
+def test_the_page_and_app_py_offer_every_shipped_embedded_model(tiny_emoji_flux, tiny_pipeline_dir, tmp_path,
+                                                                monkeypatch):
+    from live import load_app_main
+
+    import app.layout
+
+    monkeypatch.setitem(EMBEDDED_MODELS, "emoji-flux", tiny_emoji_flux)
+    monkeypatch.setattr(app.layout, "list_cached_pipelines", lambda: [("org/tiny", str(tiny_pipeline_dir))])
+    demo = app.layout.build_demo("emoji-sd", tmp_path / "study")
+    try:
+        box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model")
+        assert [value for _, value in box.choices] == ["emoji-sd", "emoji-flux", "org/tiny"]
+        assert "emoji-sd or emoji-flux (embedded)" in box.info
+    finally:
+        demo.studio.store.close()
+    parser, args = load_app_main().parse_args(["--model", "emoji-flux"])
+    assert args.model == "emoji-flux" and "embedded model (emoji-sd, emoji-flux)" in " ".join(parser.format_help().split())
+    assert load_app_main().parse_args([])[1].model == "emoji-sd"
+
+
+def test_the_shipped_emoji_flux_is_a_64_px_flux_pipeline_of_emoji():
+    from studio_core.spec import model_info
+
+    folder = EMBEDDED_MODELS["emoji-flux"]
+    if "emoji-flux" not in shipped_embedded_models():
+        pytest.skip(f"emoji-flux is not in this checkout yet ({folder} has no model_index.json)")
+    assert check_pipeline_folder(folder)["_class_name"] == "FluxPipeline"
+    defaults = json.loads((folder / "studio_defaults.json").read_text())
+    assert (defaults["height"], defaults["width"], defaults["domain"]) == (64, 64, "emoji")
+    assert model_info("emoji-flux").is_embedded

@@ -1,16 +1,28 @@
-"""diffusers' transformer cache hooks as a knob, on a tiny Flux pipeline built from config (no downloads)."""
+"""diffusers' transformer cache hooks as a knob, on a tiny Flux pipeline built from config (no downloads), and on
+an emoji-flux-shaped one (the tiny training recipe: no guidance embedding, so guidance is true CFG with two
+transformer calls per step) with MagCache's ratios shipped in the model folder."""
 
 import dataclasses
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_flux import build_tiny_flux
 
 import studio_core.knobs.transformer_cache as tc
-from studio_core.errors import SpecError
+from studio_core.errors import KnobUnsupported, ModelLoadError, SpecError
 from studio_core.knobs import KNOBS
-from studio_core.knobs._mag_ratios import model_key
+from studio_core.knobs._mag_ratios import (
+    SHIPPED_FILE,
+    calibrate_mag_ratios,
+    measure_mag_ratios,
+    model_key,
+    ratios_for,
+    write_mag_ratios,
+)
 from studio_core.measure.engine import Engine
 from studio_core.spec import RunSpec, model_info, resolve
 from studio_core.store.store import RunStore
@@ -236,3 +248,251 @@ def test_engine_runs_the_flux_folder_and_stores_the_knob_report(tiny_flux_dir, t
         assert idle.row["psnr"] == plain.row["psnr"]  # nothing skipped: the plain run's images
     finally:
         engine.store.close()
+
+
+# ------------------------------------------------------------------------------------------ emoji-flux-shaped, true CFG
+CFG_STEPS = 8
+CFG = {"num_inference_steps": CFG_STEPS, "guidance_scale": 3.5, "height": 64, "width": 64}
+PAIRS = [("grinning face", 0), ("pizza", 1)]
+# settings under which each method skips work within 8 steps of the tiny-recipe model: diffusers' defaults,
+# but for First Block Cache, whose default 0.05 never fires on it (nor on the tiny model above)
+CFG_FIRING = {"first_block": {"threshold": 0.2}, "pyramid_attention_broadcast": {}, "faster": {}, "taylorseer": {},
+              "mag": {}}
+
+
+@pytest.fixture(scope="session")
+def emoji_flux_dir(tmp_path_factory):
+    """emoji-flux's shapes family, trained for the tiny recipe's few steps (guidance_embeds=False: true CFG)."""
+    from studio_core.embedded.training.flux import FLUX_RECIPES, train_flux
+
+    out = tmp_path_factory.mktemp("emoji-flux") / "pipe"
+    train_flux(FLUX_RECIPES["tiny"], out, Path(__file__).resolve().parents[1] / ".cache", evaluate_after=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def emoji_flux_pipe(emoji_flux_dir):
+    from studio_core.models import load_pipeline
+
+    return load_pipeline(emoji_flux_dir)
+
+
+@pytest.fixture(scope="module")
+def shipped_dir(emoji_flux_dir, tmp_path_factory):
+    """A copy of the emoji-flux-shaped folder with MagCache's ratios shipped in it (6 steps, two prompts)."""
+    folder = tmp_path_factory.mktemp("shipped") / "pipe"
+    shutil.copytree(emoji_flux_dir, folder)
+    write_mag_ratios(folder, prompts=[p for p, _ in PAIRS], seeds=(0, 1), steps=6, made_by="tests")
+    return folder
+
+
+def _cached_run(pipe, raw: dict, **call):
+    """Images and knob report of one pipeline pass through ``generate`` (true CFG, as the engine runs it)."""
+    from studio_core.measure.generation import generate
+
+    settings = KNOB.parse(raw)
+    assert KNOB.supports(pipe, settings) is None
+    applied = KNOB.apply(pipe, settings)
+    try:
+        with applied.instrument():
+            images = generate(pipe, PAIRS, **{**CFG, **call}, **applied.call_kwargs)
+        return images, applied.report()
+    finally:
+        applied.undo()
+
+
+@pytest.mark.parametrize("method", tc.METHODS)
+def test_every_method_reports_hits_on_emoji_flux_with_true_cfg(emoji_flux_pipe, method):
+    """Two calls per step (cond, uncond): each branch reuses its cache, and the report counts every call."""
+    images, report = _cached_run(emoji_flux_pipe, {"method": method, **CFG_FIRING[method]})
+    d = report.details
+    assert report.active and d["denoiser_calls"] == 2 * CFG_STEPS and d["calls_per_step"] == 2
+    assert 0 < d["cache_hits"] < 2 * CFG_STEPS and "cond / uncond" in d["note"]
+    cond, uncond = d["call_marks"][0::2], d["call_marks"][1::2]
+    assert "C" in cond and "C" in uncond, d["call_marks"]  # both branches cached, each against itself
+    assert f"{d['cache_hits']} of {2 * CFG_STEPS} denoiser calls reused the cache" in report.summary
+    assert not emoji_flux_pipe.transformer.is_cache_enabled
+
+
+def test_pab_reuses_each_guidance_branchs_own_attention(emoji_flux_pipe):
+    """diffusers' PAB keeps one state per layer; with cond and uncond as separate calls the uncond call would
+    return the attention output the cond call just computed. The knob gives each branch its own state."""
+    from studio_core.measure.generation import generate
+
+    layer = dict(emoji_flux_pipe.transformer.named_modules())[tc._attention_layers(emoji_flux_pipe.transformer,
+                                                                                    "pyramid_attention_broadcast")[0]]
+    outputs = []
+    handle = layer.register_forward_hook(lambda m, a, out: outputs.append(out[0].clone()))
+    try:
+        _images, report = _cached_run(emoji_flux_pipe, {"method": "pyramid_attention_broadcast"})
+    finally:
+        handle.remove()
+    marks = report.details["call_marks"]
+    skipped = [k for k, mark in enumerate(marks) if mark == "C"]
+    assert skipped and all(k >= 2 for k in skipped)
+    for k in skipped:  # the same branch's output of the step before, not the other branch's of this step
+        assert torch.equal(outputs[k], outputs[k - 2]) and not torch.equal(outputs[k], outputs[k - 1])
+    outputs.clear()
+    plain = generate(emoji_flux_pipe, PAIRS, **CFG)
+    assert not outputs and plain.shape == (2, 64, 64, 3)  # the forward hook is gone with the knob's hooks
+
+
+def test_mag_calibration_measures_each_guidance_branch_and_averages_the_images(emoji_flux_pipe):
+    by_context = measure_mag_ratios(emoji_flux_pipe, 6, PAIRS, 64, 64, 3.5)
+    assert set(by_context) == {"cond", "uncond"} and all(len(r) == 6 and r[0] == 1.0 for r in by_context.values())
+    assert by_context["cond"] != by_context["uncond"]
+    alone = [measure_mag_ratios(emoji_flux_pipe, 6, [pair], 64, 64, 3.5)["cond"] for pair in PAIRS]
+    mean = [sum(values) / len(values) for values in zip(*alone)]
+    assert by_context["cond"] == pytest.approx(mean, rel=1e-4)  # one batched call = the mean over the images
+    assert calibrate_mag_ratios(emoji_flux_pipe, 6, 64, 64, 3.5, pairs=PAIRS) == by_context["cond"]
+    assert not hasattr(emoji_flux_pipe.transformer, "_diffusers_hook") or \
+        not emoji_flux_pipe.transformer._diffusers_hook.hooks  # the context watcher is removed
+
+
+def test_shipped_ratios_file_says_how_they_were_made(shipped_dir, emoji_flux_pipe):
+    data = json.loads((shipped_dir / SHIPPED_FILE).read_text())
+    assert data["steps"] == 6 and len(data["ratios"]) == 6 and data["ratios"][0] == 1.0
+    assert (data["height"], data["width"], data["guidance_scale"]) == (64, 64, 3.5)
+    assert data["prompts"] == [p for p, _ in PAIRS] and data["seeds"] == [0, 1] and data["made_by"] == "tests"
+    assert data["scheduler"] == "FlowMatchEulerDiscreteScheduler" and data["scheduler_config"]["use_dynamic_shifting"]
+    assert data["dtype"] == "float32" and set(data["ratios_by_context"]) == {"cond", "uncond"}
+    assert data["ratios"] == data["ratios_by_context"]["cond"]
+    assert data["model_fingerprint"] == model_info(str(shipped_dir)).fingerprint  # the file is not a loader file
+    pairs = [(p, s) for p, _ in PAIRS for s in (0, 1)]
+    assert data["ratios"] == pytest.approx(calibrate_mag_ratios(emoji_flux_pipe, 6, 64, 64, 3.5, pairs=pairs),
+                                           abs=2e-6)  # the same weights in another folder: the same curve
+
+
+def test_shipped_ratios_are_the_default_and_the_report_names_them(shipped_dir):
+    from studio_core.models import load_pipeline
+
+    pipe = load_pipeline(shipped_dir)
+    shipped = json.loads((shipped_dir / SHIPPED_FILE).read_text())["ratios"]
+    _images, report = _cached_run(pipe, {"method": "mag", "threshold": 0.2}, num_inference_steps=6)
+    d = report.details
+    assert d["ratios_source"] == "shipped with the model (mag_ratios.json)" and d["mag_ratios"] == pytest.approx(shipped, abs=1e-5)
+    assert d["shipped"]["steps"] == 6 and d["shipped"]["prompts"] == 2 and "mag_ratios_interpolated" not in d
+    assert "(the model's shipped ratios)" in report.summary and "interpolated" not in report.summary
+    _images, report = _cached_run(pipe, {"method": "mag", "mag_ratios": "shipped"})  # 8 steps: interpolated
+    assert report.details["mag_ratios_interpolated"] == {"from": 6, "to": 8, "how": "nearest (diffusers)"}
+    assert report.summary.endswith("; ratios interpolated (nearest) from 6 to 8 steps")
+    _images, report = _cached_run(pipe, {"method": "mag", "mag_ratios": "calibrate"})
+    assert report.details["ratios_source"] == "calibrated on this model"
+
+
+def test_shipped_ratios_that_do_not_fit_the_run_are_calibrated_instead(shipped_dir):
+    """Another scheduler, other weights, or other calibration steps: unset ratios are calibrated (and the report
+    says why the file was not used); ratios asked for as 'shipped' are refused with the same reason."""
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+
+    from studio_core.models import load_pipeline
+
+    pipe = load_pipeline(shipped_dir)
+    own = pipe.scheduler
+    shipped = KNOB.parse({"method": "mag", "mag_ratios": "shipped"})
+    cases = [(DPMSolverMultistepScheduler.from_config(own.config, use_flow_sigmas=True,
+                                                      prediction_type="flow_prediction"),
+              "measured with FlowMatchEulerDiscreteScheduler; this run uses DPMSolverMultistepScheduler"),
+             (FlowMatchEulerDiscreteScheduler.from_config(own.config, shift=2.0),
+              "measured with another FlowMatchEulerDiscreteScheduler configuration (shift differ)")]
+    try:
+        for scheduler, why in cases:
+            pipe.scheduler = scheduler
+            ratios, info = ratios_for(pipe, None)
+            assert info["ratios_source"] == "calibrated on this model" and why in info["shipped_not_used"]
+            assert why in KNOB.supports(pipe, shipped)
+            with pytest.raises(KnobUnsupported, match="mag_ratios 'shipped' cannot be used"):
+                ratios_for(pipe, "shipped")
+    finally:
+        pipe.scheduler = own
+    _ratios, info = ratios_for(pipe, None, calibration_steps=4)
+    assert "calibration_steps 4 asked; mag_ratios.json holds ratios for 6" in info["shipped_not_used"]
+    path = shipped_dir / SHIPPED_FILE
+    original = path.read_text()
+    try:
+        path.write_text(json.dumps({**json.loads(original), "model_fingerprint": "0" * 16}))
+        _ratios, info = ratios_for(pipe, None)
+        assert "measured on other weights (fingerprint 0000000000000000" in info["shipped_not_used"]
+        assert "other weights" in KNOB.supports(pipe, shipped)
+    finally:
+        path.write_text(original)
+    assert ratios_for(pipe, None)[1]["ratios_kind"] == "shipped"
+
+
+@pytest.mark.parametrize("content, why", [
+    ("{not json", "is not readable JSON"),
+    ("[1.0, 1.1]", "must hold a JSON object"),
+    ('{"ratios": [1.0, 1.1]}', "'steps' must be a whole number (found null)"),
+    ("ratios=-1", "'ratios' must be positive numbers"),
+    ("steps=3", "'ratios' has 6 values for 'steps' 3; it needs one per step"),
+])
+def test_a_malformed_shipped_file_is_a_clear_error(shipped_dir, tmp_path, content, why):
+    folder = tmp_path / "pipe"
+    shutil.copytree(shipped_dir, folder)
+    data = json.loads((folder / SHIPPED_FILE).read_text())
+    if content == "ratios=-1":
+        content = json.dumps({**data, "ratios": [1.0, -1.0, 1.0, 1.0, 1.0, 1.0]})
+    elif content == "steps=3":
+        content = json.dumps({**data, "steps": 3})
+    (folder / SHIPPED_FILE).write_text(content)
+    info = model_info(str(folder))
+    reason = KNOB.check_model(info, KNOB.parse({"method": "mag"}))
+    assert reason.startswith(str(folder / SHIPPED_FILE)) and why in reason
+    with pytest.raises(SpecError) as err:  # refused before loading anything, naming the knob and the file
+        resolve(RunSpec(model=str(folder), prompts=("a",), knobs={"transformer_cache": {"method": "mag"}}))
+    assert err.value.field == "knobs.transformer_cache" and why in str(err.value)
+    assert KNOB.check_model(info, KNOB.parse({"method": "mag", "mag_ratios": "calibrate"})) is None
+    from studio_core.models import load_pipeline
+
+    with pytest.raises(ModelLoadError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        ratios_for(load_pipeline(folder), None)
+
+
+def test_shipped_ratios_asked_of_a_folder_without_them_are_refused(emoji_flux_dir):
+    reason = KNOB.check_model(model_info(str(emoji_flux_dir)), KNOB.parse({"method": "mag", "mag_ratios": "shipped"}))
+    assert reason == ("mag_ratios 'shipped' needs the model folder's mag_ratios.json, which it does not have (leave "
+                      "mag_ratios unset to calibrate them on this model)")
+    assert KNOB.check_model(model_info(str(emoji_flux_dir)), KNOB.parse({"method": "mag"})) is None
+
+
+def test_engine_run_on_emoji_flux_reports_the_shipped_ratios(shipped_dir, tmp_path):
+    engine = Engine(RunStore(tmp_path / "study"))
+    try:
+        spec = {"model": str(shipped_dir), "prompts": ["grinning face"], "seeds": [0], "steps": 6, "warmup": 1,
+                "repeats": 1, "knobs": {"transformer_cache": {"method": "mag", "threshold": 0.2}}}
+        run = engine.run(spec, reference=REF)
+        assert run.status == "ok", run.error
+        report = [k for k in run.row["knob_report"] if k["knob"] == "transformer_cache"][0]
+        assert report["details"]["ratios_source"] == "shipped with the model (mag_ratios.json)"
+        assert report["details"]["denoiser_calls"] == 12 and report["details"]["cache_hits"] > 0
+        assert "(the model's shipped ratios)" in report["summary"]
+    finally:
+        engine.store.close()
+
+
+def test_every_cache_of_the_transformer_caching_preset_skips_work_on_emoji_flux():
+    """presets/transformer-caching.yaml's rows each reuse the cache on the shipped emoji-flux at 28 steps with its
+    own guidance, MagCache on the ratios shipped with it (one image per row, as the engine runs it)."""
+    from studio_core.measure.generation import generate
+    from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, undo_knobs
+    from studio_core.models import EMBEDDED_MODELS, load_pipeline
+    from studio_core.study.sweep import load_preset
+
+    if not (EMBEDDED_MODELS["emoji-flux"] / "model_index.json").is_file():
+        pytest.skip("emoji-flux is not trained yet (studio_core/embedded/emoji-flux/ has no model_index.json)")
+    sweep = load_preset(Path(__file__).resolve().parents[1] / "presets" / "transformer-caching.yaml")
+    pipe, cache = load_pipeline("emoji-flux"), PipelineCache()
+    assert not sweep.specs[0].knobs and all(s.knobs for s in sweep.specs[1:])
+    for spec in sweep.specs[1:]:
+        applied = apply_knobs(pipe, spec, cache)
+        try:
+            mine = [a for knob, _s, a in applied if knob.name == "transformer_cache"][0]
+            with mine.instrument():
+                generate(pipe, spec.images()[:1], **call_kwargs(applied))
+            report = mine.report()
+        finally:
+            undo_knobs(pipe, applied, cache)
+        assert report.active and report.details["cache_hits"] > 0, report.summary
+        assert report.details["denoiser_calls"] == 2 * spec.steps  # true CFG: cond and uncond
+        if report.details["method"] == "mag":
+            assert report.details["ratios_source"] == "shipped with the model (mag_ratios.json)"
