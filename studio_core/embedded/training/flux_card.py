@@ -13,8 +13,8 @@ from pathlib import Path
 
 from studio_core.embedded.training.card_parts import chain as _chain
 from studio_core.embedded.training.card_parts import kind_rows as _kind_rows
+from studio_core.embedded.training.card_parts import measured_head, verdict
 from studio_core.embedded.training.card_parts import pct as _pct
-from studio_core.embedded.training.card_parts import verdict
 from studio_core.prompts import GALLERY_PROMPTS
 
 __all__ = ["FLUX_MODEL_DIR_TEXT", "render_flux_card"]
@@ -68,19 +68,10 @@ def _mag_text(model_dir: Path) -> str:
 
 def _measured(report: dict, ev: dict | None) -> str:
     command = f"`python -m studio_core.embedded.training evaluate --model-dir {FLUX_MODEL_DIR_TEXT}`"
+    lines = measured_head(command, report, ev)
     if ev is None:
-        return (f"## Measured after training\nNot measured on these weights yet: run {command} (speed, and prompt "
-                "fidelity at other guidance scales; it writes `evaluation.json` and rewrites this card).\n")
-    f, t, s, env = report["fidelity"], ev["targets"], ev["speed"], ev["setup"]
-
-    lines = [f"## Measured after training\nBy {command} on these weights (sha256 `{ev['weights']}`), "
-             f"{ev['utc'][:10]}: {env['device_name']} with {env['machine']}, {env['threads']} torch threads, torch "
-             f"{env['torch_version']}, diffusers {env['diffusers_version']}, git {env['git_commit']}.",
-             f"- Against the targets ({f['train']['n']} training captions, {f['steps']} {f['sampler']} steps, guidance "
-             f"{f['guidance']}; from training): top-1 **{_pct(f['train']['top1'])}** (at least {_pct(t['train_top1'])}: "
-             f"{verdict(f['train']['top1'], t['train_top1'])}), top-5 **{_pct(f['train']['top5'])}** (at least "
-             f"{_pct(t['train_top5'])}: {verdict(f['train']['top5'], t['train_top5'])}). Held-out captions: top-1 "
-             f"{_pct(f['held_out']['top1'])}, top-5 {_pct(f['held_out']['top5'])}."]
+        return lines[0] + "\n"
+    t, s, env = ev["targets"], ev["speed"], ev["setup"]
     for g in ev["fidelity"]:
         lines.append(f"- Guidance {g['guidance']}, same sample ({g['steps']} {g['sampler']} steps): training "
                      f"top-1 {_pct(g['train']['top1'])} / top-5 {_pct(g['train']['top5'])}, held-out "
