@@ -400,9 +400,11 @@ def setting_widget(knob: Knob, s: Setting, defaults: dict) -> gr.components.Comp
                            value="" if value is None else str(bool(value)).lower(), min_width=150)
     if s.kind is bool:
         return gr.Checkbox(value=bool(value), label=label, elem_id=eid, min_width=110)
-    if s.kind in (int, float) and s.optional and not s.builtin:  # blank = the knob's own value
+    # blank = the knob's own value (or, for a built-in float such as a flow model's shift, the model's own):
+    # a gr.Number has no blank, it sends 0
+    if s.kind in (int, float) and s.optional and (not s.builtin or s.kind is float):
         return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=eid,
-                          placeholder="default", min_width=110)
+                          placeholder="model's own" if s.builtin else "default", min_width=110)
     if s.kind in (int, float):
         return gr.Number(value=value, label=label, precision=0 if s.kind is int else None, elem_id=eid,
                          step=1 if s.kind is int else 0.5, placeholder="model default" if s.builtin else None,

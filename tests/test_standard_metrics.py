@@ -230,7 +230,7 @@ def test_fewer_samples_than_dimensions_give_the_same_frechet_distance():
     cross = torch.linalg.svdvals(a1 @ a2.T).sum() / ((len(real) - 1) * (len(fake) - 1)) ** 0.5
     exact = float((real.mean(0) - fake.mean(0)).square().sum() + (a1.square().sum() / (len(real) - 1))
                   + (a2.square().sum() / (len(fake) - 1)) - 2 * cross)
-    assert sm._frechet(real, fake) == pytest.approx(exact, rel=1e-10)
+    assert sm._frechet(real, fake) == pytest.approx(exact, rel=1e-8)  # float64 eigen-solvers differ by ~1e-10
     # the 64 x 64 route agrees up to the round-off its rank-deficient product adds to the trace
     assert frechet_distance(*feature_stats(real), *feature_stats(fake)) == pytest.approx(exact, rel=1e-6)
     # against itself: 0 up to the square root of one zero eigenvalue's round-off (~1e-8 of the covariance scale)
