@@ -55,11 +55,10 @@ def test_the_t5_tokenizer_covers_every_caption_without_unknown_pieces(emoji32, t
         assert tok.decode(ids, skip_special_tokens=True) == caption
 
 
-def test_a_trained_folder_loads_as_a_flux_pipeline_and_continues(tmp_path):
+def test_a_trained_folder_loads_as_a_flux_pipeline_and_continues(tmp_path, tiny_emoji_flux):
     from diffusers import DiffusionPipeline, FluxPipeline
 
-    first = tmp_path / "first"
-    train_flux(FLUX_RECIPES["tiny"], first, CACHE, evaluate_after=False)
+    first = tiny_emoji_flux  # train_flux(FLUX_RECIPES["tiny"], ...), once a session (conftest)
     pipe = DiffusionPipeline.from_pretrained(first, local_files_only=True)
     assert isinstance(pipe, FluxPipeline)
     assert pipe.transformer.config.guidance_embeds is False

@@ -218,8 +218,7 @@ def test_the_shipped_emoji_flux_is_a_64_px_flux_pipeline_of_emoji():
     from studio_core.spec import model_info
 
     folder = EMBEDDED_MODELS["emoji-flux"]
-    if "emoji-flux" not in shipped_embedded_models():
-        pytest.skip(f"emoji-flux is not in this checkout yet ({folder} has no model_index.json)")
+    assert shipped_embedded_models() == ["emoji-sd", "emoji-flux"]  # both ship with the project
     assert check_pipeline_folder(folder)["_class_name"] == "FluxPipeline"
     defaults = json.loads((folder / "studio_defaults.json").read_text())
     assert (defaults["height"], defaults["width"], defaults["domain"]) == (64, 64, "emoji")

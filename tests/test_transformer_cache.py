@@ -261,13 +261,9 @@ CFG_FIRING = {"first_block": {"threshold": 0.2}, "pyramid_attention_broadcast": 
 
 
 @pytest.fixture(scope="session")
-def emoji_flux_dir(tmp_path_factory):
+def emoji_flux_dir(tiny_emoji_flux):
     """emoji-flux's shapes family, trained for the tiny recipe's few steps (guidance_embeds=False: true CFG)."""
-    from studio_core.embedded.training.flux import FLUX_RECIPES, train_flux
-
-    out = tmp_path_factory.mktemp("emoji-flux") / "pipe"
-    train_flux(FLUX_RECIPES["tiny"], out, Path(__file__).resolve().parents[1] / ".cache", evaluate_after=False)
-    return out
+    return tiny_emoji_flux
 
 
 @pytest.fixture(scope="module")
@@ -475,11 +471,9 @@ def test_every_cache_of_the_transformer_caching_preset_skips_work_on_emoji_flux(
     own guidance, MagCache on the ratios shipped with it (one image per row, as the engine runs it)."""
     from studio_core.measure.generation import generate
     from studio_core.measure.pipelines import PipelineCache, apply_knobs, call_kwargs, undo_knobs
-    from studio_core.models import EMBEDDED_MODELS, load_pipeline
+    from studio_core.models import load_pipeline
     from studio_core.study.sweep import load_preset
 
-    if not (EMBEDDED_MODELS["emoji-flux"] / "model_index.json").is_file():
-        pytest.skip("emoji-flux is not trained yet (studio_core/embedded/emoji-flux/ has no model_index.json)")
     sweep = load_preset(Path(__file__).resolve().parents[1] / "presets" / "transformer-caching.yaml")
     pipe, cache = load_pipeline("emoji-flux"), PipelineCache()
     assert not sweep.specs[0].knobs and all(s.knobs for s in sweep.specs[1:])
