@@ -148,14 +148,14 @@ def build_flux_components(recipe: FluxRecipe, clip_tok, t5_tok):
     return clip, t5, transformer, scheduler
 
 
-def _vae_for_flux(images: torch.Tensor, device: str, batch: int = 256):
+def _vae_for_flux(images: torch.Tensor, device: str):
     """emoji-sd's VAE with Flux's latent normalisation measured on ``images``; returns (vae, normalised latents)."""
     from diffusers import AutoencoderKL
 
+    from studio_core.embedded.training.train import encode_latents
+
     vae = AutoencoderKL.from_pretrained(EMOJI_SD / "vae", local_files_only=True).eval().to(device)
-    with torch.no_grad():
-        z = torch.cat([vae.encode(images[i:i + batch].to(device)).latent_dist.mean.cpu()
-                       for i in range(0, len(images), batch)])
+    z = encode_latents(vae, images, device)
     shift, scale = float(z.mean()), float(1.0 / z.std())
     vae.register_to_config(shift_factor=round(shift, 6), scaling_factor=round(scale, 6))
     return vae.cpu(), (z - shift) * scale
@@ -307,9 +307,9 @@ def train_flux(recipe: FluxRecipe, out: Path, cache_dir: Path, device: str | Non
         clip, t5, transformer, scheduler = prior.text_encoder, prior.text_encoder_2, prior.transformer, prior.scheduler
         previous = json.loads((Path(init) / "training_report.json").read_text(encoding="utf-8"))
         log(f"continuing {init} (recipe {previous['recipe']['name']}, {previous['timings']['total_s'] / 60:.1f} min)")
-        with torch.no_grad():
-            z = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
-        latents = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        from studio_core.embedded.training.train import encode_latents
+
+        latents = (encode_latents(vae, images, "cpu") - vae.config.shift_factor) * vae.config.scaling_factor
     else:
         all_caps = list(ds.captions)  # every caption's words and characters, held-out ones included
         clip_tok = build_caption_tokenizer(out / "tokenizer", captions, max_length=recipe.max_tokens,
@@ -319,9 +319,10 @@ def train_flux(recipe: FluxRecipe, out: Path, cache_dir: Path, device: str | Non
         t0 = time.time()
         vae, latents = _vae_for_flux(images, device)
         timings["vae_s"] = time.time() - t0
-    hw = latents.shape[-1]
-    packed = latents.reshape(len(latents), 4, hw // 2, 2, hw // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    packed = packed.reshape(len(latents), (hw // 2) ** 2, 16).contiguous()  # FluxPipeline._pack_latents
+    from diffusers import FluxPipeline
+
+    n, channels, hw = latents.shape[0], latents.shape[1], latents.shape[-1]
+    packed = FluxPipeline._pack_latents(latents, n, channels, hw, hw).contiguous()  # 2x2 patches -> tokens
     clip_ids = _ids(clip_tok, captions + [""], recipe.max_tokens)
     t5_ids = _ids(t5_tok, captions + [""], recipe.t5_tokens)
     packed = torch.cat([packed, torch.zeros_like(packed[:1])])  # a row for the empty caption (never drawn)
