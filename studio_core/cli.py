@@ -1,4 +1,4 @@
-"""Command line: ``python -m studio_core {run,sweep,export,frontier,knobs,runs,bundle}``.
+"""Command line: ``python -m studio_core {run,sweep,export,frontier,knobs,runs,bundle,distill}``.
 
 Every command takes ``--data-dir`` (default ``STUDIO_DATA_DIR`` or ``<project>/data``). Bad input
 exits with status 2 and one line naming the field, the value and what is allowed. ``run`` and
@@ -46,6 +46,7 @@ COMMANDS = {
     "runs": "print the run log",
     "knobs": "list the registered knobs, their settings, and the samplers",
     "bundle": "pack the study (or some sweeps) into a folder the studio serves read-only",
+    "distill": "make a few-step student of a model (latent consistency distillation; --lora for LCM-LoRA)",
 }
 
 
@@ -125,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
     b.add_argument("--keep-paths", action="store_true",
                    help="keep host names, pids and model paths (by default they are scrubbed for sharing)")
+    from studio_core.distill.cli import add_arguments
+
+    add_arguments(sub.add_parser("distill", help=COMMANDS["distill"]))
     return p
 
 
@@ -354,6 +358,12 @@ def cmd_bundle(a) -> int:
     if a.archive:
         print(f"archive: {info['archive']} ({_size(info['archive_bytes'])})")
     return 0
+
+
+def cmd_distill(a) -> int:
+    from studio_core.distill.cli import run
+
+    return run(a)
 
 
 def _size(n_bytes: int) -> str:

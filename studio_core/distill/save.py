@@ -1,0 +1,59 @@
+"""Saving a student: a complete pipeline folder (full student), or diffusers-format LoRA weights (``--lora``).
+
+Both get ``studio_defaults.json``: the teacher's size and domain, 4 steps, and the guidance the student was
+trained around (evaluation replaces it with the one it measures best).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["LORA_FILE", "lcm_scheduler", "save_student", "set_student_defaults"]
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name: load_lora_weights(folder) finds it
+
+
+def lcm_scheduler(teacher_scheduler, ddim_steps: int):
+    """LCMScheduler on the teacher's noise schedule, sampling on the grid the student was trained on."""
+    from diffusers import LCMScheduler
+
+    cfg = {k: v for k, v in dict(teacher_scheduler.config).items() if not k.startswith("_")}
+    return LCMScheduler.from_config({**cfg, "original_inference_steps": ddim_steps, "timestep_scaling": 10.0})
+
+
+def _strip_local_paths(out: Path) -> None:
+    for cfg in out.glob("*/config.json"):  # no path of this machine in the shipped configs
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+        if data.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def set_student_defaults(out: Path, defaults: dict, guidance: float, domain: str | None, steps: int = 4) -> None:
+    d = {"guidance_scale": guidance, "num_inference_steps": steps,
+         **{k: defaults[k] for k in ("height", "width") if defaults.get(k)}}
+    if domain:
+        d["domain"] = domain
+    (out / "studio_defaults.json").write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+
+
+def save_student(out: Path, pipe, trainer, recipe, defaults: dict, lora_rank: int, teacher_path: str | Path) -> None:
+    """Write the student into ``out`` (``pipe`` is the loaded teacher; it is left holding the student)."""
+    from studio_core.distill.run import copy_tokenizer_files
+    from studio_core.models import EMBEDDED_MODELS
+
+    if lora_rank:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(trainer.student))
+        type(pipe).save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True)
+    else:
+        unet = (trainer.target or trainer.student).eval().requires_grad_(False).to("cpu")
+        pipe.register_modules(unet=unet, scheduler=lcm_scheduler(pipe.scheduler, recipe.ddim_steps))
+        pipe.save_pretrained(out, safe_serialization=True)
+        _strip_local_paths(out)
+        copy_tokenizer_files(teacher_path, out)
+    embedded = {p.resolve() for p in EMBEDDED_MODELS.values()}
+    domain = defaults.get("domain") or ("emoji" if Path(teacher_path).resolve() in embedded else None)
+    set_student_defaults(out, defaults, recipe.w_min + 1 + (recipe.w_max - recipe.w_min) / 2, domain)
