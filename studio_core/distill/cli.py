@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from studio_core.errors import SpecError
+
 __all__ = ["METHODS", "add_arguments", "run"]
 
 METHODS = ("lcm",)
@@ -43,8 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a) -> int:
     from dataclasses import replace
-
-    from studio_core.errors import SpecError
 
     if a.action == "card":
         if not a.folder:

@@ -100,6 +100,9 @@ def evaluate_student(out: Path, teacher_path: str | Path, ds, recipe, lora_rank:
     result: dict = {"size": size, "teacher_defaults": {"steps": t_steps, "guidance": t_guid,
                                                         "sampler": type(teacher.scheduler).__name__}}
     guidance = float(sdef["guidance_scale"])
+    # a LoRA student has no guidance input: it learned the guided teacher, and a guidance above 1 would run
+    # classifier-free guidance on it (two passes per step), so it is sampled at 1
+    grid = (1.0,) if lora_rank else recipe.guidance_grid
     if sdef.get("domain") == "emoji":
         from studio_core.embedded.training.data import load_or_build
         from studio_core.embedded.training.evaluate import fidelity_captions, score_captions
@@ -110,11 +113,11 @@ def evaluate_student(out: Path, teacher_path: str | Path, ds, recipe, lora_rank:
         train_caps, held_caps = fidelity_captions(full, recipe.eval_captions)
         probe = train_caps[: max(1, len(train_caps) // 2)]
         sweep = {}
-        for g in recipe.guidance_grid:
+        for g in grid:
             r = score_captions(student, index, probe, 4, g, size)
             sweep[str(g)] = {"top1": r.top1, "top5": r.top5, "n": r.n, "steps": 4}
             log(f"student guidance {g}: top1 {r.top1:.3f} top5 {r.top5:.3f} ({r.n} captions, 4 steps)")
-        guidance = max(recipe.guidance_grid, key=lambda g: (sweep[str(g)]["top5"], sweep[str(g)]["top1"]))
+        guidance = max(grid, key=lambda g: (sweep[str(g)]["top5"], sweep[str(g)]["top1"]))
         by_steps = {}
         for steps in recipe.eval_steps:
             tr = score_captions(student, index, train_caps, steps, guidance, size)
@@ -131,7 +134,8 @@ def evaluate_student(out: Path, teacher_path: str | Path, ds, recipe, lora_rank:
     prompts = (GALLERY_PROMPTS if sdef.get("domain") == "emoji" else ds.captions)[:GALLERY_COLUMNS]
     rows = [(f"teacher, {t_steps} steps, guidance {t_guid:g}", _rows(teacher, prompts, t_steps, t_guid, size)),
             (f"teacher, 4 steps, guidance {t_guid:g}", _rows(teacher, prompts, 4, t_guid, size)),
-            (f"student, 4 steps, w {guidance - 1:g}", _rows(student, prompts, 4, guidance, size))]
+            (f"student, 4 steps, " + ("guidance 1 (LoRA)" if lora_rank else f"w {guidance - 1:g}"),
+             _rows(student, prompts, 4, 1.0 if lora_rank else guidance, size))]
     write_comparison_gallery(out / GALLERY_FILE, rows, scale=max(1, 128 // size))
     result["gallery"] = {"prompts": prompts, "seed": 0, "rows": [label for label, _ in rows]}
     (out / EVALUATION_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -146,7 +146,9 @@ class LCDTrainer:
         new = {id(p) for n, p in self.student.named_parameters() if n.startswith("time_embedding.cond_proj")}
         groups = [{"params": [p for p in self.params if id(p) not in new], "lr": lr},
                   {"params": [p for p in self.params if id(p) in new], "lr": lr * guidance_lr_mult}]
-        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0 if lora_rank else 1e-2)
+        # no weight decay, as diffusers' LCD examples run it (adam_weight_decay 0): it would pull the fine-tuned
+        # teacher weights toward zero
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.g = torch.Generator().manual_seed(seed + 7)
         self.n = 0

@@ -7,9 +7,10 @@ trained around (evaluation replaces it with the one it measures best).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-__all__ = ["LORA_FILE", "lcm_scheduler", "save_student", "set_student_defaults"]
+__all__ = ["LORA_FILE", "copy_tokenizer_files", "lcm_scheduler", "save_student", "set_student_defaults"]
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name: load_lora_weights(folder) finds it
 
@@ -39,7 +40,6 @@ def set_student_defaults(out: Path, defaults: dict, guidance: float, domain: str
 
 def save_student(out: Path, pipe, trainer, recipe, defaults: dict, lora_rank: int, teacher_path: str | Path) -> None:
     """Write the student into ``out`` (``pipe`` is the loaded teacher; it is left holding the student)."""
-    from studio_core.distill.run import copy_tokenizer_files
     from studio_core.models import EMBEDDED_MODELS
 
     if lora_rank:
@@ -56,4 +56,14 @@ def save_student(out: Path, pipe, trainer, recipe, defaults: dict, lora_rank: in
         copy_tokenizer_files(teacher_path, out)
     embedded = {p.resolve() for p in EMBEDDED_MODELS.values()}
     domain = defaults.get("domain") or ("emoji" if Path(teacher_path).resolve() in embedded else None)
-    set_student_defaults(out, defaults, recipe.w_min + 1 + (recipe.w_max - recipe.w_min) / 2, domain)
+    guidance = 1.0 if lora_rank else recipe.w_min + 1 + (recipe.w_max - recipe.w_min) / 2  # LoRA: no w input
+    set_student_defaults(out, defaults, guidance, domain)
+
+
+def copy_tokenizer_files(teacher_path: str | Path, out: Path) -> None:
+    """The tokenizer folders as the teacher ships them (``save_pretrained`` may rewrite or drop files)."""
+    for sub in ("tokenizer", "tokenizer_2"):
+        src = Path(teacher_path) / sub
+        if src.is_dir():
+            shutil.rmtree(out / sub, ignore_errors=True)
+            shutil.copytree(src, out / sub)
