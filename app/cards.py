@@ -388,6 +388,8 @@ def metrics_card(row: Mapping, reference: Mapping | None = None, *, baseline: Ma
     if num(row.get("height")) is not None and num(row.get("width")) is not None:
         what.append(f"{int(num(row['height']))}x{int(num(row['width']))} px")
     lines.append("*" + " · ".join(what) + "*")
+    if row.get("lineage") and isinstance(row["lineage"], str):  # a distilled student (NaN in a frame: no lineage)
+        lines.append(f"**Model** {row.get('model') or 'unknown'}: {row['lineage']}")
     if status != "ok":
         lines.append(f"**Error:** {row.get('error') or 'unknown'}")
     lines += timing_flags(row, baseline)

@@ -57,6 +57,8 @@ def compare_html(rows: Sequence[Mapping], images: Mapping[int, np.ndarray], *, m
     for r in rows:
         steps = labels.num(r.get("steps"))
         about = labels.configuration(r) + (f" · {int(steps)} steps" if steps is not None else "")
+        if r.get("lineage") and isinstance(r["lineage"], str):  # a distilled student says whose
+            about += f" · {r['lineage']}"
         head.append(f"<th {_TH} width='{size + 16}'>run {int(r['id'])}{' (baseline)' if r is first else ''}<br>"
                     f"<span style='font-weight:normal'>{html.escape(about)}</span></th>")
     out = [f"<div style='overflow-x:auto'><table {_TABLE}><tr>{''.join(head)}</tr>"]

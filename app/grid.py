@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -24,12 +25,15 @@ from app.pictures import img_tag, pixel_upscale
 from app.tables import image_pairs
 from studio_core.study import labels
 
-__all__ = ["THUMB_SIZES", "sweep_grid_html"]
+__all__ = ["LEGEND", "THUMB_SIZES", "sweep_grid_html", "sweep_parts_html"]
 
 THUMB_SIZES = (64, 128, 256)  # the thumbnail sizes the Sweep tab offers, in px; 128 by default
 # a cell with images is a button: it opens them at full size (the same look as the other cells, plus the cursor)
 _TD_OPEN = _TD[:-1] + ';cursor:zoom-in"'
 _GREY = "color:#555"
+# how a cell's figures were measured, under the grid
+LEGEND = (f'<div style="{_GREY};font-size:12px">Latency: median of the timed repeats (IQR, n repeats); quality: mean '
+          "over the images, against the same-seed reference. Click a cell to see its images at full size.</div>")
 
 
 def _cell_caption(row: Mapping | None) -> str:
@@ -81,12 +85,13 @@ def _thumbs(row: Mapping, load_images: Callable[[list[str]], np.ndarray], size: 
 
 def sweep_grid_html(axes: Sequence[tuple[str, Sequence]], runs_by_index: Mapping[int, Mapping],
                     load_images: Callable[[list[str]], np.ndarray], *, max_images: int = 8,
-                    image_size: int = 128, title: str = "") -> str:
+                    image_size: int = 128, title: str = "", first_index: int = 0, legend: bool = True) -> str:
     """The X/Y(/Z) grid of a sweep: each cell shows that configuration's images with its median latency
     (IQR, n) and PSNR/SSIM. The first axis runs across, the second down, a third makes one table per value.
 
     ``axes`` are ``(name, values)`` in grid order (first outermost, as ``sweep_from_dict`` runs them);
-    ``runs_by_index`` maps a cell's ``sweep_index`` to its run row (decoded).
+    ``runs_by_index`` maps a cell's ``sweep_index`` to its run row (decoded); the first cell's is ``first_index``
+    (a later part of a list grid, ``sweep_parts_html``). ``legend`` adds the line saying how cells are measured.
     """
     names = [a for a, _ in axes]
     values = [list(v) for _, v in axes]
@@ -107,7 +112,7 @@ def sweep_grid_html(axes: Sequence[tuple[str, Sequence]], runs_by_index: Mapping
         for yi, y in enumerate(y_vals):
             cells = [f"<th {_TH}>{_header(names[1], y)}</th>"] if len(values) > 1 else []
             for xi, _x in enumerate(x_vals):
-                i = index[(xi, yi, zi)[:len(values)]]
+                i = first_index + index[(xi, yi, zi)[:len(values)]]
                 row = runs_by_index.get(i)
                 if row is not None and row.get("status") == "ok" and row.get("images"):
                     cells.append(f'<td {_TD_OPEN} data-sweep-index="{i}" data-run-id="{int(row["id"])}" '
@@ -117,7 +122,26 @@ def sweep_grid_html(axes: Sequence[tuple[str, Sequence]], runs_by_index: Mapping
                     cells.append(f'<td {_TD} data-sweep-index="{i}">{_cell_caption(row)}</td>')
             rows.append("<tr>" + "".join(cells) + "</tr>")
         parts.append(f'<div style="overflow-x:auto"><table {_TABLE}>' + "".join(rows) + "</table></div>")
-    parts.append(f'<div style="{_GREY};font-size:12px">Latency: median of the timed repeats (IQR, n repeats); '
-                 "quality: mean over the images, against the same-seed reference. Click a cell to see its images "
-                 "at full size.</div></div>")
+    if legend:
+        parts.append(LEGEND)
+    parts.append("</div>")
     return "".join(parts)
+
+
+def sweep_parts_html(parts: Sequence[Sequence[tuple[str, Sequence]]], runs_by_index: Mapping[int, Mapping],
+                     load_images: Callable[[list[str]], np.ndarray], *, max_images: int = 8, image_size: int = 128,
+                     title: str = "") -> str:
+    """The grid of a sweep whose grid is a list of products (``Sweep.parts``): one ``sweep_grid_html`` per part,
+    in run order, each part's cells numbered on from the parts before it, and the legend once at the end. An axis
+    of one value (the part's model, say) is named in the part's title rather than laid out: the cells keep their
+    order, since a product over a single value is the product without it."""
+    out, first = [], 0
+    for k, axes in enumerate(parts):
+        fixed = [(a, v) for a, v in axes if len(v) == 1]
+        laid = [(a, v) for a, v in axes if len(v) > 1] or list(axes[-1:])
+        name = " · ".join([f"part {k + 1} of {len(parts)}"] + [f"{labels.axis_label(a)} = {labels.axis_value(a, v[0])}"
+                                                               for a, v in fixed if (a, v) not in laid])
+        out.append(sweep_grid_html(laid, runs_by_index, load_images, max_images=max_images, image_size=image_size,
+                                   title=f"{title} · {name}" if title else name, first_index=first, legend=False))
+        first += math.prod(len(v) for _, v in axes)
+    return "".join(out) + LEGEND

@@ -341,8 +341,10 @@ class Studio:
         g = self.service.sweep_grid(sweep_id)
         if not g.axes:
             return f"<p>Sweep {sweep_id} has no recorded axes to lay out a grid.</p>"
-        return grid.sweep_grid_html(g.axes, g.runs_by_index, self.store.load_images, image_size=size,
-                                     title=f"Sweep {sweep_id}: {g.sweep['name']} ({g.sweep['status']})")
+        title = f"Sweep {sweep_id}: {g.sweep['name']} ({g.sweep['status']})"
+        if not g.parts:
+            return grid.sweep_grid_html(g.axes, g.runs_by_index, self.store.load_images, image_size=size, title=title)
+        return grid.sweep_parts_html(g.parts, g.runs_by_index, self.store.load_images, image_size=size, title=title)
 
     def sweep_grid(self, sweep_id: Any, size: Any = THUMB_PX) -> str:
         """The grid of a sweep picked by id with ``size`` px thumbnails: a read."""

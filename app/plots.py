@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 import statistics
+import textwrap
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
@@ -18,6 +19,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from app import tables
+from studio_core.models import family_name
 from studio_core.store.rows import is_missing, json_list
 from studio_core.study import labels, quality_text
 from studio_core.study.frontier import COSTS, QUALITIES, classify, comparable, pareto_front, setup_label, setups
@@ -40,7 +42,9 @@ GROUPS: dict[str, str] = {
     **{c: labels.COLUMN_LABELS[c] for c in ("configuration", "sampler", "knobs_label", "steps", "precision",
                                             "guidance")},
     "height": labels.COLUMN_LABELS["size"],
-    **{c: labels.COLUMN_LABELS[c] for c in ("sweep_id", "model", "prompt_set", "device_name")},
+    **{c: labels.COLUMN_LABELS[c] for c in ("sweep_id", "model")},
+    "model_family": "model family (teacher and its students)",
+    **{c: labels.COLUMN_LABELS[c] for c in ("prompt_set", "device_name")},
 }
 # costs whose spread is the run's latency spread (per image: divided by its images)
 LATENCY_COSTS = ("latency_median_ms", "per_image_ms")
@@ -82,6 +86,8 @@ def hover_text(row: Mapping) -> str:
     lines = [" · ".join(head)]
     esc = [html.escape(p) for p in labels.configuration(row).split(" · ")]
     lines += _wrap(esc)
+    if not is_missing(row.get("lineage")) and row.get("lineage"):  # a distilled student: whose, how, where
+        lines += [html.escape(line) for line in textwrap.wrap(str(row["lineage"]), HOVER_WIDTH)]
     inactive = labels.inactive_knobs(row)
     if inactive:
         lines += _wrap([f"did nothing: {html.escape(inactive[0])}", *map(html.escape, inactive[1:])])
@@ -148,6 +154,11 @@ def group_value(row: Mapping, column: str) -> str:
         return f"{int(h)}×{int(w)}" if h is not None and w is not None else "n/a"
     if column == "sweep_id":
         return f"sweep {int(num(row['sweep_id']))}" if num(row.get("sweep_id")) is not None else "no sweep"
+    if column == "model_family":  # rows from before the column: a model is its own family
+        family = row.get("model_family")
+        if is_missing(family) or not family:
+            return family_name(row["model"]) if not is_missing(row.get("model")) and row.get("model") else "n/a"
+        return str(family)
     v = row.get(column)
     if is_missing(v) or v == "":
         return "custom prompts" if column == "prompt_set" else "n/a"

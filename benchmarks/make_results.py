@@ -168,6 +168,19 @@ SECTIONS = [
             "row whose PSNR and FD ranks disagree lands near the reference's image but off the training "
             "distribution, or the other way round. FD-emoji compares rows of this table only (one N), and it is not "
             "comparable with emoji-sd's table: another model at another size and N."),
+    Section("distillation", "The LCM student against its teacher (`benchmarks/distillation.py`)",
+            ".venv/bin/python benchmarks/distillation.py",
+            "emoji-sd-lcm is the studio's own latent-consistency student of emoji-sd (`python -m studio_core distill`, "
+            "its card in `studio_core/embedded/emoji-sd-lcm/README.md`). The first table times, in rotated rounds, "
+            "the teacher with its own sampler at 50 and at 4 guided steps and the student with LCMScheduler at 1, 2, "
+            "4 and 8 steps, 4 images in one call. The second runs every cell of `presets/distillation-study.yaml` "
+            "(the teacher at 50 / 20 / 10 / 4 steps with DPM++ 2M, UniPC and DDIM; the student at 1 / 2 / 4 / 8 "
+            "steps with LCM) as one `Engine.run` on a fresh study, with a distribution set of N training captions "
+            "scored on the studio's emoji feature network.",
+            "Reading it: the student's target is the teacher's distribution, not its sample paths, so compare it on "
+            "FD-emoji, KID and fidelity, not PSNR against the teacher's reference. The teacher's guidance costs a "
+            "second UNet pass per step (batched); the student's is an input, so its denoiser calls equal its steps. "
+            "FD-emoji compares rows of this table only (one N), and is not FID."),
     Section("load_test", "Load: many clients against one studio (`benchmarks/load_test.py`)",
             ".venv/bin/python benchmarks/load_test.py --clients 8 --requests 240 --steps 8",
             "`app.py` with its defaults in a subprocess; the clients are threads of a second process, each with "

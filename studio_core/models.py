@@ -9,6 +9,7 @@ what is missing rather than a traceback from deep inside diffusers.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,23 +25,29 @@ __all__ = [
     "ModelLoadError",
     "PipelineFacts",
     "check_pipeline_folder",
+    "family_name",
+    "lineage_text",
     "list_cached_pipelines",
     "load_pipeline",
     "model_defaults",
     "model_defaults_with_sources",
     "resolve_model",
     "shipped_embedded_models",
+    "student_info",
     "unsupported_reason",
 ]
 
-# The models this project trains and ships, by name (the default first): a name resolves to its folder
+# The models this project trains and ships, by name (the default first): a name resolves to its folder.
+# emoji-sd-lcm is emoji-sd's consistency-distilled student (``studio_core.distill``).
 EMBEDDED_MODELS: dict[str, Path] = {name: Path(__file__).resolve().parent / "embedded" / name
-                                    for name in ("emoji-sd", "emoji-flux")}
+                                    for name in ("emoji-sd", "emoji-flux", "emoji-sd-lcm")}
 EMBEDDED_MODEL_NAME = "emoji-sd"  # the default model of the app, the CLI and a spec
 EMBEDDED_MODEL_DIR = EMBEDDED_MODELS[EMBEDDED_MODEL_NAME]
 # how each is made, for the error when its folder is not in this checkout
 _TRAINING_COMMANDS = {"emoji-sd": "python -m studio_core.embedded.training --recipe cpu --out {folder}",
-                      "emoji-flux": "python -m studio_core.embedded.training flux --recipe cpu --out {folder}"}
+                      "emoji-flux": "python -m studio_core.embedded.training flux --recipe cpu --out {folder}",
+                      "emoji-sd-lcm": "python -m studio_core distill --method lcm --teacher emoji-sd --recipe cpu "
+                                      "--out {folder}"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")  # every weights file diffusers' loader reads
 MAX_MODEL_CHARS = 4096  # Linux's PATH_MAX: no longer path can be opened, so no longer name is looked up
 
@@ -147,6 +154,53 @@ def model_defaults_with_sources(folder: str | Path) -> tuple[dict, dict]:
 def model_defaults(folder: str | Path) -> dict:
     """The model's defaults: ``studio_defaults.json`` where it has one, else its pipeline's own."""
     return model_defaults_with_sources(folder)[0]
+
+
+# how a distillation method is named for people, in a lineage line
+_METHOD_NAMES = {"lcm": "LCM", "lcm-lora": "LCM-LoRA"}
+
+
+def student_info(folder: str | Path) -> dict | None:
+    """The ``distillation`` record of a student's ``training_report.json`` (method, teacher, minutes, device,
+    device_name, steps, as ``studio_core.distill`` writes it), or None for a model that is not a student or
+    whose report cannot be read. Reads one JSON file: no torch."""
+    try:
+        report = json.loads((Path(folder) / "training_report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no report (not a student), unreadable, not UTF-8, not JSON
+        return None
+    record = report.get("distillation") if isinstance(report, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("teacher"), str) or not record["teacher"].strip():
+        return None
+    return dict(record)
+
+
+def family_name(model: str) -> str:
+    """A model as its family is named: the last folder of a path or repo id (``/models/sd15/`` -> ``sd15``,
+    ``org/name`` -> ``name``), an embedded name as it is. A student's family is its teacher's, so the teacher's
+    runs and the students' share one name however each was given."""
+    parts = [p for p in re.split(r"[\\/]", str(model).strip()) if p not in ("", ".", "..", "~")]
+    return parts[-1] if parts else str(model).strip()
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    return f"{minutes:.0f} min" if minutes < 100 else f"{minutes / 60:.1f} h"
+
+
+def lineage_text(info: dict) -> str:
+    """A student in one line, for hovers and cards: "student of emoji-sd (LCM), distilled in 38 min on CPU
+    Intel(R) Xeon(R) Processor (2 threads)"; the time and device are left out where the record lacks them."""
+    method = str(info.get("method") or "")
+    text = f"student of {family_name(info['teacher'])}" + (
+        f" ({_METHOD_NAMES.get(method, method.upper())})" if method else "")
+    minutes = info.get("minutes")
+    if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and 0 <= minutes < float("inf"):
+        text += f", distilled in {_duration(float(minutes))}"
+    device = info.get("device_name") or {"cpu": "CPU", "cuda": "GPU"}.get(str(info.get("device")), info.get("device"))
+    if device:
+        text += f"{'' if 'distilled' in text else ', distilled'} on {device}"
+    return text
 
 
 def shipped_embedded_models() -> list[str]:

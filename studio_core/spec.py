@@ -30,6 +30,7 @@ from studio_core.fingerprint import model_fingerprint
 from studio_core.knobs import KNOBS, knobs_in
 from studio_core.knobs._validate import check_int, check_number, is_int
 from studio_core.knobs.sampler import (
+    CONSISTENCY_SCHEDULERS,
     MAX_FLOW_SHIFT,
     MIN_FLOW_SHIFT,
     SAMPLERS,
@@ -45,6 +46,7 @@ from studio_core.models import (
     check_pipeline_folder,
     model_defaults_with_sources,
     resolve_model,
+    student_info,
     unsupported_reason,
 )
 from studio_core.prompts import PROMPT_SETS
@@ -295,6 +297,7 @@ class ModelInfo:
     unsupported: str | None = None  # why the studio cannot drive this pipeline; None when it can
     scheduler_config: dict = field(default_factory=dict)  # scheduler_config.json: what its timesteps depend on
     domain: str | None = None  # studio_defaults.json's "domain" ("emoji": a model the emoji feature network knows)
+    student: dict | None = None  # a distilled student's record (``models.student_info``); None for other models
 
     @property
     def is_embedded(self) -> bool:
@@ -370,6 +373,7 @@ def model_info(model: str) -> ModelInfo:
         prediction_type=model_kind(sched, den_cfg.get("time_cond_proj_dim")), defaults_source=sources,
         unsupported=unsupported_reason(index) or (None if sample_px else f"its native size is {size_source}"),
         scheduler_config=sched, domain=_read_json(path / "studio_defaults.json").get("domain"),
+        student=student_info(path),
     )
 
 
@@ -389,6 +393,13 @@ def scheduler_steps_reason(info: ModelInfo, sampler: str, timestep_spacing: str 
     if sampler in SAMPLERS:
         cls = SAMPLERS[sampler].cls
         config.update(SAMPLERS[sampler].overrides)
+    if cls in CONSISTENCY_SCHEDULERS:  # diffusers 0.42.1 raises in set_timesteps past this schedule's length
+        original = int(config.get("original_inference_steps") or 50)
+        if steps > original:
+            return (f"at most {original} for {'the model default' if sampler == 'default' else sampler} ({cls}): "
+                    f"its steps are picked from the {original}-step schedule the model was distilled on "
+                    "(original_inference_steps)")
+        return None
     own = "linspace" if cls in _MULTISTEP_SCHEDULERS else "leading"  # the class's default spacing
     spacing = timestep_spacing or config.get("timestep_spacing") or own
     if spacing != "leading" or any(config.get(k) for k in _SIGMA_SCHEDULES):

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -97,11 +98,12 @@ def test_broken_folders_give_clear_errors(tiny_pipeline_dir, tmp_path, breakage,
 
 
 def test_unknown_model_name_names_the_embedded_models_and_says_nothing_is_downloaded():
-    with pytest.raises(ModelLoadError, match="neither an embedded model \\('emoji-sd', 'emoji-flux'\\), an existing "
-                                             "folder, nor a pipeline in the local Hugging Face cache .*nothing is "
-                                             "downloaded"):
+    with pytest.raises(ModelLoadError, match="neither an embedded model \\('emoji-sd', 'emoji-flux', "
+                                             "'emoji-sd-lcm'\\), an existing folder, nor a pipeline in the local "
+                                             "Hugging Face cache .*nothing is downloaded"):
         resolve_model("runwayml/stable-diffusion-v1-5")
-    with pytest.raises(ModelLoadError, match="no model given: use an embedded model \\('emoji-sd', 'emoji-flux'\\)"):
+    with pytest.raises(ModelLoadError, match="no model given: use an embedded model \\('emoji-sd', 'emoji-flux', "
+                                             "'emoji-sd-lcm'\\)"):
         resolve_model("  ")
 
 
@@ -131,7 +133,7 @@ def test_supported_pipeline_table_is_diffusers_own(name):
 
 
 def test_the_embedded_models_are_named_with_the_default_first():
-    assert list(EMBEDDED_MODELS) == ["emoji-sd", "emoji-flux"] and EMBEDDED_MODEL_NAME == "emoji-sd"
+    assert list(EMBEDDED_MODELS) == ["emoji-sd", "emoji-flux", "emoji-sd-lcm"] and EMBEDDED_MODEL_NAME == "emoji-sd"
     assert EMBEDDED_MODEL_DIR == EMBEDDED_MODELS["emoji-sd"]
     for name, folder in EMBEDDED_MODELS.items():
         assert folder.name == name and folder.parent == EMBEDDED_MODEL_DIR.parent  # studio_core/embedded/<name>
@@ -141,6 +143,7 @@ def test_the_embedded_models_are_named_with_the_default_first():
 @pytest.mark.parametrize("name, command", [
     ("emoji-sd", "python -m studio_core.embedded.training --recipe cpu"),
     ("emoji-flux", "python -m studio_core.embedded.training flux --recipe cpu"),
+    ("emoji-sd-lcm", "python -m studio_core distill --method lcm --teacher emoji-sd --recipe cpu"),
 ])
 def test_an_embedded_name_without_its_folder_is_refused_with_the_command_that_trains_it(name, command, tmp_path,
                                                                                           monkeypatch):
@@ -163,6 +166,7 @@ def test_an_embedded_name_without_its_folder_is_refused_with_the_command_that_tr
 
 
 def test_emoji_flux_resolves_by_name_once_its_folder_is_there(tiny_emoji_flux, tmp_path, monkeypatch):
+    monkeypatch.setitem(EMBEDDED_MODELS, "emoji-sd-lcm", tmp_path / "no-student")  # shipped or not: not this test's
     monkeypatch.setitem(EMBEDDED_MODELS, "emoji-flux", tmp_path / "not-yet")
     assert shipped_embedded_models() == ["emoji-sd"]
     monkeypatch.setitem(EMBEDDED_MODELS, "emoji-flux", tiny_emoji_flux)
@@ -201,16 +205,19 @@ def test_the_page_and_app_py_offer_every_shipped_embedded_model(tiny_emoji_flux,
     import app.layout
 
     monkeypatch.setitem(EMBEDDED_MODELS, "emoji-flux", tiny_emoji_flux)
+    monkeypatch.setitem(EMBEDDED_MODELS, "emoji-sd-lcm", tmp_path / "no-student")  # named, not shipped here
     monkeypatch.setattr(app.layout, "list_cached_pipelines", lambda: [("org/tiny", str(tiny_pipeline_dir))])
     demo = app.layout.build_demo("emoji-sd", tmp_path / "study")
     try:
         box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model")
         assert [value for _, value in box.choices] == ["emoji-sd", "emoji-flux", "org/tiny"]
-        assert "emoji-sd or emoji-flux (embedded)" in box.info
+        assert "emoji-sd or emoji-flux or emoji-sd-lcm (embedded)" in box.info
     finally:
         demo.studio.store.close()
     parser, args = load_app_main().parse_args(["--model", "emoji-flux"])
-    assert args.model == "emoji-flux" and "embedded model (emoji-sd, emoji-flux)" in " ".join(parser.format_help().split())
+    assert args.model == "emoji-flux"
+    shown = re.sub(r"-\s+", "-", " ".join(parser.format_help().split()))  # argparse may wrap after a hyphen
+    assert "embedded model (emoji-sd, emoji-flux, emoji-sd-lcm)" in shown
     assert load_app_main().parse_args([])[1].model == "emoji-sd"
 
 
@@ -218,7 +225,7 @@ def test_the_shipped_emoji_flux_is_a_64_px_flux_pipeline_of_emoji():
     from studio_core.spec import model_info
 
     folder = EMBEDDED_MODELS["emoji-flux"]
-    assert shipped_embedded_models() == ["emoji-sd", "emoji-flux"]  # both ship with the project
+    assert shipped_embedded_models()[:2] == ["emoji-sd", "emoji-flux"]  # both ship with the project
     assert check_pipeline_folder(folder)["_class_name"] == "FluxPipeline"
     defaults = json.loads((folder / "studio_defaults.json").read_text())
     assert (defaults["height"], defaults["width"], defaults["domain"]) == (64, 64, "emoji")

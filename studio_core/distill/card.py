@@ -62,8 +62,12 @@ def card_text(folder: Path) -> str:
               f"| time | {rep['timings']['train_s'] / 60:.1f} min training, {rep['timings']['total_s'] / 60:.1f} min "
               "in all before evaluation |",
               f"| device | {d['device_name']}; torch {rep['torch']} |",
-              f"| resumed | {', '.join(f'at step {s}' for s in rep['resumed_at_steps']) or 'no (one uninterrupted run)'}"
-              " |", "", "### Loss", ""] + _loss_table(rep["loss_curve"]) + [""]
+              "| resumed | " + (", ".join(f"at step {s}" for s in rep["resumed_at_steps"])
+                                 or "no (one uninterrupted run)")
+              + " |", "", "### Loss", "",
+              "The consistency loss is not a convergence measure the way a denoising loss is: its target moves with "
+              "the student (an EMA of it), so a flat curve is expected; the evaluation below is what tells.", ""]
+    lines += _loss_table(rep["loss_curve"]) + [""]
     lines += ["## Evaluation", ""]
     if ev is None:
         lines += ["Not evaluated (run with evaluation, or `python -m studio_core distill evaluate FOLDER`).", ""]
@@ -77,15 +81,17 @@ def card_text(folder: Path) -> str:
                   "|---|---|---|---|---|---|---|"]
         for t in f["teacher"]:
             held = t.get("held_out") or {}
-            lines.append(f"| teacher ({t['sampler']}) | {t['steps']} | {t['guidance']:g} | {_pct(t['train']['top1'])} | "
-                         f"{_pct(t['train']['top5'])} | {_pct(held.get('top1'))} | {_pct(held.get('top5'))} |")
+            lines.append(f"| teacher ({t['sampler']}) | {t['steps']} | {t['guidance']:g} | "
+                         f"{_pct(t['train']['top1'])} | {_pct(t['train']['top5'])} | {_pct(held.get('top1'))} | "
+                         f"{_pct(held.get('top5'))} |")
         for steps, s in sorted(f["student"].items(), key=lambda kv: int(kv[0])):
             lines.append(f"| **student** (LCM) | {steps} | {f['guidance']:g} | {_pct(s['train']['top1'])} | "
-                         f"{_pct(s['train']['top5'])} | {_pct(s['held_out']['top1'])} | {_pct(s['held_out']['top5'])} |")
+                         f"{_pct(s['train']['top5'])} | {_pct(s['held_out']['top1'])} | "
+                         f"{_pct(s['held_out']['top5'])} |")
         lines += ["", "Distribution quality (FD-emoji, KID) and latency against the teacher are in the studio's "
                       "`distillation-study` preset and `benchmarks/distillation.py` (RESULTS.md).", ""]
     g = ev["gallery"]
-    lines += ["## Gallery", "", f"![teacher against student](gallery.png)", "",
+    lines += ["## Gallery", "", "![teacher against student](gallery.png)", "",
               f"Rows: {'; '.join(g['rows'])}. Seed {g['seed']}; prompts: {', '.join(g['prompts'])}.", ""]
     return "\n".join(lines)
 

@@ -90,11 +90,15 @@ def write_comparison_gallery(path: Path, rows: list[tuple[str, np.ndarray]], sca
 def evaluate_student(out: Path, teacher_path: str | Path, ds, recipe, lora_rank: int, cache_dir: Path) -> dict:
     """Measure the student in ``out`` and write ``evaluation.json``, ``gallery.png`` and its guidance default."""
     from studio_core.distill.save import set_student_defaults
-    from studio_core.models import load_pipeline, model_defaults
+    from studio_core.models import load_pipeline
+    from studio_core.spec import model_info
 
     teacher_path = Path(teacher_path)
-    tdef = model_defaults(teacher_path)
-    size, t_steps, t_guid = int(tdef.get("height") or 512), int(tdef["num_inference_steps"]), float(tdef["guidance_scale"])
+    info = model_info(str(teacher_path))
+    tdef = dict(info.defaults)
+    size = int(tdef.get("height") or info.sample_size)
+    tdef["height"] = tdef["width"] = size
+    t_steps, t_guid = int(tdef["num_inference_steps"]), float(tdef["guidance_scale"])
     student, teacher = load_student(out, teacher_path, lora_rank), load_pipeline(str(teacher_path))
     sdef = json.loads((out / "studio_defaults.json").read_text(encoding="utf-8"))
     result: dict = {"size": size, "teacher_defaults": {"steps": t_steps, "guidance": t_guid,
@@ -134,7 +138,7 @@ def evaluate_student(out: Path, teacher_path: str | Path, ds, recipe, lora_rank:
     prompts = (GALLERY_PROMPTS if sdef.get("domain") == "emoji" else ds.captions)[:GALLERY_COLUMNS]
     rows = [(f"teacher, {t_steps} steps, guidance {t_guid:g}", _rows(teacher, prompts, t_steps, t_guid, size)),
             (f"teacher, 4 steps, guidance {t_guid:g}", _rows(teacher, prompts, 4, t_guid, size)),
-            (f"student, 4 steps, " + ("guidance 1 (LoRA)" if lora_rank else f"w {guidance - 1:g}"),
+            ("student, 4 steps, " + ("guidance 1 (LoRA)" if lora_rank else f"w {guidance - 1:g}"),
              _rows(student, prompts, 4, 1.0 if lora_rank else guidance, size))]
     write_comparison_gallery(out / GALLERY_FILE, rows, scale=max(1, 128 // size))
     result["gallery"] = {"prompts": prompts, "seed": 0, "rows": [label for label, _ in rows]}

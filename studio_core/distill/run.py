@@ -220,15 +220,18 @@ def distill(teacher: str, out: Path, recipe: DistillRecipe, *, data: str | None 
             cache_dir: Path = Path(".cache"), device: str | None = None, restart: bool = False,
             evaluate_after: bool = True) -> dict:
     """Distil ``teacher`` (an embedded name, a folder or a cached repo id) into ``out``; returns the report."""
-    from studio_core.models import load_pipeline, model_defaults, resolve_model
+    from studio_core.models import load_pipeline, resolve_model
+    from studio_core.spec import model_info
 
     t_start = time.time()
     teacher_path = resolve_model(teacher)
     check_teacher(teacher_path)
     if lora_rank < 0:
         raise SpecError("--lora", lora_rank, "a LoRA rank of at least 1 (or leave it out for a full student)")
-    defaults = model_defaults(teacher_path)
-    size = int(defaults.get("height") or 512)
+    info = model_info(teacher_path)
+    defaults = {**info.defaults, "domain": info.domain}
+    size = int(defaults.get("height") or info.sample_size)  # the teacher's default size, else its native one
+    defaults["height"] = defaults["width"] = size
     ds = _load_data(teacher, data, size, cache_dir, recipe.limit)
     if len(ds) < recipe.batch:
         log(f"data: {len(ds)} items, fewer than a batch of {recipe.batch}; items repeat within a batch")
@@ -246,7 +249,8 @@ def distill(teacher: str, out: Path, recipe: DistillRecipe, *, data: str | None 
     trainer = LCDTrainer(pipe.unet, pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type,
                          lr=recipe.lr, w_min=recipe.w_min, w_max=recipe.w_max, ddim_steps=recipe.ddim_steps,
                          huber_c=recipe.huber_c, ema_decay=recipe.ema_decay, cond_dim=recipe.cond_dim,
-                         guidance_lr_mult=recipe.guidance_lr_mult, lora_rank=lora_rank, amp=recipe.amp, seed=recipe.seed, device=device)
+                         guidance_lr_mult=recipe.guidance_lr_mult, lora_rank=lora_rank, amp=recipe.amp,
+                         seed=recipe.seed, device=device)
     fingerprint = _fingerprint(teacher, ds, recipe, lora_rank)
     state = _resume(out, trainer, fingerprint, restart)
     losses: list[float] = list(state["losses"]) if state else []

@@ -62,6 +62,7 @@ from studio_core.measure.quality import image_metrics
 from studio_core.measure.reference import reference_for, reference_key, reference_spec
 from studio_core.measure.sanity import check_pictures
 from studio_core.measure.timing import Clock, Probe, timed_pass, timing_summary
+from studio_core.models import family_name, lineage_text
 from studio_core.spec import MAX_IMAGE_STEPS, ModelInfo, RunSpec, config_hash, resolve
 from studio_core.store.space import check_free_space, needed_bytes
 from studio_core.store.store import RunStore
@@ -93,6 +94,14 @@ def _knobs_label(spec: RunSpec) -> str:
     return ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(spec.knobs.items()))
 
 
+def _lineage(spec: RunSpec, info: ModelInfo) -> dict:
+    """The row's ``model_family`` (a student's teacher, else the model, by ``models.family_name``) and ``lineage``
+    (``models.lineage_text`` of a student; None for other models)."""
+    student = info.student
+    return {"model_family": family_name(student["teacher"] if student else spec.model),
+            "lineage": lineage_text(student) if student else None}
+
+
 class Engine:
     """Runs specs against one store. Keeps up to ``max_pipelines`` loaded pipelines between runs."""
 
@@ -104,6 +113,7 @@ class Engine:
         self._pipes = PipelineCache(max_pipelines)
         self._fidelity: dict[int, object] = {}  # image size -> the prompt-fidelity gallery at that size
         self._models_run: dict[str, str] = {}  # model as given -> its folder, for every model run so far
+        self._lineages: dict[str, dict] = {}  # model as given -> its row's family and lineage, as last read
         self.store.mark_interrupted()
 
     def pipeline(self, info: ModelInfo, device: str, options: dict) -> tuple[object, float]:
@@ -135,10 +145,11 @@ class Engine:
         if not self.store.read_only:  # a read-only study refuses the run at start_run, by that name
             self._check_space(spec, info, reference)
         # 2. record the run before doing anything that can fail
+        lineage = self._lineages[spec.model] = _lineage(spec, info)
         run_id = self.store.start_run(
             spec.to_dict(), config_hash=config_hash(spec), model_path=info.path,
             model_fingerprint=info.fingerprint, pipeline_class=info.pipeline_class, knobs_label=_knobs_label(spec),
-            sweep_id=sweep_id, sweep_index=sweep_index)
+            sweep_id=sweep_id, sweep_index=sweep_index, **lineage)
         self._models_run[spec.model] = info.path
         results: dict = {}
         try:
@@ -184,11 +195,12 @@ class Engine:
 
     def _record_lost_model(self, spec: RunSpec, sweep_id: int | None, sweep_index: int | None) -> RunResult:
         """A model this engine ran earlier in the session no longer resolves: its folder was moved,
-        deleted or broken since. That is a failed run (the row is written from the unresolved spec),
-        where a model that never resolved is an input error."""
+        deleted or broken since. That is a failed run (the row is written from the unresolved spec, with the
+        family and lineage read when the model last resolved), where a model that never resolved is an input error."""
         path = self._models_run[spec.model]
         run_id = self.store.start_run(spec.to_dict(), config_hash=config_hash(spec), model_path=path,
-                                      knobs_label=_knobs_label(spec), sweep_id=sweep_id, sweep_index=sweep_index)
+                                      knobs_label=_knobs_label(spec), sweep_id=sweep_id, sweep_index=sweep_index,
+                                      **self._lineages[spec.model])
         self.store.fail_run(run_id, lost_model_reason(spec.model, path))
         return RunResult(run_id, "failed", self.store.get_run_with_pending(run_id), None, [])
 

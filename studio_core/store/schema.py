@@ -124,3 +124,10 @@ def m004_quality_columns(db: sqlite_utils.Database) -> None:
 def m005_flow_shift_column(db: sqlite_utils.Database) -> None:
     """``flow_shift``, the run spec's field for a flow model's schedule shift (issue 20), kept if a write made it."""
     _add_run_columns(db, {"flow_shift": float})
+
+
+@migrations()
+def m006_lineage_columns(db: sqlite_utils.Database) -> None:
+    """``model_family`` (a student's teacher, else the model itself) and ``lineage`` (how a student was made),
+    read from the model folder when the run starts (issue 21): a bundle without the folders still shows them."""
+    _add_run_columns(db, {"model_family": str, "lineage": str})

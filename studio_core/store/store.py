@@ -58,7 +58,7 @@ from studio_core.store.wal import refuse_damaged_wal
 __all__ = ["DEFAULT_DATA_DIR", "RunStore"]
 
 READ_ONLY_OPTIONAL = frozenset({"m002_quarantine", "m003_measurement_columns", "m004_quality_columns",
-                                "m005_flow_shift_column"})  # a reader copes without them
+                                "m005_flow_shift_column", "m006_lineage_columns"})  # a reader copes without them
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -303,14 +303,16 @@ class RunStore:
     @_writes
     def start_run(self, config: dict, *, config_hash: str, model_path: str = "", model_fingerprint: str = "",
                   pipeline_class: str = "", knobs_label: str = "", sweep_id: int | None = None,
-                  sweep_index: int | None = None) -> int:
-        """Insert a ``running`` row for a resolved configuration; returns its id."""
+                  sweep_index: int | None = None, model_family: str | None = None, lineage: str | None = None) -> int:
+        """Insert a ``running`` row for a resolved configuration; returns its id. ``model_family`` and ``lineage``
+        (``models.family_name`` and ``models.lineage_text``; None for a model that is not a student) say
+        which model a student was distilled from, kept in the row for views that lack the model folder."""
         row = {
             "created_at": now(), "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
             "sweep_id": sweep_id, "sweep_index": sweep_index, "config_hash": config_hash,
             "config_json": _dumps(config), "model_path": model_path, "model_fingerprint": model_fingerprint,
-            "pipeline_class": pipeline_class, "knobs_label": knobs_label,
-            "n_prompts": len(config.get("prompts") or []),
+            "pipeline_class": pipeline_class, "knobs_label": knobs_label, "model_family": model_family,
+            "lineage": lineage, "n_prompts": len(config.get("prompts") or []),
             "n_images": len(config.get("prompts") or []) * len(config.get("seeds") or []),
         }
         for key, value in config.items():

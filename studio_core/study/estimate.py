@@ -115,7 +115,8 @@ def estimate_sweep(sweep: Sweep, history: pd.DataFrame, model_path: str | None =
     """The sweep's size and ``estimate_seconds`` of its (resolved) configurations."""
     seconds, basis = estimate_seconds(history, [s.to_dict() for s in sweep.specs], model_path, reference_steps)
     first = sweep.specs[0]
-    return SweepEstimate(runs=len(sweep), shape=" x ".join(str(len(v)) for _, v in sweep.axes),
+    shape = " + ".join(" x ".join(str(len(v)) for _, v in axes) for axes in sweep.parts or [sweep.axes])
+    return SweepEstimate(runs=len(sweep), shape=shape,
                          images_per_run=first.n_images,
                          passes_per_run=expected_passes(first.warmup, first.repeats, compiled="compile" in first.knobs),
                          seconds=seconds, basis=basis, finished_sweep=finished_sweep)

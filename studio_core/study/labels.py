@@ -50,6 +50,7 @@ __all__ = [
 # column -> what a person reads as its title (tables, axes, CSV-free views); units in parentheses
 COLUMN_LABELS: dict[str, str] = {
     "id": "run", "created_at": "created", "status": "status", "sweep_id": "sweep", "model": "model",
+    "model_family": "model family", "lineage": "lineage",
     "prompt_set": "prompt set", "n_images": "images", "steps": "steps", "sampler": "sampler",
     "configuration": "configuration", "guidance": "guidance", "precision": "precision", "height": "height (px)",
     "width": "width (px)", "size": "size (px)", "knobs_label": "knobs", "knobs": "knobs",

@@ -130,11 +130,13 @@ class SweepEvent:
 @dataclass(frozen=True)
 class SweepGrid:
     """What a sweep's grid is drawn from: the sweep's row, its recorded axes, and the latest run of each
-    grid cell (a finished run replaces an earlier interrupted one)."""
+    grid cell (a finished run replaces an earlier interrupted one). A list grid (``sweep.Sweep.parts``) is drawn
+    part by part: ``parts`` holds each one's axes, and its cells' indices follow the parts before it."""
 
     sweep: dict
     axes: list[tuple[str, tuple]]
     runs_by_index: dict[int, dict]
+    parts: tuple[list[tuple[str, tuple]], ...] = ()
 
 
 def _describe(spec: dict) -> str:
@@ -330,10 +332,12 @@ class StudyService:
     def sweep_grid(self, sweep_id: int) -> SweepGrid:
         """A recorded sweep (running or finished) as its grid; ``StoreError`` for an unknown id."""
         sweep = self.store.get_sweep(sweep_id)
-        axes = [(a, tuple(v)) for a, v in (sweep.get("config_json") or {}).get("axes") or []]
+        config = sweep.get("config_json") or {}
+        axes = [(a, tuple(v)) for a, v in config.get("axes") or []]
+        parts = tuple([(a, tuple(v)) for a, v in part] for part in config.get("parts") or [])
         latest: dict[int, dict] = {}
         for row in self.store.sweep_runs(sweep_id):  # oldest first: a later finished run replaces earlier ones
             i = row.get("sweep_index")
             if i is not None and (row["status"] in ("ok", "failed") or i not in latest):
                 latest[int(i)] = row
-        return SweepGrid(sweep, axes, latest)
+        return SweepGrid(sweep, axes, latest, parts)

@@ -11,6 +11,14 @@ A preset::
       steps: [10, 20]
     reference: {sampler: DPM++ 2M, steps: 200}   # optional; this is the default
 
+``grid`` may also be a list of such mappings, each a product of its own axes; the cells are theirs in order,
+one after the other. So models that need different settings share one sweep (a teacher at 50 to 4 steps of
+its best samplers, its student at 1 to 8 steps of its own)::
+
+    grid:
+      - {model: [emoji-sd], sampler: [DPM++ 2M, DDIM], steps: [50, 4]}
+      - {model: [emoji-sd-lcm], sampler: [LCM], steps: [1, 2, 4]}
+
 Grid axes are run-spec fields (``steps``, ``sampler``, ``precision`` ...) or knob settings written
 ``knobs.<knob>.<setting>``. A knob setting's axis also takes ``off``: that cell runs without the knob,
 so the baseline sits in the same grid (``knobs.deepcache.interval: [off, 2, 3]``). Every configuration
@@ -18,9 +26,9 @@ is resolved and checked before the first run, and the reference like them. Prese
 (only ``true``/``false``), so a bare ``off`` or ``no`` stays a word; ``preset_yaml`` writes a sweep back as
 a preset file.
 
-Bounds before work: a grid has at most ``MAX_SWEEP_CELLS`` cells, counted from its axes' lengths before any
-cell is made; a preset file is at most ``MAX_PRESET_BYTES`` and may not use YAML anchors or aliases (``&a``,
-``*a``: a few hundred bytes of them expand to gigabytes), refused before anything is built.
+Bounds before work: a grid has at most ``MAX_SWEEP_CELLS`` cells (a list's mappings together), counted from its
+axes' lengths before any cell is made; a preset file is at most ``MAX_PRESET_BYTES`` and may not use YAML anchors
+or aliases (``&a``, ``*a``: a few hundred bytes of them expand to gigabytes), refused before anything is built.
 
 Resuming: a sweep is identified by a hash of its resolved configurations. Started again, it finds
 its unfinished sweep, marks runs whose process died as ``interrupted``, and runs only the grid cells
@@ -86,10 +94,11 @@ class Sweep:
     name: str
     question: str
     source: str
-    axes: tuple[tuple[str, tuple], ...]
+    axes: tuple[tuple[str, tuple], ...]  # a list grid: each axis of its parts, with their values, as first met
     cells: tuple[dict, ...]  # the axis values of each grid cell, in run order
     specs: tuple[RunSpec, ...]  # resolved
     reference: dict | None
+    parts: tuple[tuple[tuple[str, tuple], ...], ...] = ()  # a list grid's axes, mapping by mapping; () for one
 
     @property
     def key(self) -> str:
@@ -128,22 +137,40 @@ def cell_config(base: dict, cell: dict) -> dict:
     return config
 
 
+def _grid_parts(grid: Any) -> list[tuple[str, dict]]:
+    """(name for messages, mapping) of each product in a grid: the mapping itself, or each of a list's
+    (``grid[1]``); ``SpecError`` for a grid that is neither."""
+    if isinstance(grid, dict) and grid:
+        return [("grid", grid)]
+    if isinstance(grid, list) and grid:
+        for i, part in enumerate(grid):
+            if not isinstance(part, dict) or not part:
+                raise SpecError(f"grid[{i}]", excerpt(part), "a mapping of axis -> list of values (at least one axis)")
+        return [(f"grid[{i}]", part) for i, part in enumerate(grid)]
+    raise SpecError("grid", excerpt(grid), "a mapping of axis -> list of values (at least one axis), or a list of "
+                                           "such mappings")
+
+
 def grid_size(data: Any) -> int:
     """How many cells a sweep dict's grid makes, from its axes' lengths alone (no cell is made); ``SpecError``
-    for a grid that is not a mapping of non-empty lists, or one over ``MAX_SWEEP_CELLS`` cells."""
+    for a grid that is not a mapping of non-empty lists (or a list of them), or one over ``MAX_SWEEP_CELLS`` cells
+    in all."""
     grid = data.get("grid") if isinstance(data, dict) else None
-    if not isinstance(grid, dict) or not grid:
-        raise SpecError("grid", excerpt(grid), "a mapping of axis -> list of values (at least one axis)")
-    n = 1
-    for axis, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"grid.{excerpt(axis)}", excerpt(values), "a non-empty list of values")
-        n *= len(values)
-        if n > MAX_SWEEP_CELLS:
-            sizes = " x ".join(str(len(v)) if isinstance(v, list) else "?" for v in grid.values())
-            raise SpecError("grid", excerpt(f"{sizes} values"), f"at most {MAX_SWEEP_CELLS:,} cells in one sweep "
-                                                                 "(split it into several)")
-    return n
+    parts = _grid_parts(grid)
+    total = 0
+    for where, part in parts:
+        n = 1
+        for axis, values in part.items():
+            if not isinstance(values, list) or not values:
+                raise SpecError(f"{where}.{excerpt(axis)}", excerpt(values), "a non-empty list of values")
+            n *= len(values)
+            if total + n > MAX_SWEEP_CELLS:
+                sizes = " + ".join(" x ".join(str(len(v)) if isinstance(v, list) else "?" for v in p.values())
+                                   for _, p in parts)
+                raise SpecError("grid", excerpt(f"{sizes} values"), f"at most {MAX_SWEEP_CELLS:,} cells in one "
+                                                                     "sweep (split it into several)")
+        total += n
+    return total
 
 
 def _check_reference(ref: Any) -> None:
@@ -178,26 +205,36 @@ def sweep_from_dict(data: dict, source: str = "<dict>") -> Sweep:
         raise SpecError("base", excerpt(base), "a mapping of run-spec fields (the configuration every cell starts "
                                                "from)")
     grid_size(data)
-    axes = [(axis, tuple(values)) for axis, values in grid.items()]
+    parts = [(where, [(axis, tuple(values)) for axis, values in part.items()]) for where, part in _grid_parts(grid)]
     ref = data.get("reference")
     if ref is not None:
         _check_reference(ref)
     cells, specs = [], []
     info_cache: dict = {}
-    for values in itertools.product(*(v for _, v in axes)):
-        cell = dict(zip((a for a, _ in axes), values))
-        try:
-            spec = RunSpec.from_dict(cell_config(base, cell))
-            model = spec.model
-            spec, info = resolve(spec, info_cache.get(model))
-            info_cache[model] = info
-        except SpecError as exc:
-            where = ", ".join(f"{axis_label(k)}={v!r}" for k, v in cell.items())
-            raise SpecError(exc.field, exc.value, f"{exc.allowed} (in grid cell {where})") from None
-        cells.append(cell)
-        specs.append(spec)
+    for where, axes in parts:
+        for values in itertools.product(*(v for _, v in axes)):
+            cell = dict(zip((a for a, _ in axes), values))
+            try:
+                spec = RunSpec.from_dict(cell_config(base, cell))
+                model = spec.model
+                spec, info = resolve(spec, info_cache.get(model))
+                info_cache[model] = info
+            except SpecError as exc:
+                named = ", ".join(f"{axis_label(k)}={v!r}" for k, v in cell.items())
+                raise SpecError(exc.field, exc.value, f"{exc.allowed} (in {where} cell {named})") from None
+            cells.append(cell)
+            specs.append(spec)
+    listed = isinstance(grid, list)
+    union: dict[str, list] = {}  # a list grid's axes together, each value once, in the order first met
+    for _, axes in parts:
+        for axis, values in axes:
+            seen = union.setdefault(axis, [])
+            for value in values:
+                if value not in seen:  # values may be mappings (a knobs axis): compared, never hashed
+                    seen.append(value)
     return Sweep(str(data.get("name") or Path(source).stem), str(data.get("question") or ""), source,
-                 tuple(axes), tuple(cells), tuple(specs), ref)
+                 tuple((a, tuple(v)) for a, v in union.items()) if listed else tuple(parts[0][1]), tuple(cells),
+                 tuple(specs), ref, tuple(tuple(axes) for _, axes in parts) if listed else ())
 
 
 def load_preset(path: str | Path) -> Sweep:
@@ -270,6 +307,8 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
         sweep_id = store.create_sweep(sweep_key=sweep.key, name=sweep.name, preset=sweep.source,
                                       question=sweep.question, n_total=len(sweep),
                                       config={"axes": [[a, list(v)] for a, v in sweep.axes],
+                                              **({"parts": [[[a, list(v)] for a, v in axes] for axes in sweep.parts]}
+                                                 if sweep.parts else {}),
                                               "reference": sweep.reference})
     # 2. runs and sweeps whose process died are interrupted; finished cells are skipped
     store.mark_interrupted()
