@@ -84,7 +84,7 @@ def main() -> None:
             timer()
     times = time_rounds(list(configs), rounds, lambda k: timers[k]().total_ms)
     base = f"teacher {tdef['num_inference_steps']} steps"
-    base_med = latency_spread(times[base])["median_ms"]
+    base_med = latency_spread(times[base])["median"]
     rows = []
     for k, (pipe, steps, g) in configs.items():
         s = latency_spread(times[k])
@@ -93,8 +93,8 @@ def main() -> None:
         rows.append([k.split()[0], a.teacher if pipe is teacher else a.student, type(pipe.scheduler).__name__,
                      str(steps),
                      f"{g:g}" + (" (CFG: 2 passes)" if guided else (" (w input)" if pipe is student else "")),
-                     f"{s['median_ms']:.0f} ({s['iqr_ms']:.0f})", f"{s['min_ms']:.0f}–{s['max_ms']:.0f}",
-                     f"{base_med / s['median_ms']:.1f}x ({min(ratio):.1f}–{max(ratio):.1f})"])
+                     f"{s['median']:.0f} ({s['iqr'] or 0:.0f})", f"{s['min']:.0f}–{s['max']:.0f}",
+                     f"{base_med / s['median']:.1f}x ({min(ratio):.1f}–{max(ratio):.1f})"])
     print(f"# LCM student against its teacher: latency, {len(pairs)} images in one call\n")
     latency_table = print_table(["model", "name", "sampler", "steps", "guidance", "median ms (IQR)", "range ms",
                                  f"speed-up vs {base} (range over rounds)"], "lllrlrrr", rows)
