@@ -178,9 +178,13 @@ SECTIONS = [
             "steps with LCM) as one `Engine.run` on a fresh study, with a distribution set of N training captions "
             "scored on the studio's emoji feature network.",
             "Reading it: the student's target is the teacher's distribution, not its sample paths, so compare it on "
-            "FD-emoji, KID and fidelity, not PSNR against the teacher's reference. The teacher's guidance costs a "
-            "second UNet pass per step (batched); the student's is an input, so its denoiser calls equal its steps. "
-            "FD-emoji compares rows of this table only (one N), and is not FID."),
+            "FD-emoji, KID and the classifier's top-5, not PSNR against the teacher's reference. The teacher's guidance "
+            "costs a second UNet pass per step (batched into one call); the student's is an input, so its denoiser "
+            "calls equal its steps. The untrained-student rows are the control: the same LCMScheduler on the "
+            "teacher's UNet before any distillation step (unguided, since its guidance projection is still zero). "
+            "Where the control scores as well as the student or better, the few-step quality comes from the "
+            "consistency sampler, not from the distillation. FD-emoji compares rows of this table only (one N), and "
+            "is not FID."),
     Section("load_test", "Load: many clients against one studio (`benchmarks/load_test.py`)",
             ".venv/bin/python benchmarks/load_test.py --clients 8 --requests 240 --steps 8",
             "`app.py` with its defaults in a subprocess; the clients are threads of a second process, each with "
