@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import time
@@ -30,10 +29,10 @@ import torch
 
 from studio_core.distill.data import DistillData, emoji_data, folder_data, read_folder
 from studio_core.distill.lcm import Batch, LCDTrainer
-from studio_core.embedded.training.recipe import log
+from studio_core.embedded.training.recipe import log, warmup_cosine
 from studio_core.errors import SpecError
 
-__all__ = ["CHECKPOINT", "DISTILL_RECIPES", "DistillRecipe", "check_teacher", "distill", "lr_scale"]
+__all__ = ["CHECKPOINT", "DISTILL_RECIPES", "DistillRecipe", "check_teacher", "distill"]
 
 CHECKPOINT = "checkpoint.pt"
 REPORT = "training_report.json"
@@ -76,15 +75,6 @@ DISTILL_RECIPES: dict[str, DistillRecipe] = {
     "tiny": DistillRecipe(name="tiny", steps=12, batch=4, lr=1e-3, warmup=2, budget_minutes=30.0, checkpoint_every=4,
                           limit=24, eval_captions=2, eval_steps=(1, 2), guidance_grid=(3.0,), notes="for tests"),
 }
-
-
-def lr_scale(step: int, warmup: int, total: int, time_fraction: float = 0.0, floor: float = 0.05) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine to ``floor`` over the steps or the time budget, whichever
-    is further along (``time_fraction``: the share of the budget spent)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = max((step - warmup) / max(1, total - warmup), time_fraction)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # --------------------------------------------------------------------------- checks before work
@@ -268,7 +258,7 @@ def distill(teacher: str, out: Path, recipe: DistillRecipe, *, data: str | None 
             log(f"stopped by the time budget after {trainer.n} steps")
             break
         idx = torch.randint(0, len(ds), (recipe.batch,), generator=trainer.g)
-        losses.append(trainer.step(_batch(enc, idx), lr_scale(trainer.n, recipe.warmup, recipe.steps,
+        losses.append(trainer.step(_batch(enc, idx), warmup_cosine(trainer.n, recipe.warmup, recipe.steps,
                                                               elapsed / budget_s)))
         if trainer.n % 50 == 0 or trainer.n == 1 or trainer.n == recipe.steps:
             rate = (trainer.n - (resumes[-1] if resumes else 0)) * recipe.batch / (time.perf_counter() - t0)

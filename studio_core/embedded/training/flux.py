@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import string
 import time
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from studio_core.embedded.training.recipe import log
+from studio_core.embedded.training.recipe import log, warmup_cosine
 
 __all__ = ["FLUX_RECIPES", "FluxRecipe", "FluxTrainer", "build_flux_components", "build_t5_tokenizer",
            "flow_loss", "main", "train_flux"]
@@ -239,12 +238,7 @@ def _run_steps(trainer: FluxTrainer, recipe: FluxRecipe, log_every: int = 100) -
     budget_s, t0, losses = recipe.budget_minutes * 60, time.perf_counter(), []
     stopped_by = "steps"
     for step in range(recipe.steps):
-        elapsed = time.perf_counter() - t0
-        if step < recipe.warmup:
-            scale = (step + 1) / recipe.warmup
-        else:
-            progress = max((step - recipe.warmup) / max(1, recipe.steps - recipe.warmup), elapsed / budget_s)
-            scale = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        scale = warmup_cosine(step, recipe.warmup, recipe.steps, (time.perf_counter() - t0) / budget_s)
         losses.append(trainer.step(scale))
         elapsed = time.perf_counter() - t0
         if step % log_every == 0 or step == recipe.steps - 1:

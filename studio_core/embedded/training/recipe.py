@@ -6,10 +6,11 @@ choices from it. ``build_components`` draws the fresh weights (callers seed torc
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
-__all__ = ["RECIPES", "Recipe", "build_components", "log"]
+__all__ = ["RECIPES", "Recipe", "build_components", "log", "warmup_cosine"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,16 @@ def build_components(recipe: Recipe, vocab_size: int, bos_id: int, eos_id: int):
         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
     )
     return vae, text_encoder, unet, scheduler
+
+
+def warmup_cosine(step: int, warmup: int, total: int, time_fraction: float = 0.0, floor: float = 0.05) -> float:
+    """Learning-rate multiple: linear warm-up over ``warmup`` steps, then cosine to ``floor`` over the steps or the
+    time budget, whichever is further along (``time_fraction``: the share of the budget spent). The emoji-flux
+    training and the distillation both run on it."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = max((step - warmup) / max(1, total - warmup), time_fraction)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def log(msg: str) -> None:
