@@ -201,8 +201,9 @@ def validate(spec: RunSpec) -> None:
     """Field-by-field checks that need no model; raises ``SpecError`` at the first problem."""
 
     if not isinstance(spec.model, str) or not spec.model.strip():
-        raise SpecError("model", excerpt(spec.model), "'emoji-sd' or 'emoji-flux' (embedded), a diffusers "
-                                                      "pipeline folder, or a cached repo id")
+        names = [f"'{name}'" for name in EMBEDDED_MODELS]
+        raise SpecError("model", excerpt(spec.model), f"{', '.join(names[:-1])} or {names[-1]} (embedded), a "
+                                                      "diffusers pipeline folder, or a cached repo id")
     check_text("model", spec.model, MAX_MODEL_CHARS)
     # 1. prompts (how many is checked before each is read)
     if spec.prompt_set is not None:
