@@ -25,7 +25,7 @@ GALLERY_FILE = "gallery.png"
 GALLERY_COLUMNS = 8
 
 
-def load_student(out: Path, teacher_path: str | Path, lora_rank: int):
+def load_student(out: Path, teacher_path: str | Path, lora_rank: int, ddim_steps: int):
     """The student as a pipeline: the folder itself, or (LoRA) the teacher with the adapters fused in."""
     from studio_core.distill.save import lcm_scheduler
     from studio_core.models import load_pipeline
@@ -35,7 +35,7 @@ def load_student(out: Path, teacher_path: str | Path, lora_rank: int):
     pipe = load_pipeline(str(teacher_path))
     pipe.load_lora_weights(str(out))
     pipe.fuse_lora()
-    pipe.scheduler = lcm_scheduler(pipe.scheduler, 50)
+    pipe.scheduler = lcm_scheduler(pipe.scheduler, ddim_steps)
     return pipe
 
 
@@ -87,19 +87,16 @@ def write_comparison_gallery(path: Path, rows: list[tuple[str, np.ndarray]], sca
     canvas.save(path)
 
 
-def evaluate_student(out: Path, teacher_path: str | Path, ds, recipe, lora_rank: int, cache_dir: Path) -> dict:
-    """Measure the student in ``out`` and write ``evaluation.json``, ``gallery.png`` and its guidance default."""
+def evaluate_student(out: Path, teacher_path: str | Path, tdef: dict, ds, recipe, lora_rank: int,
+                     cache_dir: Path) -> dict:
+    """Measure the student in ``out`` and write ``evaluation.json``, ``gallery.png`` and its guidance default.
+    ``tdef``: the teacher's defaults as the distillation used them (steps, guidance, its size as height)."""
     from studio_core.distill.save import set_student_defaults
     from studio_core.models import load_pipeline
-    from studio_core.spec import model_info
 
-    teacher_path = Path(teacher_path)
-    info = model_info(str(teacher_path))
-    tdef = dict(info.defaults)
-    size = int(tdef.get("height") or info.sample_size)
-    tdef["height"] = tdef["width"] = size
-    t_steps, t_guid = int(tdef["num_inference_steps"]), float(tdef["guidance_scale"])
-    student, teacher = load_student(out, teacher_path, lora_rank), load_pipeline(str(teacher_path))
+    size, t_steps, t_guid = int(tdef["height"]), int(tdef["num_inference_steps"]), float(tdef["guidance_scale"])
+    student = load_student(out, teacher_path, lora_rank, recipe.ddim_steps)
+    teacher = load_pipeline(str(teacher_path))
     sdef = json.loads((out / "studio_defaults.json").read_text(encoding="utf-8"))
     result: dict = {"size": size, "teacher_defaults": {"steps": t_steps, "guidance": t_guid,
                                                         "sampler": type(teacher.scheduler).__name__}}
@@ -143,5 +140,5 @@ def evaluate_student(out: Path, teacher_path: str | Path, ds, recipe, lora_rank:
     write_comparison_gallery(out / GALLERY_FILE, rows, scale=max(1, 128 // size))
     result["gallery"] = {"prompts": prompts, "seed": 0, "rows": [label for label, _ in rows]}
     (out / EVALUATION_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    set_student_defaults(out, tdef, guidance, sdef.get("domain"), steps=4)
+    set_student_defaults(out, tdef, guidance, steps=4)
     return result

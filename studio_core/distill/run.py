@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studio_core.distill.data import DistillData, emoji_data, folder_data, read_folder
+from studio_core.distill.data import DistillData, emoji_data, folder_data
 from studio_core.distill.lcm import Batch, LCDTrainer
 from studio_core.embedded.training.recipe import log, warmup_cosine
 from studio_core.errors import SpecError
@@ -80,28 +79,26 @@ DISTILL_RECIPES: dict[str, DistillRecipe] = {
 # --------------------------------------------------------------------------- checks before work
 
 
-def check_teacher(path: str | Path) -> dict:
-    """The teacher folder's model_index.json, or ``SpecError`` naming why it cannot be distilled (no torch)."""
+def check_teacher(path: str | Path):
+    """The teacher's ``spec.ModelInfo``, or ``SpecError`` naming why it cannot be distilled (no torch)."""
+    from studio_core.knobs.sampler import CONSISTENCY_SCHEDULERS
     from studio_core.models import check_pipeline_folder
+    from studio_core.spec import model_info
 
-    index = check_pipeline_folder(path)
-    cls = index.get("_class_name")
+    cls = check_pipeline_folder(path).get("_class_name")
     if cls not in TEACHER_PIPELINES:
         raise SpecError("--teacher", str(path), f"a {cls} cannot be distilled here: LCM distillation takes an SD 1.5- "
                                                 f"or SDXL-shaped UNet pipeline ({', '.join(TEACHER_PIPELINES)})")
-    unet = json.loads((Path(path) / "unet" / "config.json").read_text(encoding="utf-8"))
-    if unet.get("time_cond_proj_dim"):
+    info = model_info(str(path))
+    if info.time_cond_proj_dim:
         raise SpecError("--teacher", str(path), "its UNet already has a guidance embedding (time_cond_proj_dim): it "
                                                 "is a consistency-distilled student, not a teacher")
-    sched_file = next((Path(path) / "scheduler").glob("*.json"), None)
-    sched = json.loads(sched_file.read_text(encoding="utf-8")) if sched_file else {}
-    if sched.get("_class_name") in ("LCMScheduler", "TCDScheduler"):
-        raise SpecError("--teacher", str(path), f"its scheduler is {sched['_class_name']}: it is already a student")
-    prediction = sched.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
-        raise SpecError("--teacher", str(path), f"its scheduler predicts {prediction!r}: the DDIM teacher step "
-                                                "needs epsilon or v_prediction")
-    return index
+    if info.scheduler_class in CONSISTENCY_SCHEDULERS:
+        raise SpecError("--teacher", str(path), f"its scheduler is {info.scheduler_class}: it is already a student")
+    if info.prediction_type not in ("epsilon", "v_prediction"):
+        raise SpecError("--teacher", str(path), f"its scheduler predicts {info.prediction_type!r}: the DDIM teacher "
+                                                "step needs epsilon or v_prediction")
+    return info
 
 
 def _load_data(teacher_name: str, data: str | None, size: int, cache_dir: Path, limit: int | None) -> DistillData:
@@ -110,8 +107,7 @@ def _load_data(teacher_name: str, data: str | None, size: int, cache_dir: Path, 
             raise SpecError("--data", None, "a folder of images with captions (the embedded emoji data is the "
                                             "default only for the embedded emoji-sd teacher)")
         return emoji_data(cache_dir, size, limit)
-    read_folder(data)  # the layout is checked before any image is decoded
-    return folder_data(data, size, limit)
+    return folder_data(data, size, limit)  # it checks the whole layout before it decodes an image
 
 
 # --------------------------------------------------------------------------- encoding
@@ -171,7 +167,7 @@ def _save_checkpoint(out: Path, trainer: LCDTrainer, extra: dict) -> None:
     tmp = out / (CHECKPOINT + ".tmp")
     torch.save({**trainer.state_dict(), **extra}, tmp)
     os.replace(tmp, out / CHECKPOINT)
-    (out / "checkpoint.json").write_text(json.dumps({"step": trainer.n, **{k: extra[k] for k in ("fingerprint",)}}))
+    (out / "checkpoint.json").write_text(json.dumps({"step": trainer.n, "fingerprint": extra["fingerprint"]}))
 
 
 def _resume(out: Path, trainer: LCDTrainer, fingerprint: str, restart: bool) -> dict | None:
@@ -192,40 +188,26 @@ def _resume(out: Path, trainer: LCDTrainer, fingerprint: str, restart: bool) -> 
 # --------------------------------------------------------------------------- the run
 
 
-def _device_name(device: str, threads: int) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({threads} threads)"
-
-
 def distill(teacher: str, out: Path, recipe: DistillRecipe, *, data: str | None = None, lora_rank: int = 0,
             cache_dir: Path = Path(".cache"), device: str | None = None, restart: bool = False,
             evaluate_after: bool = True) -> dict:
     """Distil ``teacher`` (an embedded name, a folder or a cached repo id) into ``out``; returns the report."""
+    from studio_core.measure.emoji_metrics import is_emoji_domain
+    from studio_core.measure.environment import device_name, resolve_device
     from studio_core.models import load_pipeline, resolve_model
-    from studio_core.spec import model_info
 
     t_start = time.time()
     teacher_path = resolve_model(teacher)
-    check_teacher(teacher_path)
+    info = check_teacher(teacher_path)
     if lora_rank < 0:
         raise SpecError("--lora", lora_rank, "a LoRA rank of at least 1 (or leave it out for a full student)")
-    info = model_info(teacher_path)
-    defaults = {**info.defaults, "domain": info.domain}
+    defaults = {**info.defaults, "domain": "emoji" if is_emoji_domain(info) else info.domain}
     size = int(defaults.get("height") or info.sample_size)  # the teacher's default size, else its native one
     defaults["height"] = defaults["width"] = size
     ds = _load_data(teacher, data, size, cache_dir, recipe.limit)
     if len(ds) < recipe.batch:
         log(f"data: {len(ds)} items, fewer than a batch of {recipe.batch}; items repeat within a batch")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device or "auto")
     if recipe.threads and device == "cpu":
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -277,7 +259,7 @@ def distill(teacher: str, out: Path, recipe: DistillRecipe, *, data: str | None 
             "method": "lcm-lora" if lora_rank else "lcm", "teacher": str(teacher),
             "teacher_class": type(pipe).__name__, "minutes": round((time.time() - t_start) / 60, 2),
             "device": "cuda" if device.startswith("cuda") else "cpu",
-            "device_name": _device_name(device, torch.get_num_threads()), "steps": trainer.n,
+            "device_name": device_name(device, threads=torch.get_num_threads()), "steps": trainer.n,
         },
         "recipe": asdict(recipe), "lora_rank": lora_rank, "stopped_by": stopped_by, "resumed_at_steps": resumes,
         "data": {"source": ds.source, "items": len(ds), "size": size},
@@ -294,7 +276,7 @@ def distill(teacher: str, out: Path, recipe: DistillRecipe, *, data: str | None 
     if evaluate_after:
         from studio_core.distill.evaluate import evaluate_student
 
-        evaluate_student(out, teacher_path, ds, recipe, lora_rank, cache_dir)
+        evaluate_student(out, teacher_path, defaults, ds, recipe, lora_rank, cache_dir)
     from studio_core.distill.card import write_card
 
     write_card(out)

@@ -10,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+from studio_core.embedded.training.recipe import strip_local_paths
+
 __all__ = ["LORA_FILE", "copy_tokenizer_files", "lcm_scheduler", "save_student", "set_student_defaults"]
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name: load_lora_weights(folder) finds it
@@ -23,25 +25,18 @@ def lcm_scheduler(teacher_scheduler, ddim_steps: int):
     return LCMScheduler.from_config({**cfg, "original_inference_steps": ddim_steps, "timestep_scaling": 10.0})
 
 
-def _strip_local_paths(out: Path) -> None:
-    for cfg in out.glob("*/config.json"):  # no path of this machine in the shipped configs
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-        if data.pop("_name_or_path", None) is not None:
-            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def set_student_defaults(out: Path, defaults: dict, guidance: float, domain: str | None, steps: int = 4) -> None:
+def set_student_defaults(out: Path, defaults: dict, guidance: float, steps: int = 4) -> None:
+    """The student's ``studio_defaults.json``: ``steps`` and ``guidance``, the teacher's size and ``domain``
+    (``defaults`` as the distillation read the teacher)."""
     d = {"guidance_scale": guidance, "num_inference_steps": steps,
          **{k: defaults[k] for k in ("height", "width") if defaults.get(k)}}
-    if domain:
-        d["domain"] = domain
+    if defaults.get("domain"):
+        d["domain"] = defaults["domain"]
     (out / "studio_defaults.json").write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
 
 
 def save_student(out: Path, pipe, trainer, recipe, defaults: dict, lora_rank: int, teacher_path: str | Path) -> None:
     """Write the student into ``out`` (``pipe`` is the loaded teacher; it is left holding the student)."""
-    from studio_core.models import EMBEDDED_MODELS
-
     if lora_rank:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
@@ -52,12 +47,10 @@ def save_student(out: Path, pipe, trainer, recipe, defaults: dict, lora_rank: in
         unet = (trainer.target or trainer.student).eval().requires_grad_(False).to("cpu")
         pipe.register_modules(unet=unet, scheduler=lcm_scheduler(pipe.scheduler, recipe.ddim_steps))
         pipe.save_pretrained(out, safe_serialization=True)
-        _strip_local_paths(out)
+        strip_local_paths(out)
         copy_tokenizer_files(teacher_path, out)
-    embedded = {p.resolve() for p in EMBEDDED_MODELS.values()}
-    domain = defaults.get("domain") or ("emoji" if Path(teacher_path).resolve() in embedded else None)
     guidance = 1.0 if lora_rank else recipe.w_min + 1 + (recipe.w_max - recipe.w_min) / 2  # LoRA: no w input
-    set_student_defaults(out, defaults, guidance, domain)
+    set_student_defaults(out, defaults, guidance)
 
 
 def copy_tokenizer_files(teacher_path: str | Path, out: Path) -> None:

@@ -24,19 +24,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def device_name(device: str) -> str:
-    """The GPU's name, or the CPU model with its core count."""
+def device_name(device: str, threads: int | None = None) -> str:
+    """The GPU's name, or the CPU model with its core count (with ``threads``: the torch threads a job ran on,
+    for a figure made on part of the machine)."""
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"CPU {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+                cpu = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return f"CPU {cpu} ({threads} threads)" if threads else f"CPU {cpu} ({os.cpu_count()} cores)"
 
 
 def environment(device: str) -> dict:

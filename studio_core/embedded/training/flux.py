@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from studio_core.embedded.training.recipe import log, warmup_cosine
+from studio_core.embedded.training.recipe import log, strip_local_paths, warmup_cosine
 
 __all__ = ["FLUX_RECIPES", "FluxRecipe", "FluxTrainer", "build_flux_components", "build_t5_tokenizer",
            "flow_loss", "main", "train_flux"]
@@ -263,10 +263,7 @@ def save_flux_pipeline(out: Path, vae, clip, clip_tok, t5, t5_tok, transformer, 
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5,
                         tokenizer_2=t5_tok, transformer=transformer)
     pipe.save_pretrained(out, safe_serialization=True)
-    for cfg in out.glob("*/config.json"):  # no path of this machine in the shipped configs
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-        if data.pop("_name_or_path", None) is not None:
-            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    strip_local_paths(out)
     return pipe
 
 

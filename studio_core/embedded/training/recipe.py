@@ -6,11 +6,13 @@ choices from it. ``build_components`` draws the fresh weights (callers seed torc
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["RECIPES", "Recipe", "build_components", "log", "warmup_cosine"]
+__all__ = ["RECIPES", "Recipe", "build_components", "log", "strip_local_paths", "warmup_cosine"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,15 @@ def warmup_cosine(step: int, warmup: int, total: int, time_fraction: float = 0.0
         return (step + 1) / warmup
     progress = max((step - warmup) / max(1, total - warmup), time_fraction)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def strip_local_paths(folder: Path) -> None:
+    """Drop ``_name_or_path`` (a path of the machine that saved it) from every component config of a saved
+    pipeline folder, so a shipped folder names no path of ours; emoji-flux and the distilled students use it."""
+    for cfg in Path(folder).glob("*/config.json"):
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+        if data.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def log(msg: str) -> None:
