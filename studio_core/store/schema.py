@@ -131,3 +131,15 @@ def m006_lineage_columns(db: sqlite_utils.Database) -> None:
     """``model_family`` (a student's teacher, else the model itself) and ``lineage`` (how a student was made),
     read from the model folder when the run starts (issue 21): a bundle without the folders still shows them."""
     _add_run_columns(db, {"model_family": str, "lineage": str})
+
+
+# where a run ran when a sweep spreads its cells over devices or machines (issue 22): the worker's host, the device
+# it pinned ("cuda:1", "cpu") and how the cell reached it ("local", "devices" or "ray"); ``shared_cpu`` is how many
+# workers shared that host's CPU cores while it was timed (NULL or 1: it had them to itself)
+PLACEMENT_COLUMNS = {"node": str, "worker_device": str, "dispatch": str, "shared_cpu": int}
+
+
+@migrations()
+def m007_placement_columns(db: sqlite_utils.Database) -> None:
+    """The placement columns (``PLACEMENT_COLUMNS``), kept if a write already made them."""
+    _add_run_columns(db, PLACEMENT_COLUMNS)

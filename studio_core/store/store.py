@@ -58,7 +58,8 @@ from studio_core.store.wal import refuse_damaged_wal
 __all__ = ["DEFAULT_DATA_DIR", "RunStore"]
 
 READ_ONLY_OPTIONAL = frozenset({"m002_quarantine", "m003_measurement_columns", "m004_quality_columns",
-                                "m005_flow_shift_column", "m006_lineage_columns"})  # a reader copes without them
+                                "m005_flow_shift_column", "m006_lineage_columns",
+                                "m007_placement_columns"})  # a reader copes without them
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -550,7 +551,10 @@ class RunStore:
             raise StoreError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="PNG")
-        data = buf.getvalue()
+        return self._keep_png(buf.getvalue(), image.shape[1], image.shape[0])
+
+    def _keep_png(self, data: bytes, width: int, height: int) -> str:
+        """Write PNG bytes under their SHA-256 (atomically, once) and index them; returns the hash."""
         digest = hashlib.sha256(data).hexdigest()
         target = self.image_path(digest)
         self._flush_if_pending()
@@ -559,9 +563,25 @@ class RunStore:
             with replace_atomically(target) as tmp:
                 tmp.write_bytes(data)
         with self._write():
-            self.db["images"].insert({"hash": digest, "width": image.shape[1], "height": image.shape[0],
-                                      "n_bytes": len(data), "created_at": now()}, ignore=True)
+            self.db["images"].insert({"hash": digest, "width": width, "height": height, "n_bytes": len(data),
+                                      "created_at": now()}, ignore=True)
         return digest
+
+    @_writes
+    def put_image_bytes(self, data: bytes) -> str:
+        """Keep an image another process encoded (a sweep worker's PNG) as it is; returns its hash. The bytes must
+        be a PNG this reads back, so a damaged transfer is refused rather than stored under its own hash."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format != "PNG":
+                    raise ValueError(f"a {im.format} file, not a PNG")
+                im.load()
+                width, height = im.size
+        except Exception as exc:
+            raise StoreError(f"an image from a worker is not a readable PNG ({exc})") from None
+        return self._keep_png(data, width, height)
 
     @_writes
     def put_images(self, images: Iterable[np.ndarray]) -> list[str]:

@@ -204,14 +204,17 @@ def classify(runs: pd.DataFrame | list[dict], x: str = "latency_median_ms", y: s
 
 
 # ------------------------------------------------------------------------------------------ setups
-# what must be equal for two runs to share a front: model, machine, thread count (it changes CPU latency),
-# resolution and the reference scored against
-SETUP_COLUMNS = ("model", "device_name", "threads", "height", "width", "reference_id")
+# what must be equal for two runs to share a front: model, machine (its device name: an H100 run and an A100 run
+# never share one), thread count (it changes CPU latency), resolution, the reference scored against, and whether the
+# CPU was shared with other sweep workers while it was timed (``shared_cpu``: a parallel sweep on one CPU machine)
+SETUP_COLUMNS = ("model", "device_name", "threads", "height", "width", "reference_id", "shared_cpu")
 
 
-def _key_part(v: Any) -> Any:
+def _key_part(v: Any, column: str = "") -> Any:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
+    if column == "shared_cpu":  # one worker, or a run from before sweeps shared machines: the CPU was its own
+        return int(v) if float(v) > 1 else None
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
@@ -221,7 +224,7 @@ def setups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
         return []
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(runs.to_dict("records")):
-        groups.setdefault(tuple(_key_part(r.get(c)) for c in SETUP_COLUMNS), []).append(i)
+        groups.setdefault(tuple(_key_part(r.get(c), c) for c in SETUP_COLUMNS), []).append(i)
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0])))
     return [(key, runs.iloc[idx]) for key, idx in ordered]
 
@@ -230,20 +233,22 @@ def setup_label(key: tuple, among: list[tuple] | None = None) -> str:
     """``"emoji-sd · CPU ... · 2 threads · 32x32 px · reference #1"``: one setup as people read it; with
     ``among`` (all the setups shown), only the parts that tell it from the others ("reference #2")."""
     v = dict(zip(SETUP_COLUMNS, key))
+    v.setdefault("shared_cpu", None)  # a key from before the column
     if among and len(among) > 1:
         differ = {c for i, c in enumerate(SETUP_COLUMNS) if len({k[i] for k in among}) > 1}
         if "height" in differ or "width" in differ:
             differ |= {"height", "width"}
     else:
-        differ = set(SETUP_COLUMNS)
+        differ = set(SETUP_COLUMNS) - ({"shared_cpu"} if not v["shared_cpu"] else set())  # said only when shared
     model = str(v["model"] or "unknown model")
     model = model.rstrip("/").rsplit("/", 1)[-1] or model  # a folder path: its name
     size = "size unknown" if v["height"] is None or v["width"] is None else f"{v['height']}x{v['width']} px"
     ref = "no reference" if v["reference_id"] is None else f"reference #{v['reference_id']}"
     threads = "threads unknown" if v["threads"] is None else f"{v['threads']} thread" + (
         "" if v["threads"] == 1 else "s")
+    shared = (f"CPU shared by {v['shared_cpu']} workers" if v["shared_cpu"] else "CPU not shared")
     parts = {"model": model, "device_name": str(v["device_name"] or "unknown device"), "threads": threads,
-             "height": size, "reference_id": ref}
+             "height": size, "reference_id": ref, "shared_cpu": shared}
     return " · ".join(text for column, text in parts.items() if column in differ)
 
 
