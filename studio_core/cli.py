@@ -97,6 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("preset", help="a YAML preset, e.g. presets/sampler-shootout.yaml")
     s.add_argument("--new", action="store_true", help="run again even if this sweep already completed")
     s.add_argument("--dry-run", action="store_true", help="check every configuration and print the grid")
+    w = s.add_mutually_exclusive_group()
+    w.add_argument("--devices", metavar="LIST",
+                   help="one worker process per device, e.g. cuda:0,cuda:1 (each pinned with CUDA_VISIBLE_DEVICES); "
+                        "cpu,cpu runs two CPU workers, whose timings share the cores and are flagged 'shared CPU'")
+    w.add_argument("--ray", metavar="ADDRESS",
+                   help="cells as Ray tasks: 'auto' (the cluster 'ray start' runs here), an address, or 'local' (a "
+                        "private cluster of this machine's cores); needs requirements-ray.txt")
+    s.add_argument("--cpus-per-task", type=int, default=1, metavar="K",
+                   help="with --ray on a cluster without GPUs: CPUs (and torch threads) per cell (default 1)")
+    s.add_argument("--worker-threads", type=int, default=None, metavar="K",
+                   help="with --devices: torch threads of each CPU worker (default: the cores split between them)")
 
     e = sub.add_parser("export", help=COMMANDS["export"])
     e.add_argument("--csv", required=True, metavar="FILE")
@@ -277,8 +288,10 @@ def cmd_sweep(a) -> int:
         return 0
     from studio_core.study.service import StudyService
 
+    workers = ({"devices": a.devices, "ray": a.ray, "cpus_per_task": a.cpus_per_task,
+                "worker_threads": a.worker_threads} if a.devices or a.ray else None)
     with _study(a, read_only=False) as store:
-        out = StudyService(store).run_sweep(sweep, new=a.new)
+        out = StudyService(store).run_sweep(sweep, new=a.new, workers=workers)
         if out.get("note"):
             print(out["note"], file=sys.stderr)
         if out["interrupted"]:

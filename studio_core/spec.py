@@ -73,6 +73,7 @@ __all__ = [
     "excerpt",
     "model_info",
     "resolve",
+    "start_fields",
     "scheduler_steps_reason",
     "validate",
 ]
@@ -164,6 +165,23 @@ def config_hash(spec: RunSpec) -> str:
     if d.get("flow_shift") is None:
         d.pop("flow_shift", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def start_fields(spec: RunSpec, info: "ModelInfo | None") -> dict:
+    """What ``RunStore.start_run`` records of a resolved spec beside its configuration: its hash, the model's
+    folder, fingerprint and pipeline class, the knobs as ``name=json`` sorted by name, and the model's family and
+    lineage (``models.family_name`` and ``models.lineage_text``; None for a model that is not a student). The
+    engine and a sweep's driver (which writes the rows of cells run by workers) record the same."""
+    from studio_core.models import family_name, lineage_text
+
+    knobs = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(spec.knobs.items()))
+    if info is None:  # a model that no longer resolves: what the spec alone says
+        return {"config_hash": config_hash(spec), "knobs_label": knobs}
+    student = info.student
+    return {"config_hash": config_hash(spec), "model_path": info.path, "model_fingerprint": info.fingerprint,
+            "pipeline_class": info.pipeline_class, "knobs_label": knobs,
+            "model_family": family_name(student["teacher"] if student else spec.model),
+            "lineage": lineage_text(student) if student else None}
 
 
 def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:

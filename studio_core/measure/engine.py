@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -62,8 +61,7 @@ from studio_core.measure.quality import image_metrics
 from studio_core.measure.reference import reference_for, reference_key, reference_spec
 from studio_core.measure.sanity import check_pictures
 from studio_core.measure.timing import Clock, Probe, timed_pass, timing_summary
-from studio_core.models import family_name, lineage_text
-from studio_core.spec import MAX_IMAGE_STEPS, ModelInfo, RunSpec, config_hash, resolve
+from studio_core.spec import MAX_IMAGE_STEPS, ModelInfo, RunSpec, resolve, start_fields
 from studio_core.store.space import check_free_space, needed_bytes
 from studio_core.store.store import RunStore
 
@@ -87,19 +85,6 @@ class RunResult:
     def error(self) -> str | None:
         """The recorded reason of a failed run; None when it did not fail."""
         return self.row.get("error")
-
-
-def _knobs_label(spec: RunSpec) -> str:
-    """Every knob's settings as ``name=json``, sorted by name: the row's ``knobs_label``."""
-    return ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(spec.knobs.items()))
-
-
-def _lineage(spec: RunSpec, info: ModelInfo) -> dict:
-    """The row's ``model_family`` (a student's teacher, else the model, by ``models.family_name``) and ``lineage``
-    (``models.lineage_text`` of a student; None for other models)."""
-    student = info.student
-    return {"model_family": family_name(student["teacher"] if student else spec.model),
-            "lineage": lineage_text(student) if student else None}
 
 
 class Engine:
@@ -145,11 +130,9 @@ class Engine:
         if not self.store.read_only:  # a read-only study refuses the run at start_run, by that name
             self._check_space(spec, info, reference)
         # 2. record the run before doing anything that can fail
-        lineage = self._lineages[spec.model] = _lineage(spec, info)
-        run_id = self.store.start_run(
-            spec.to_dict(), config_hash=config_hash(spec), model_path=info.path,
-            model_fingerprint=info.fingerprint, pipeline_class=info.pipeline_class, knobs_label=_knobs_label(spec),
-            sweep_id=sweep_id, sweep_index=sweep_index, **lineage)
+        fields = start_fields(spec, info)
+        self._lineages[spec.model] = {k: fields[k] for k in ("model_family", "lineage")}
+        run_id = self.store.start_run(spec.to_dict(), sweep_id=sweep_id, sweep_index=sweep_index, **fields)
         self._models_run[spec.model] = info.path
         results: dict = {}
         try:
@@ -198,8 +181,9 @@ class Engine:
         deleted or broken since. That is a failed run (the row is written from the unresolved spec, with the
         family and lineage read when the model last resolved), where a model that never resolved is an input error."""
         path = self._models_run[spec.model]
-        run_id = self.store.start_run(spec.to_dict(), config_hash=config_hash(spec), model_path=path,
-                                      knobs_label=_knobs_label(spec), sweep_id=sweep_id, sweep_index=sweep_index,
+        fields = start_fields(spec, None)
+        run_id = self.store.start_run(spec.to_dict(), config_hash=fields["config_hash"], model_path=path,
+                                      knobs_label=fields["knobs_label"], sweep_id=sweep_id, sweep_index=sweep_index,
                                       **self._lineages[spec.model])
         self.store.fail_run(run_id, lost_model_reason(spec.model, path))
         return RunResult(run_id, "failed", self.store.get_run_with_pending(run_id), None, [])

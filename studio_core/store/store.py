@@ -663,6 +663,31 @@ class RunStore:
                 "env_json": _dumps(env or {}),
             }).last_pk
 
+    def reference_record(self, ref_key: str) -> dict:
+        """A stored reference as one study hands it to another (a sweep's driver to its workers, and back): its
+        key, configuration, fingerprint, time, environment and the PNG bytes of its images."""
+        row = self.get_reference(ref_key)
+        if row is None:
+            raise StoreError(f"no reference with key {ref_key}")
+        return {"ref_key": ref_key, "config": row["config_json"], "model_fingerprint": row["model_fingerprint"],
+                "generate_ms": row["generate_ms"], "env": row["env_json"] or {},
+                "images": [self.image_bytes(h) for h in row["images"]]}
+
+    @_writes
+    def keep_reference_record(self, record: dict) -> int:
+        """Keep a ``reference_record`` from another study under its key (its images first); returns its id here. A
+        key already kept is left as it is (references are insert-only) and its id returned."""
+        existing = self.get_reference(record["ref_key"])
+        if existing is not None:
+            return int(existing["id"])
+        images = [self.put_image_bytes(data) for data in record["images"]]
+        try:
+            return self.put_reference(record["ref_key"], config=record["config"], images=images,
+                                      model_fingerprint=record["model_fingerprint"],
+                                      generate_ms=record["generate_ms"], env=record["env"])
+        except StoreError:  # kept meanwhile by another process
+            return int(self.get_reference(record["ref_key"])["id"])
+
     # ---------------------------------------------------------------- sweeps
     @_writes
     def create_sweep(self, *, sweep_key: str, name: str, preset: str, question: str, config: dict,

@@ -36,6 +36,7 @@ from studio_core.errors import DeviceWaitStopped, RunCancelled, StoreReadOnly, S
 from studio_core.models import resolve_model
 from studio_core.spec import REFERENCE_DEFAULT
 from studio_core.store.store import RunStore
+from studio_core.study.dispatch import make_backend
 from studio_core.study.estimate import SweepEstimate, estimate_sweep
 from studio_core.study.sweep import Sweep, grid_size, run_sweep, sweep_from_dict
 
@@ -246,7 +247,8 @@ class StudyService:
         return sweep_from_dict(data, source)
 
     def _sweep_on_device(self, sweep: Sweep, new: bool, progress: bool | Callable,
-                         stop: Callable[[], bool] | None, waiting: Callable[[str], None] | None) -> dict:
+                         stop: Callable[[], bool] | None, waiting: Callable[[str], None] | None,
+                         workers: dict | None = None) -> dict:
         device = self.device
 
         def ran(done: int, total: int, row: dict) -> None:
@@ -255,17 +257,24 @@ class StudyService:
                 progress(done, total, row)
 
         with device.hold(f"sweep '{sweep.name}' (starting)", waiting, stop=stop):
-            return run_sweep(self.engine, sweep, new=new, should_stop=stop,
-                             progress=ran if callable(progress) else progress)
+            backend = make_backend(**workers) if workers else None
+            try:
+                return run_sweep(self.engine if backend is None else None, sweep, new=new, should_stop=stop,
+                                 progress=ran if callable(progress) else progress, backend=backend, store=self.store)
+            finally:
+                if backend is not None:
+                    backend.close()
 
     def run_sweep(self, sweep: dict | Sweep, *, new: bool = False, progress: bool | Callable = True,
-                  stop: Callable[[], bool] | None = None) -> dict:
+                  stop: Callable[[], bool] | None = None, workers: dict | None = None) -> dict:
         """Run (or resume) a sweep in this thread (admitted, then on the device); ``run_sweep``'s summary.
-        ``progress`` is True for a progress bar on stderr, or ``(done, total, row)`` after each run."""
+        ``progress`` is True for a progress bar on stderr, or ``(done, total, row)`` after each run. ``workers``
+        (``dispatch.make_backend``'s arguments: ``devices``, ``ray`` ...) spreads the cells over worker processes or
+        a Ray cluster, this process writing every outcome."""
         self._refuse_if_read_only("a sweep")
         sweep = self.sweep(sweep, to_run=True)
         with self.device.admit():
-            return self._sweep_on_device(sweep, new, progress, stop, None)
+            return self._sweep_on_device(sweep, new, progress, stop, None, workers)
 
     def _stop_event(self, session: str | None) -> threading.Event:
         return self._stops.setdefault(session or "default", threading.Event())
@@ -275,7 +284,7 @@ class StudyService:
         self._stop_event(session).set()
 
     def sweep_events(self, sweep: dict | Sweep, *, new: bool = False, session: str | None = None,
-                     client: Stop | None = None) -> Iterator[SweepEvent]:
+                     client: Stop | None = None, workers: dict | None = None) -> Iterator[SweepEvent]:
         """Run (or resume) a sweep in a worker thread, yielding what a page shows. Admission is checked at
         the first step (``StudioBusy``); an error that stops the sweep is raised after its events. Closing
         the iterator early stops the sweep between runs and waits for it: runs never overlap. So does ``client``
@@ -294,7 +303,7 @@ class StudyService:
                 try:
                     outcome["result"] = self._sweep_on_device(
                         sweep, new, lambda done, total, row: events.put(SweepEvent("run", done, total, row=row)),
-                        why, lambda holder: events.put(SweepEvent("wait", 0, len(sweep), holder=holder)))
+                        why, lambda holder: events.put(SweepEvent("wait", 0, len(sweep), holder=holder)), workers)
                 except DeviceWaitStopped:
                     outcome["stopped"] = True
                 except BaseException as exc:  # raised to the consumer below

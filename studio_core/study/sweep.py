@@ -281,13 +281,16 @@ def _run_by_another_process(store, row: dict) -> bool:
 
 
 def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Callable = True,
-              should_stop: Callable[[], bool] | None = None) -> dict:
+              should_stop: Callable[[], bool] | None = None, backend=None, store=None) -> dict:
     """Run (or resume) a sweep; returns ``{"sweep_id", "ran", "skipped", "interrupted", "status"}``
     where ``interrupted`` lists this sweep's runs that an earlier process left unfinished.
 
-    ``progress`` is True for a tqdm bar on stderr, or a callback ``(done, total, row)`` for the UI.
+    ``progress`` is True for a tqdm bar on stderr, or a callback ``(done, total, row)`` for the UI. ``backend``
+    (``dispatch.DevicePool`` or ``dispatch.RayCluster``) runs the cells on its workers, this process writing
+    their outcomes into ``store`` (``engine`` may then be None); its maker closes it. Resuming is the same either
+    way.
     """
-    store = engine.store
+    store = engine.store if engine is not None else store
     # 1. find the unfinished sweep with the same configurations, or start one
     same = store.sweeps(sweep.key)
     open_sweeps = [s for s in same if s["status"] != "done"]
@@ -327,6 +330,21 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
                       + (f"; runs {interrupted} were interrupted and their cells run again" if interrupted else ""))
     ran, status = 0, "done"
     try:
+        if backend is not None:
+            from studio_core.study.dispatch import run_cells
+
+            def advanced(done: int, total: int, row: dict) -> None:
+                if bar is not None:
+                    cell = ", ".join(f"{axis_label(k)} = {axis_value(k, v)}"
+                                     for k, v in sweep.cells[row["sweep_index"]].items())
+                    bar.set_postfix_str(f"{cell}: {row['status']} on {row.get('worker_device')}", refresh=False)
+                    bar.update(1)
+                elif callable(progress):
+                    progress(done, total, row)
+
+            ran, status = run_cells(store, sweep, sweep_id, todo, backend, done_before=len(finished),
+                                    progress=advanced, should_stop=should_stop)
+            todo = []
         for i in todo:
             if should_stop is not None and should_stop():
                 status = "cancelled"
