@@ -32,7 +32,7 @@ from studio_core.study.estimate import format_duration
 from studio_core.study.service import StudyService
 from studio_core.study.sweep import preset_yaml
 
-__all__ = ["DEMO_MESSAGE", "MAX_ID", "NO_AXIS", "Studio", "parse_id"]
+__all__ = ["DEMO_MESSAGE", "MAX_ID", "NO_AXIS", "Studio", "parse_id", "parse_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,23 @@ def _user_error(exc: BaseException, hide: tuple[str, str] | None = None) -> gr.E
     if hide:
         text = text.replace(*hide)
     return gr.Error(text, title="Cannot run this" if known else "Something went wrong", print_exception=False)
+
+
+def parse_workers(value: Any) -> dict | None:
+    """The Sweep tab's *Workers* field as ``StudyService.run_sweep``'s ``workers``: blank is None (this process),
+    ``ray:ADDRESS`` a Ray cluster (``auto``, ``local`` or an address), anything else a device list (``cuda:0,cuda:1``,
+    checked by ``dispatch.parse_devices`` when the sweep starts). Not text: a ``gr.Error``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 2000:
+        raise gr.Error(f"workers {excerpt(value)!r}: blank, a device list such as cuda:0,cuda:1, or ray:ADDRESS",
+                       print_exception=False)
+    text = value.strip()
+    if not text:
+        return None
+    if text.startswith("ray:"):
+        return {"ray": text[4:].strip() or "auto"}
+    return {"devices": text}
 
 
 def parse_id(value: Any, what: str = "run") -> int | None:
@@ -280,13 +297,14 @@ class Studio:
         self.service.cancel_generation(getattr(request, "session_hash", None))
         return "Cancelling the generation: it stops after the denoiser step in progress."
 
-    def run_sweep(self, sweep: dict, rerun: bool, request: gr.Request, size: Any = THUMB_PX,
+    def run_sweep(self, sweep: dict, rerun: bool, request: gr.Request, size: Any = THUMB_PX, workers: Any = "",
                   progress=gr.Progress()):
         """Run (or resume) a sweep, updating the grid (``size`` px thumbnails) after every run; Cancel stops
         between runs. Like a generation, it waits in line for the device or is refused when the line is
-        full. Yields (grid, status, the shown sweep's id)."""
+        full. ``workers`` spreads its cells (``parse_workers``). Yields (grid, status, the shown sweep's id)."""
         self.refuse_in_demo()
         px = self._thumb_size(size)
+        spread = parse_workers(workers)
         try:
             s = self.service.sweep(sweep, to_run=True)  # a full line is refused before the grid is expanded
         except Exception as exc:
@@ -294,7 +312,7 @@ class Studio:
         progress((0, len(s)), desc=f"{s.name}: starting", unit="runs")
         shown = None
         events = self.service.sweep_events(s, new=bool(rerun), session=getattr(request, "session_hash", None),
-                                           client=client_watch())
+                                           client=client_watch(), workers=spread)
         try:
             with closing(events):  # the page went away: the service stops the sweep between runs
                 for event in events:

@@ -213,6 +213,9 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                                                 elem_id="sweep-name")
                         question = gr.Textbox("", label="Question it answers", scale=2, elem_id="sweep-question")
                         rerun = gr.Checkbox(False, label="run again even if this sweep already finished", scale=1)
+                    workers = gr.Textbox("", label="Workers", placeholder="this process", elem_id="sweep-workers",
+                                         interactive=off, info="blank: this process · cuda:0,cuda:1: one pinned worker "
+                                         "per GPU · ray:auto, ray:HOST:PORT or ray:local: a Ray cluster (README)")
                     estimate_md = gr.Markdown(elem_id="sweep-estimate")
                     with gr.Accordion("Sweep spec as YAML: save it under presets/ to run it with "
                                       "python -m studio_core sweep", open=False, elem_id="sweep-spec-box"):
@@ -387,7 +390,8 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                          api_visibility="private", show_progress="hidden")
         sweep_run = start_btn.click(build_sweep, sweep_inputs, [sweep_json, estimate_md],
                                     api_name="build_sweep").success(
-            studio.run_sweep, [sweep_json, rerun, thumb_size], [grid_html, sweep_status, grid_sweep], api_name="sweep",
+            studio.run_sweep, [sweep_json, rerun, thumb_size, workers], [grid_html, sweep_status, grid_sweep],
+            api_name="sweep",
             concurrency_id="gpu", concurrency_limit=None)
         cancel_btn.click(studio.cancel, None, sweep_status, api_name="cancel_sweep", concurrency_limit=None)
         # any recorded sweep's grid, without running anything (ids come raw: parse_id checks them)

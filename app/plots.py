@@ -104,6 +104,11 @@ def hover_text(row: Mapping) -> str:
     flag = tables.noise_flag(row)
     if flag:
         lines.append(f"<b>{flag}</b>")
+    if not is_missing(row.get("dispatch")) and row.get("dispatch"):  # a sweep worker ran it (dispatch.py)
+        where = " · ".join(html.escape(str(row[c])) for c in ("node", "worker_device") if not is_missing(row.get(c)))
+        lines += _wrap([f"ran on {where} ({html.escape(str(row['dispatch']))})"])
+    if (num(row.get("shared_cpu")) or 0) > 1:  # parallel CPU workers of one sweep on one machine
+        lines.append(f"<b>timed on a CPU shared by {int(num(row['shared_cpu']))} workers</b>")
     spread = (num(row.get("n_images")) or 0) > 1  # a std over one image means nothing
     q = []
     if num(row.get("psnr")) is not None:

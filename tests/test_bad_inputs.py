@@ -219,7 +219,7 @@ def test_the_api_filters_refuse_an_unknown_sweep_or_model(served, bad_inputs, en
     ({"grid": {"steps": [2, 0]}}, "steps=0 is not allowed"),
     ({"base": "steps=4"}, "base"),
     ({"reference": {"steps": "abc"}}, "reference.steps='abc' is not allowed"),
-    ({"grid": {"steps": list(range(1, 501)), "guidance": [*range(399), "x"]}}, "at most 1,000 cells in one sweep"),
+    ({"grid": {"steps": list(range(1, 501)), "guidance": [*range(399), "x"]}}, "at most 10,000 cells in one sweep"),
 ])
 def test_a_bad_sweep_is_refused_before_any_run(served, bad_inputs, change, message):
     client, _ro, store, model = served

@@ -247,3 +247,29 @@ def test_runs_timed_on_a_shared_cpu_get_a_front_of_their_own():
     keys = [k for k, _ in groups]
     assert sorted(setup_label(k, keys) for k in keys) == ["CPU not shared", "CPU shared by 2 workers"]
     assert setup_label(keys[0]).count("·") == (5 if "shared" in setup_label(keys[0]) else 4)
+
+
+def test_the_sweep_tab_spreads_a_sweep_and_refuses_a_bad_worker_list(tmp_path, tiny_pipeline_dir):
+    import gradio as gr
+
+    from app.handlers import parse_workers
+    from app.layout import build_demo
+
+    assert parse_workers("  ") is None and parse_workers("ray:") == {"ray": "auto"}
+    assert parse_workers("ray:10.0.0.5:6379") == {"ray": "10.0.0.5:6379"}
+    assert parse_workers("cuda:0,cuda:1") == {"devices": "cuda:0,cuda:1"}
+    demo = build_demo(str(tiny_pipeline_dir), tmp_path / "study", reference={"sampler": "DDIM", "steps": 3})
+    studio = demo.studio
+    try:
+        base = {"model": str(tiny_pipeline_dir), "prompts": ["red heart"], "seeds": [0], "repeats": 1, "warmup": 0}
+        sweep = {"name": "spread", "base": base, "grid": {"steps": [2, 3]}}
+        for bad, says in [("cuda:7", "cuda:7"), ("gpu", "'cuda:N'"), (3, "a device list")]:
+            with pytest.raises(gr.Error, match=says):
+                list(studio.run_sweep(sweep, False, None, 64, bad))
+        assert studio.store.run_count() == 0  # refused before any work
+        outputs = list(studio.run_sweep(sweep, False, None, 64, "cpu,cpu"))
+        assert "Sweep" in outputs[-1][1] and "finished" in outputs[-1][1]
+        frame = finished_once(studio.store, outputs[-1][2], 2)
+        assert set(frame["dispatch"]) == {"devices"} and set(frame["status"]) == {"ok"}
+    finally:
+        studio.store.close()

@@ -215,7 +215,8 @@ def test_a_list_grid_is_its_products_one_after_another(tiny_pipeline_dir, studen
     ([{"steps": [1]}, {}], "grid[1]", "at least one axis"),
     ([], "grid", "or a list of such mappings"),
     ("steps", "grid", "or a list of such mappings"),
-    ([{"steps": list(range(1, 501))}, {"guidance": [float(g) for g in range(501)]}], "grid", "at most 1,000 cells"),
+    ([{"steps": list(range(1, 501)), "guidance": [float(g) for g in range(21)]},
+      {"guidance": [float(g) for g in range(501)]}], "grid", "at most 10,000 cells"),
     ([{"steps": [1]}, {"sampler": ["LCM"], "steps": [0]}], "steps", "(in grid[1] cell sampler='LCM', steps=0)"),
 ])
 def test_a_bad_list_grid_is_refused_naming_its_part(tiny_pipeline_dir, grid, field, text):

@@ -242,6 +242,9 @@ class RayCluster:
         self.engine = engine
         self.cpus_per_task = int(cpus_per_task)
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}}
+        if address not in ("local", "auto") and "RAY_AUTH_MODE" not in os.environ and (
+                os.environ.get("RAY_AUTH_TOKEN") or Path("~/.ray/auth_token").expanduser().is_file()):
+            os.environ["RAY_AUTH_MODE"] = "token"  # a cluster started with token auth (Ray 2.59+): present ours
         try:
             if address == "local":
                 ray.init(num_cpus=local_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
@@ -250,7 +253,8 @@ class RayCluster:
                 ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=env)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SpecError("ray", address, f"a running Ray cluster ('ray start --head' first, then 'auto' or its "
-                                            f"address), or 'local' ({' '.join(str(exc).split())[:300]})") from None
+                                            "address, with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token), or "
+                                            f"'local' ({' '.join(str(exc).split())[:300]})") from None
         resources = ray.cluster_resources()
         self.gpus = int(resources.get("GPU", 0))
         if self.gpus:
@@ -261,7 +265,10 @@ class RayCluster:
             options = {"num_cpus": self.cpus_per_task}
         self._task = ray.remote(ray_cell).options(max_retries=0, **options)
         self._tracker = ray.remote(num_cpus=0)(_Tracker).remote()
-        self._node_cpus = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n["Alive"]}
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        self._node_cpus = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in alive}
+        # where a task ran when it died before telling the tracker: known only on a one-node cluster
+        self._only_node = {"node": alive[0].get("NodeManagerHostname", "")} if len(alive) == 1 else {}
         self._pending: dict[Any, dict] = {}
         self._archives: dict[str, Any] = {}
         self._references: dict[str, Any] = {}
@@ -287,7 +294,7 @@ class RayCluster:
                 self._tracker.forget.remote(payload["cell"], payload.get("attempt", 1))
             except ray.exceptions.RayError as exc:
                 cell, attempt = payload["cell"], payload.get("attempt", 1)
-                where = ray.get(self._tracker.where.remote(cell, attempt)) or {}
+                where = ray.get(self._tracker.where.remote(cell, attempt)) or self._only_node
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 out.append(WorkerDied(cell, attempt, where.get("node", "an unknown node"),
                                       where.get("device", ""), f"{type(exc).__name__}: {first}"[:500]))

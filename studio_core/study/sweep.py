@@ -343,7 +343,8 @@ def run_sweep(engine, sweep: Sweep, *, new: bool = False, progress: bool | Calla
                     progress(done, total, row)
 
             ran, status = run_cells(store, sweep, sweep_id, todo, backend, done_before=len(finished),
-                                    progress=advanced, should_stop=should_stop)
+                                    progress=advanced if bar is not None or callable(progress) else None,
+                                    should_stop=should_stop)
             todo = []
         for i in todo:
             if should_stop is not None and should_stop():
