@@ -273,3 +273,14 @@ def test_the_sweep_tab_spreads_a_sweep_and_refuses_a_bad_worker_list(tmp_path, t
         assert set(frame["dispatch"]) == {"devices"} and set(frame["status"]) == {"ok"}
     finally:
         studio.store.close()
+
+
+def test_a_hover_says_where_a_spread_run_ran_and_that_its_cpu_was_shared():
+    from app.plots import hover_text
+
+    row = {"id": 7, "steps": 4, "latency_median_ms": 100.0, "dispatch": "devices", "node": "vm",
+           "worker_device": "cpu (worker 2)", "shared_cpu": 2}
+    text = hover_text(row)
+    assert "ran on vm · cpu (worker 2) (devices)" in text and "timed on a CPU shared by 2 workers" in text
+    alone = hover_text({**row, "shared_cpu": None, "dispatch": None})
+    assert "shared" not in alone and "ran on" not in alone
