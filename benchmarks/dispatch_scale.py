@@ -67,7 +67,8 @@ def driver(address: str, data: str, cells: int, ms: int) -> int:
         out = run_sweep(None, sweep, store=store, backend=cluster, progress=False)
     finally:
         cluster.close()
-    print(json.dumps({**out, "slots": cluster.slots, "connect_s": connected - started, "sweep_s": time.time() - connected}))
+    print(json.dumps({**out, "slots": cluster.slots, "connect_s": connected - started,
+                      "sweep_s": time.time() - connected}))
     return 0
 
 
@@ -221,7 +222,8 @@ def main() -> int:
         [["clean", f"{a.cells:,}", "0", "no", f"{a.cells - c['lost'] - c['duplicated']:,}", str(c["lost"]),
           str(c["duplicated"]), str(c["interrupted"]), f"{c['wall_s']:.0f}", f"{c['throughput']:.1f}",
           f"{c['ideal']:.1f}", f"{c['overhead_ms']:.0f}"],
-         ["faults", f"{a.cells:,}", f"{f['workers_killed']} of {a.workers}", f"once, at {f['driver_killed_at_ok']:,} done",
+         ["faults", f"{a.cells:,}", f"{f['workers_killed']} of {a.workers}",
+          f"once, at {f['driver_killed_at_ok']:,} done",
           f"{a.cells - f['lost'] - f['duplicated']:,}", str(f["lost"]), str(f["duplicated"]), str(f["interrupted"]),
           f"{f['wall_s']:.0f}", "", "", ""]])
     setup = {"workers": a.workers, "cells": a.cells, "stand_in_ms": a.ms, "kills": kills, "cpu_count": os.cpu_count(),

@@ -143,7 +143,8 @@ def main() -> int:
         diff = max(abs(r["psnr"][i] - base[i]) for i in base if i in r["psnr"]) if name != "in process" else 0.0
         table_rows.append([name, str(cells), str(cells - r["lost"] - r["twice"]), str(r["lost"]), str(r["twice"]),
                            str(len(r["interrupted"])), str(r["references"]), ", ".join(r["workers"]),
-                           ", ".join(map(str, r["threads"])), ", ".join(map(str, r["shared_cpu"])), f"{r['wall_s']:.0f}",
+                           ", ".join(map(str, r["threads"])), ", ".join(map(str, r["shared_cpu"])),
+                           f"{r['wall_s']:.0f}",
                            "" if name == "in process" else f"{diff:.3f}"])
     table = print_table(["scenario", "cells", "finished once", "lost", "twice", "interrupted rows", "references made",
                          "worker device", "threads", "shared CPU", "wall (s)", "max |ΔPSNR| vs in process (dB)"],
