@@ -24,6 +24,7 @@ import pandas as pd
 
 from app import cards, compare, grid, pictures, plots, tables, widgets
 from app.clients import client_watch
+from app.kept_runs import KeptRuns, select
 from studio_core.errors import ModelLoadError, RunCancelled, SpecError, StoreError, StudioBusy, SweepBusy
 from studio_core.knobs.sampler import samplers_for
 from studio_core.spec import RunSpec, defaults_text, excerpt, model_info, resolve
@@ -42,6 +43,9 @@ MAX_ID = 2**63 - 1  # SQLite's largest INTEGER
 DEMO_MESSAGE = "Read-only demo of {study}: generation and sweeps are off"
 CELL_IMAGE_PX = 512  # a clicked sweep cell's images are shown at least this large (nearest-neighbour)
 THUMB_PX = grid.THUMB_SIZES[1]  # the sweep grid's thumbnails unless the page asks for another size
+RUNS_PER_PAGE = 100  # rows of one page of the Runs table
+RUN_CHOICES = 500  # the newest successful runs the run pickers offer (beside the runs they hold)
+CSV_AT_ONCE = 20_000  # a Runs selection up to this many runs has its CSV written with the table (about a second)
 
 
 def _user_error(exc: BaseException, hide: tuple[str, str] | None = None) -> gr.Error:
@@ -128,6 +132,12 @@ class Studio:
         self.where = data_dir.name if self.read_only else str(service.store.path)
         self.demo_message = DEMO_MESSAGE.format(study=data_dir.name)
         self._hide = (str(data_dir), data_dir.name) if self.read_only else None
+        # what refreshes of a large study keep (see app.kept_runs): the successful runs read so far and what the
+        # figure derived from each; the filter choices of the last study version; each CSV's study version
+        self._ok_runs = KeptRuns(service.store, plots.FRONTIER_COLUMNS)
+        self._memo, self._memo_generation = plots.RunMemo(), 0
+        self._choices: tuple[tuple, tuple] | None = None
+        self._csv_versions: dict[Path, tuple] = {}
 
     # what tests and scripts reach through the page: the study behind it
     store = property(lambda self: self.service.store)
@@ -398,18 +408,65 @@ class Studio:
         return tables.sweep_choices(self.store.sweeps())
 
     # ------------------------------------------------------------------ Frontier
+    def study_version(self) -> tuple:
+        """Changes whenever a run or a sweep starts or ends: the cue to redraw the plot and refresh the filters (a
+        sweep's row is written before its first run and finished after its last). Read off indexes: cheap enough
+        for a timer on a study of 100k runs."""
+        return self.store.runs_version(), tuple(self.store.sweep_statuses())
+
+    def ok_runs(self) -> pd.DataFrame:
+        """Every successful run (the columns the figure reads), up to date: read whole once, then only the runs new
+        or finished since (``KeptRuns``); what the figure derived from the old rows is dropped when they are read
+        again from scratch."""
+        frame = self._ok_runs.frame()
+        if self._ok_runs.generation != self._memo_generation:
+            self._memo.clear()
+            self._memo_generation = self._ok_runs.generation
+        return frame
+
     def frontier(self, quality: str, cost: str, color: str, symbol: str, model: str, prompt_set: str,
                  sweep_id: Any, selected: list | None, log_x: bool = False, spread: bool = False):
         """The frontier of the successful runs the filters pick; ``spread`` draws latency quartile bars."""
-        frame = self.store.runs_frame(matching=self._filters("ok", sweep_id, model, prompt_set))
+        matching = self._filters("ok", sweep_id, model, prompt_set)
+        frame = select(self.ok_runs(), {k: v for k, v in matching.items() if k != "status"})
         sel = [i for i in (parse_id(v) for v in (selected or [])) if i is not None]
         return plots.make_frontier_plot(frame, quality, cost, None if color == NO_AXIS else color,
                                         None if symbol == NO_AXIS else symbol, sel, log_x=bool(log_x),
-                                        spread=bool(spread))
+                                        spread=bool(spread), memo=self._memo)
 
     def filter_choices(self):
-        """Current choices of the model / prompt set / sweep / run filters, from the whole log."""
-        return tables.filter_choices(self.store.runs_frame(), self.store.sweeps())
+        """Current choices of the model / prompt set / sweep / run filters: the models and prompt sets every run
+        has (distinct values off their indexes), the sweeps, and the newest ``RUN_CHOICES`` successful runs. Kept
+        until the study changes (``study_version``), so the timer's refresh costs nothing while it does not."""
+        version = self.study_version()
+        kept = self._choices
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        store = self.store
+        newest, _total = store.runs_page(matching={"status": "ok"}, columns=tables.LABEL_READS, per_page=RUN_CHOICES)
+        choices = tables.choices_from(store.distinct_values("model"), store.distinct_values("prompt_set"),
+                                      store.sweeps(), newest.iloc[::-1])
+        self._choices = (version, choices)
+        return choices
+
+    def run_choices(self, keep: Any = None) -> list[tuple[str, int]]:
+        """The run pickers' choices: the newest ``RUN_CHOICES`` successful runs, and the runs a picker holds now
+        (``keep``: an id or a list of them) wherever they are in the study, so its value stays one of its choices."""
+        choices = self.filter_choices()[3]
+        have = {i for _, i in choices}
+        held = keep if isinstance(keep, (list, tuple)) else [keep]
+        extra = []
+        for value in held:
+            try:
+                rid = parse_id(value)
+            except gr.Error:
+                continue
+            if rid is not None and rid not in have:
+                extra.append(self.store.runs_frame(matching={"id": rid}, columns=tables.LABEL_READS))
+                have.add(rid)
+        if not extra:
+            return choices
+        return tables.run_choices(pd.concat(extra, ignore_index=True).sort_values("id")) + choices
 
     def clicked(self, token: str, selected: list | None):
         """A plotly click (``"<id>@<time>"`` from the page hook): show that run, add it to the selection."""
@@ -422,7 +479,7 @@ class Studio:
         if run_id not in sel:
             sel = (sel + [run_id])[-4:]
         return (self.gallery(row, limit=8), self.point_text(row),
-                gr.update(choices=self.filter_choices()[3], value=sel))
+                gr.update(choices=self.run_choices(sel), value=sel))
 
     def point_text(self, row: dict) -> str:
         head, *rest = plots.hover_text(row).replace("<b>", "**").replace("</b>", "**").split("<br>")
@@ -481,23 +538,73 @@ class Studio:
         matching = tables.run_filters(status, sid, model, prompt_set)
         for column, what in (("model", "model"), ("prompt_set", "prompt set")):
             value = matching.get(column)
-            if value is not None and self.store.runs_frame(matching={column: value}).empty:
+            if value is not None and not self.store.has_run({column: value}):
                 raise gr.Error(f"no run of {what} {excerpt(value)!r} in this study (pick one from the list, or "
                                f"{tables.ALL!r})", title=f"No such {what}", print_exception=False)
         return matching
 
-    def runs_table(self, status: str, sweep_id: Any, model: str):
+    @staticmethod
+    def page_number(page: Any) -> int:
+        """A page number from the page or an API caller: blank is the first page; anything but a whole number
+        from 1 is a ``gr.Error``."""
+        return parse_id(page, "page") or 1
+
+    def runs_page(self, status: str, sweep_id: Any, model: str, page: Any = 1):
+        """The Runs tab: page ``page`` of the filtered runs, newest first, ``RUNS_PER_PAGE`` a page (a page past
+        the last shows the last); the line that says where it lies ("runs 101–200 of 92,052 · page 2 of 921");
+        and the page shown."""
         matching = self._filters(status, sweep_id, model)
-        return tables.table_view(self.store.runs_frame(matching=matching)), self._csv(matching)
+        number = self.page_number(page)
+        frame, total = self.store.runs_page(matching=matching, columns=tables.TABLE_READS, page=number,
+                                            per_page=RUNS_PER_PAGE)
+        last = max(1, -(-total // RUNS_PER_PAGE))
+        if number > last:
+            number = last
+            frame, total = self.store.runs_page(matching=matching, columns=tables.TABLE_READS, page=number,
+                                                per_page=RUNS_PER_PAGE)
+        return tables.table_view(frame, newest_first=True), tables.page_text(number, RUNS_PER_PAGE, total), number
+
+    def runs_view(self, status: str, sweep_id: Any, model: str, page: Any = 1):
+        """The Runs tab when its filters change, Refresh is pressed or the tab is shown: ``runs_page`` and the
+        Download button (``runs_csv``), in one answer, so a CSV on the button is always the one of the table shown."""
+        return (*self.runs_page(status, sweep_id, model, page), self.runs_csv(status, sweep_id, model))
+
+    def runs_table(self, status: str, sweep_id: Any, model: str, page: Any = 1):
+        """The ``/runs`` API: a page of the Runs table (the first unless ``page`` says) and the CSV of every
+        filtered run."""
+        table, _line, _number = self.runs_page(status, sweep_id, model, page)
+        return table, self._csv(self._filters(status, sweep_id, model))
+
+    def runs_csv(self, status: str, sweep_id: Any, model: str):
+        """The Download button for the filtered runs: their CSV, written now when there are at most ``CSV_AT_ONCE``
+        of them (under a second); past that, an empty button that writes it when pressed (``prepare_csv``), so
+        the table of a large study never waits for a CSV nobody asked for."""
+        matching = self._filters(status, sweep_id, model)
+        _frame, total = self.store.runs_page(matching=matching, columns=["id"], per_page=1)
+        if total > CSV_AT_ONCE:
+            return gr.update(value=None, label=f"Prepare CSV of {total:,} runs")
+        return gr.update(value=self._csv(matching), label="Download CSV")
+
+    def prepare_csv(self, status: str, sweep_id: Any, model: str, ready: Any = None):
+        """A press of the Download button: when it holds no file yet (a large selection), write the CSV and put it
+        there, ready for the next press; when it holds one, the browser downloads that and nothing is written."""
+        if ready:
+            return gr.skip()
+        return gr.update(value=self.export_csv(status, sweep_id, model), label="Download CSV (ready)")
 
     def export_csv(self, status: str, sweep_id: Any, model: str) -> str:
         """Every column of the filtered runs as CSV in a temp folder; returns its path."""
         return self._csv(self._filters(status, sweep_id, model))
 
     def _csv(self, matching: dict) -> str:
+        """The CSV of the runs ``matching`` selects, streamed from the store; written again only when the study
+        changed since the last one for these filters."""
         tag = hashlib.sha256(repr(sorted(matching.items())).encode()).hexdigest()[:8]
         path = self.tmp / f"studio-runs-{tag}.csv"
-        self.store.export_csv(path, matching=matching)
+        version = self.store.runs_version()
+        if self._csv_versions.get(path) != version or not path.is_file():
+            self.store.export_csv(path, matching=matching)
+            self._csv_versions[path] = version
         return str(path)
 
     def details(self, run_id: Any):

@@ -14,6 +14,11 @@ most ``queue_size`` events in all.
 Sweep grids are drawn from the store (a sweep's recorded axes and its runs), so any recorded sweep's
 grid can be shown without running anything: the Sweep tab's picker, ``/sweep_grid``.
 
+A study of 100k runs stays live (issue 22): the timer reads only the study's version while nothing changes; the
+Frontier reads only the runs new or finished since its last draw (``app.kept_runs``); the filters' choices are the
+distinct values the store keeps indexed; the run pickers offer the newest runs (and those they hold); the Runs tab
+shows a page of 100 runs; and a large selection's CSV is written when Download is pressed.
+
 Demo mode (``read_only=True``): the study is opened read-only and no engine is made. Frontier, sweep
 grids, Compare, Runs, details and CSV work; under a banner ("Read-only demo of <study>: generation
 and sweeps are off") the Generate form and the sweep builder are hidden and disabled, and every
@@ -31,7 +36,7 @@ from pathlib import Path
 import gradio as gr
 
 from app import cards, compare, grid, plots, tables, widgets
-from app.handlers import NO_AXIS, THUMB_PX, Studio
+from app.handlers import NO_AXIS, RUNS_PER_PAGE, THUMB_PX, Studio
 from studio_core.errors import ModelLoadError, SpecError
 from studio_core.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS, list_cached_pipelines, shipped_embedded_models
 from studio_core.prompts import PROMPT_SETS
@@ -53,6 +58,8 @@ PAGE_CSS = """
 #generate-results { position: sticky; top: 8px; align-self: flex-start; }
 /* Generate: while a run goes, its progress bar replaces the hint beside the button instead of covering it */
 #generate-progress .pending { visibility: hidden; }
+/* Runs: the pager's buttons, page box and "runs 101–200 of ..." line sit on one line, centred on it */
+#runs-pager { align-items: center; }
 """
 # the page-load hook that turns a click on a frontier point into that run's id (plotly has no gradio click event)
 FRONTIER_CLICK_JS = Path(__file__).parent / "static" / "frontier_click.js"
@@ -297,8 +304,15 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                     refresh_btn = gr.Button("Refresh", scale=0)
                     download = gr.DownloadButton("Download CSV", elem_id="download-csv", scale=0)
                 table = gr.Dataframe(interactive=False, max_height=420, elem_id="runs-table", pinned_columns=1,
-                                     label="Runs, newest first: click a row for its details, a header to sort. "
-                                           "The CSV has every column of these runs.")
+                                     label=f"Runs, newest first, {RUNS_PER_PAGE} to a page: click a row for its "
+                                           "details, a header to sort the page. The CSV has every column of every "
+                                           "run the filters pick.")
+                with gr.Row(elem_id="runs-pager"):  # where the page lies, and the way to the next
+                    newer_btn = gr.Button("◀ Newer", size="sm", scale=0, min_width=90, elem_id="runs-newer")
+                    r_page = gr.Number(1, precision=0, minimum=1, label="Page", show_label=False, container=False,
+                                       scale=0, min_width=80, elem_id="r-page")
+                    older_btn = gr.Button("Older ▶", size="sm", scale=0, min_width=90, elem_id="runs-older")
+                    page_line = gr.Markdown(elem_id="runs-page-line")
                 with gr.Row():
                     # text, not a number box: an empty number box would read "0", which is no run
                     run_id = gr.Textbox("", label="Run id", placeholder="click a row, or type an id", scale=0,
@@ -371,7 +385,7 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         # Cancel: out of the line, or stopped after the denoiser step in progress (recorded "cancelled")
         gen_cancel_btn.click(studio.cancel_generation, None, gen_progress, api_name="cancel_generation",
                              concurrency_limit=None, show_progress="hidden")
-        baseline_box.focus(lambda: gr.update(choices=studio.filter_choices()[3]), None, baseline_box,
+        baseline_box.focus(lambda held: gr.update(choices=studio.run_choices(held)), baseline_box, baseline_box,
                            api_visibility="private", show_progress="hidden")
         baseline_box.change(studio.shown_card, [shown_run, baseline_box], card, api_visibility="private",
                             show_progress="hidden")
@@ -405,31 +419,27 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         # Frontier: redraw on any control, and when the store changes (polled; also during a sweep)
         f_inputs = [quality, cost, color, symbol, f_model, f_set, f_sweep, selection, log_x, spread]
 
-        def study_version():
-            """Changes whenever a run or a sweep starts or ends: the cue to redraw the plot and refresh the
-            filters (a sweep's row is written before its first run and finished after its last)."""
-            return store.runs_version(), tuple((s["id"], s["status"]) for s in store.sweeps())
-
         def refresh_filters():
             models_, sets_, sweeps_, _runs = studio.filter_choices()
             return (gr.update(choices=models_), gr.update(choices=sets_), gr.update(choices=sweeps_),
                     gr.update(choices=sweeps_), gr.update(choices=models_),
-                    gr.update(choices=studio.sweep_choices()), study_version())
+                    gr.update(choices=studio.sweep_choices()), studio.study_version())
 
         def newest_sweep(current):
             """A demo opens the Sweep tab on its newest sweep's grid."""
             choices = studio.sweep_choices()
             return gr.update(choices=choices, value=current or (choices[0][1] if choices else None))
 
-        def run_choices():
-            return gr.update(choices=studio.filter_choices()[3])
+        def run_choices(held):
+            """A run picker's choices: the newest runs, and those it holds (``Studio.run_choices``)."""
+            return gr.update(choices=studio.run_choices(held))
 
         # the timer never writes the run pickers: an update racing a click could undo it. They refresh
         # their choices when focused, and a click sets choices and value together.
         filter_outputs = [f_model, f_set, f_sweep, r_sweep, r_model, sweep_pick, version]
 
-        def tick(ver, *f_values):
-            if study_version() == ver:
+        def tick(ver, *f_values):  # nothing read but the study's version while it does not change
+            if studio.study_version() == ver:
                 return [gr.skip()] * (len(filter_outputs) + 1)
             return [studio.frontier(*f_values), *refresh_filters()]
 
@@ -444,10 +454,10 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
             api_visibility="private", show_progress="hidden")
         refresh_btn.click(refresh_filters, None, filter_outputs, api_visibility="private", show_progress="hidden")
         for picker in (selection, compare_ids):
-            picker.focus(run_choices, None, picker, api_visibility="private", show_progress="hidden")
+            picker.focus(run_choices, picker, picker, api_visibility="private", show_progress="hidden")
         click_box.change(studio.clicked, [click_box, selection], [thumb, thumb_md, selection],
                          api_visibility="private")
-        to_compare.click(lambda ids: (gr.update(choices=studio.filter_choices()[3], value=ids),
+        to_compare.click(lambda ids: (gr.update(choices=studio.run_choices(ids), value=ids),
                                       gr.Tabs(selected="compare")),
                          selection, [compare_ids, tabs], api_visibility="private").then(
             studio.compare, compare_ids, [compare_view, settings_df, deltas_df], api_visibility="private").then(
@@ -459,12 +469,29 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
                           preprocess=False).then(studio.compare_tables, compare_ids, [settings_df, deltas_df],
                                                  api_visibility="private")
 
-        # Runs: table and CSV follow the filters; a row click shows that run
+        # Runs: a page of the table follows the filters and the pager; the CSV on the Download button follows the
+        # filters (written with the table up to CSV_AT_ONCE runs, past that when Download is pressed); a row click
+        # shows that run
         r_inputs = [r_status, r_sweep, r_model]
+        paged = [table, page_line, r_page]
+
+        def first_page(status, sweep, model):
+            return studio.runs_view(status, sweep, model, 1)
+
+        def turn(by: int):
+            return lambda status, sweep, model, page: studio.runs_page(status, sweep, model,
+                                                                       max(1, studio.page_number(page) + by))
+
         for comp in r_inputs:
-            comp.change(studio.runs_table, r_inputs, [table, download], api_visibility="private")
-        refresh_btn.click(studio.runs_table, r_inputs, [table, download], api_name="runs")
-        runs_tab.select(studio.runs_table, r_inputs, [table, download], api_visibility="private")
+            comp.change(first_page, r_inputs, [*paged, download], api_visibility="private")
+        refresh_btn.click(studio.runs_view, [*r_inputs, r_page], [*paged, download], api_visibility="private")
+        runs_tab.select(studio.runs_view, [*r_inputs, r_page], [*paged, download], api_visibility="private")
+        newer_btn.click(turn(-1), [*r_inputs, r_page], paged, api_visibility="private")
+        older_btn.click(turn(+1), [*r_inputs, r_page], paged, api_visibility="private")
+        r_page.submit(studio.runs_page, [*r_inputs, r_page], paged, api_visibility="private")
+        download.click(studio.prepare_csv, [*r_inputs, download], download, api_visibility="private")
+        # the API: a page of the table (the first unless asked) and the CSV of every filtered run
+        gr.Button(visible=False).click(studio.runs_table, [*r_inputs, r_page], [table, download], api_name="runs")
         gr.Button(visible=False).click(studio.export_csv, r_inputs, gr.File(visible=False), api_name="export_csv")
         table.select(studio.selected_row, None, run_id, api_visibility="private").then(
             studio.details, run_id, [detail_card, detail_gallery, detail_json], api_visibility="private")
@@ -480,10 +507,10 @@ def build_demo(model: str = EMBEDDED_MODEL_NAME, data_dir: str | Path | None = N
         else:
             demo.load(newest_sweep, sweep_pick, sweep_pick, api_visibility="private")
         demo.load(refresh_filters, None, filter_outputs, api_visibility="private").then(
-            run_choices, None, selection, api_visibility="private").then(
-            run_choices, None, compare_ids, api_visibility="private").then(
+            run_choices, selection, selection, api_visibility="private").then(
+            run_choices, compare_ids, compare_ids, api_visibility="private").then(
             studio.frontier, f_inputs, plot, api_visibility="private").then(
-            studio.runs_table, r_inputs, [table, download], api_visibility="private")
+            studio.runs_view, [*r_inputs, r_page], [*paged, download], api_visibility="private")
         demo.load(None, None, None, js=FRONTIER_CLICK_JS.read_text(encoding="utf-8"), api_visibility="private")
 
     demo.studio = studio  # for tests and scripts: the engine and store behind this page

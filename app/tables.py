@@ -16,13 +16,17 @@ __all__ = [
     "ALL",
     "COMPARE_METRICS",
     "CUSTOM_PROMPTS",
+    "LABEL_READS",
     "SETTING_COLUMNS",
     "TABLE_COLUMNS",
+    "TABLE_READS",
+    "choices_from",
     "differing_settings",
     "filter_choices",
     "image_pairs",
     "metric_deltas",
     "noise_flag",
+    "page_text",
     "run_choices",
     "run_filters",
     "run_label",
@@ -37,6 +41,14 @@ CUSTOM_PROMPTS = "(custom prompts)"  # the prompt-set filter's name for runs giv
 TABLE_COLUMNS = ["id", "configuration", "steps", "latency_median_ms", "latency_iqr_ms", "noise", "psnr", "ssim",
                  "fidelity_top1", "peak_mem_mib", "knobs_inactive", "status", "error", "model",
                  "prompt_set", "n_images", "per_image_ms", "guidance", "size", "created_at", "sweep_id"]
+# the run columns a run's menu label reads (``run_label``: its configuration, steps, guidance, size, model, status),
+# and those the Runs table reads (its columns, and what its derived ones are made of): a large study's pages and
+# pickers read only these (tests/test_store_scale.py checks the labels and tables are those the whole rows give)
+LABEL_READS = ("id", "status", "model", "steps", "guidance", "height", "width", "sampler", "scheduler_class",
+               "timestep_spacing", "flow_shift", "precision", "knobs", "knobs_label", "knob_report", "knobs_inactive")
+TABLE_READS = (*LABEL_READS, "latency_median_ms", "latency_iqr_ms", "latencies_ms", "repeats", "repeats_done",
+               "psnr", "ssim", "fidelity_top1", "peak_mem_bytes", "error", "prompt_set", "n_images",
+               "per_image_ms", "created_at", "sweep_id")
 # configuration and setup columns that can differ between two runs (Compare tab); "size" is height x width
 SETTING_COLUMNS = ["model", "prompt_set", "n_images", "steps", "sampler", "scheduler_class", "timestep_spacing",
                    "flow_shift", "guidance", "size", "batch_size", "precision", "device", "knobs", "warmup", "repeats",
@@ -80,13 +92,32 @@ def sweep_choices(sweeps: list[Mapping]) -> list[tuple[str, int]]:
 
 def filter_choices(frame: pd.DataFrame, sweeps: list[Mapping]) -> tuple[list, list, list, list]:
     """Choices of the model, prompt-set, sweep and run pickers, from the whole run log."""
-    models = [ALL] + sorted({m for m in frame.get("model", []) if m})
-    sets = [ALL] + sorted({p for p in frame.get("prompt_set", []) if isinstance(p, str) and p})
-    if len(frame) and frame["prompt_set"].isna().any():
+    if not len(frame):
+        return choices_from([], [], sweeps, frame)
+    return choices_from(frame["model"].tolist(), frame["prompt_set"].tolist(), sweeps, frame[frame["status"] == "ok"])
+
+
+def choices_from(models: list, prompt_sets: list, sweeps: list[Mapping],
+                 ok_runs: pd.DataFrame) -> tuple[list, list, list, list]:
+    """Choices of the model, prompt-set, sweep and run pickers from what the study holds: its models and prompt
+    sets (each value once or more; a missing prompt set adds ``CUSTOM_PROMPTS``), its sweeps (oldest first) and
+    the successful runs to offer (oldest first; shown newest first)."""
+    choices = [ALL] + sorted({m for m in models if m and not is_missing(m)})
+    sets = [ALL] + sorted({p for p in prompt_sets if isinstance(p, str) and p})
+    if any(is_missing(p) for p in prompt_sets):
         sets.append(CUSTOM_PROMPTS)
     sweep_items = [(ALL, ALL)] + [(label, str(i)) for label, i in sweep_choices(sweeps)]
-    runs = run_choices(frame[frame["status"] == "ok"]) if len(frame) else []
-    return models, sets, sweep_items, runs
+    return choices, sets, sweep_items, run_choices(ok_runs) if len(ok_runs) else []
+
+
+def page_text(page: int, per_page: int, total: int) -> str:
+    """``"runs 101–200 of 92,052 · page 2 of 921"``: where the Runs table's page lies; ``"no runs"`` for none."""
+    if total == 0:
+        return "no runs match these filters"
+    first = (page - 1) * per_page + 1
+    last_page = -(-total // per_page)
+    return (f"runs {first:,}–{min(page * per_page, total):,} of {total:,} (newest first) · page {page:,} of "
+            f"{last_page:,}")
 
 
 # ------------------------------------------------------------------------------------------ pure
@@ -149,11 +180,12 @@ def _blank(v: Any) -> bool:
     return is_missing(v) or v == ""
 
 
-def table_view(frame: pd.DataFrame) -> pd.DataFrame:
+def table_view(frame: pd.DataFrame, newest_first: bool = False) -> pd.DataFrame:
     """The Runs tab: newest first, key columns first (``TABLE_COLUMNS``), titled for people, numbers
     rounded and left numeric (headers sort them), blanks for missing values, and no column that is
-    blank for every run shown."""
-    records = frame.iloc[::-1].to_dict("records")
+    blank for every run shown. ``frame`` is oldest first, as ``runs_frame`` gives it, or ``newest_first``
+    (a page of ``RunStore.runs_page``)."""
+    records = (frame if newest_first else frame.iloc[::-1]).to_dict("records")
     view = pd.DataFrame(index=range(len(records)))
     for column in TABLE_COLUMNS:
         if column in _DERIVED:

@@ -340,9 +340,15 @@ def cmd_frontier(a) -> int:
 
 def cmd_runs(a) -> int:
     with _study(a, read_only=True) as store:
-        frame = store.runs_frame(matching={"sweep_id": a.sweep} if a.sweep is not None else None).tail(a.limit)
+        if a.limit < 1:
+            raise SpecError("--limit", a.limit, "a whole number of runs from 1")
+        # the newest ``limit`` runs off the id index, not the whole study (which may hold 100k runs)
+        frame, total = store.runs_page(matching={"sweep_id": a.sweep} if a.sweep is not None else None,
+                                       per_page=a.limit)
     if len(frame):
-        _print_runs(frame)
+        _print_runs(frame.iloc[::-1])
+        if total > len(frame):
+            print(f"the newest {len(frame)} of {total} runs (--limit)")
     else:
         print("no runs yet")
     return 0

@@ -72,6 +72,12 @@ def test_tables_name_knobs_and_failures_in_words(tmp_path, capsys):
     assert "failed" in lines[3] and lines[4] == f"run {failed} failed: out of memory on the device"
     assert "DeepCache N=3 · ToMe 50%" in front and "Euler" not in front
     assert not HUMAN_ONLY.search(runs + front), runs + front
+    # the newest runs off the index, oldest of them first, and how many were left out
+    assert main(["--data-dir", str(tmp_path), "runs", "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "(model default)" in lines[1] and "failed" in lines[2] and lines[-1] == "the newest 2 of 3 runs (--limit)"
+    assert main(["--data-dir", str(tmp_path), "runs", "--limit", "0"]) == 2
+    assert "--limit=0 is not allowed" in capsys.readouterr().err
     assert main(["--data-dir", str(tmp_path / "none"), "runs"]) == 2  # read-only: nothing is created
     assert f"study folder {tmp_path / 'none'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()

@@ -271,6 +271,10 @@ def test_the_sweep_tab_spreads_a_sweep_and_refuses_a_bad_worker_list(tmp_path, t
         assert "Sweep" in outputs[-1][1] and "finished" in outputs[-1][1]
         frame = finished_once(studio.store, outputs[-1][2], 2)
         assert set(frame["dispatch"]) == {"devices"} and set(frame["status"]) == {"ok"}
+        # the Studio's frontier reads only the columns it draws: where the run ran is one of them
+        figure = studio.frontier("psnr", "latency_median_ms", "configuration", "(none)", None, None, None, [])
+        hovers = " ".join(str(t) for trace in figure.data for t in (trace.hovertext or ()))
+        assert "(devices)" in hovers and "timed on a CPU shared by 2 workers" in hovers
     finally:
         studio.store.close()
 

@@ -143,3 +143,13 @@ PLACEMENT_COLUMNS = {"node": str, "worker_device": str, "dispatch": str, "shared
 def m007_placement_columns(db: sqlite_utils.Database) -> None:
     """The placement columns (``PLACEMENT_COLUMNS``), kept if a write already made them."""
     _add_run_columns(db, PLACEMENT_COLUMNS)
+
+
+@migrations()
+def m008_view_indexes(db: sqlite_utils.Database) -> None:
+    """Indexes for what the page reads at every refresh of a large study (issue 22): a model's or prompt set's runs
+    of one status (the Frontier's and the Runs tab's filters, and their choices from distinct values), and the newest
+    finish time (``RunStore.runs_version`` and the runs finished since the last look, ``RunStore.runs_since``).
+    ``status`` alone and ``sweep_id`` have had theirs since ``m001``."""
+    for columns in (["model", "status"], ["prompt_set", "status"], ["finished_at"]):
+        db["runs"].create_index(columns, if_not_exists=True)

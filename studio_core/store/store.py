@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -45,21 +46,21 @@ import numpy as np
 import sqlite_utils
 
 from studio_core.errors import NoSpace, StoreError, StoreReadOnly, UnsafePath
-from studio_core.store import pending
+from studio_core.store import csv_stream, pending
 from studio_core.store.access import cannot_open, not_writable_reason
 from studio_core.store.liveness import run_process_ended
 from studio_core.store.quarantine import decode_tolerantly, find_undecodable, note, quarantine_rows
 from studio_core.store.safepaths import file_target, inside, replace_atomically
-from studio_core.store.schema import JSON_COLUMNS, TABLES, migrations, now
+from studio_core.store.schema import JSON_COLUMNS, RUN_STATUSES, TABLES, migrations, now
 from studio_core.store.snapshot import Frozen, SnapshotTorn, read_image, source_state, take_snapshot
 from studio_core.store.space import is_disk_full, is_write_error, write_error_reason
 from studio_core.store.wal import refuse_damaged_wal
 
-__all__ = ["DEFAULT_DATA_DIR", "RunStore"]
+__all__ = ["DEFAULT_DATA_DIR", "RunStore", "RunsSince"]
 
 READ_ONLY_OPTIONAL = frozenset({"m002_quarantine", "m003_measurement_columns", "m004_quality_columns",
                                 "m005_flow_shift_column", "m006_lineage_columns",
-                                "m007_placement_columns"})  # a reader copes without them
+                                "m007_placement_columns", "m008_view_indexes"})  # a reader copes without them
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -83,6 +84,18 @@ def _writes(method):
         self._check_writable(method.__name__)
         return method(self, *args, **kwargs)
     return guarded
+
+
+@dataclass(frozen=True)
+class RunsSince:
+    """What ``RunStore.runs_since`` read: the runs new or finished since a mark (a DataFrame, oldest first), how many
+    runs the selection holds in all and the sum of their ids (together they tell whether the runs a caller holds are
+    still the selection), and the mark to read from next time."""
+
+    frame: Any
+    total: int
+    id_sum: int
+    mark: tuple
 
 
 class RunStore:
@@ -502,22 +515,117 @@ class RunStore:
             values += [] if value is None else [value]
         return " AND ".join(clauses) or None, values
 
+    def _run_columns(self, columns: Iterable[str] | None) -> str:
+        """The select list of ``columns`` of the runs table, in their order (every column for None). Each name is
+        checked against the table, and one it lacks (a study from before that column's migration) is left out, as a
+        ``SELECT *`` of that study would leave it out; so no caller's text reaches the statement."""
+        if columns is None:
+            return "*"
+        have = self.db["runs"].columns_dict
+        return ", ".join(f'"{c}"' for c in dict.fromkeys(columns) if c in have) or "id"
+
     def runs_frame(self, where: str | None = None, params: Iterable | dict | None = None, *,
-                   matching: Mapping[str, Any] | None = None):
+                   matching: Mapping[str, Any] | None = None, columns: Iterable[str] | None = None):
         """The run log as a pandas DataFrame: one row per run, every column, JSON left as text, oldest first.
         Select with a parameterised ``where`` clause, or with ``matching`` column values (None matches NULL):
-        ``runs_frame(matching={"status": "ok", "sweep_id": 3})``."""
+        ``runs_frame(matching={"status": "ok", "sweep_id": 3})``; ``columns`` reads only those (a view's own)."""
         import pandas as pd
 
         with self._reading():
             where, params = self._matching(where, params, matching)
-            return pd.read_sql_query(self._select_sql("runs", where), self.db.conn, params=params)
+            sql = f"SELECT {self._run_columns(columns)} FROM runs" + (f" WHERE {where}" if where else "")
+            return pd.read_sql_query(sql + " ORDER BY rowid", self.db.conn, params=params)
+
+    @contextmanager
+    def _one_read(self):
+        """One read transaction under the read lock: the statements inside see one state of the study, whatever a
+        writer commits meanwhile (WAL readers keep the snapshot their transaction began with)."""
+        with self._reading():
+            if self.db.conn.in_transaction:  # inside this thread's own write: its transaction is the one state
+                yield
+                return
+            self.db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self.db.execute("COMMIT")
+
+    def runs_since(self, mark: tuple | None = None, *, matching: Mapping[str, Any] | None = None,
+                   columns: Iterable[str] | None = None) -> RunsSince:
+        """The runs ``matching`` selects that are new or finished since ``mark`` (every one for None), oldest first,
+        with how many it selects in all and the mark to pass next time, all read in one transaction.
+
+        The mark is (largest id, latest ``finished_at``). A run counts as changed when its id is above the first,
+        or it finished at or after the second, so a run that finished in the same millisecond as the last one seen
+        is read again (callers drop ids they have). A run left out all the same (one whose finish time was written
+        late, from a full disk's waiting outcomes) or one gone from the study shows as ``total`` or ``id_sum``
+        differing from the runs the caller holds: it should then read everything again (``mark=None``)."""
+        import pandas as pd
+
+        with self._one_read():
+            where, params = self._matching(None, None, matching or {})
+            now_mark = (self.db.execute("SELECT max(id) FROM runs").fetchone()[0],
+                        self.db.execute("SELECT max(finished_at) FROM runs").fetchone()[0])
+            clauses, values = ([where] if where else []), list(params)
+            if mark is not None:  # the ids off the rowid and the finish-time index, then the filter on those alone
+                last_id, last_finish = mark
+                clauses.append("id IN (SELECT id FROM runs WHERE id > ? UNION SELECT id FROM runs WHERE "
+                               + ("finished_at IS NOT NULL)" if last_finish is None else "finished_at >= ?)"))
+                values += [last_id or 0] + ([] if last_finish is None else [last_finish])
+            sql = f"SELECT {self._run_columns(columns)} FROM runs" + (
+                f" WHERE {' AND '.join(clauses)}" if clauses else "")
+            frame = pd.read_sql_query(sql + " ORDER BY rowid", self.db.conn, params=values)
+            total, id_sum = self.db.execute("SELECT count(*), sum(id) FROM runs" + (f" WHERE {where}" if where else ""),
+                                            list(params)).fetchone()
+        return RunsSince(frame, int(total), int(id_sum or 0), now_mark)
+
+    def runs_page(self, *, matching: Mapping[str, Any] | None = None, columns: Iterable[str] | None = None,
+                  page: int = 1, per_page: int = 100) -> tuple[Any, int]:
+        """Page ``page`` (from 1) of the runs ``matching`` selects, newest first, ``per_page`` to a page, as a
+        DataFrame of ``columns``; and how many runs it selects in all (one transaction). A page past the last is
+        empty."""
+        import pandas as pd
+
+        if page < 1 or per_page < 1:
+            raise StoreError(f"page {page} of {per_page} runs: pages and their sizes count from 1")
+        with self._one_read():
+            where, params = self._matching(None, None, matching or {})
+            clause = f" WHERE {where}" if where else ""
+            total = self.db.execute(f"SELECT count(*) FROM runs{clause}", list(params)).fetchone()[0]
+            frame = pd.read_sql_query(f"SELECT {self._run_columns(columns)} FROM runs{clause} ORDER BY id DESC "
+                                      "LIMIT ? OFFSET ?", self.db.conn,
+                                      params=[*params, per_page, (page - 1) * per_page])
+        return frame, int(total)
+
+    def has_run(self, matching: Mapping[str, Any]) -> bool:
+        """Whether any run has these column values (None matches NULL): one indexed look-up, not a read of the runs."""
+        with self._reading():
+            where, params = self._matching(None, None, matching)
+            return self.db.execute("SELECT 1 FROM runs" + (f" WHERE {where}" if where else "") + " LIMIT 1",
+                                   list(params)).fetchone() is not None
+
+    def distinct_values(self, column: str) -> list:
+        """Every value of one runs column, once each, in SQLite's order (NULL first when there is one): what a
+        filter can choose from, read off the column's index (``m008``) rather than from the rows."""
+        if column not in self.db["runs"].columns_dict:
+            raise StoreError(f"runs have no column {column!r}")
+        with self._reading():
+            return [r[0] for r in self.db.execute(f'SELECT DISTINCT "{column}" FROM runs ORDER BY 1')]
 
     def runs_version(self) -> tuple:
-        """Changes whenever a run starts or finishes: (count, max id, last finish time, runs still running)."""
+        """Changes whenever a run starts, finishes or leaves the study: (count, max id, last finish time, runs still
+        running). Each part is read off an index or the table's own b-tree (``m008``), never the rows, so a timer
+        may ask it every second of a study of 100k runs."""
         with self._reading():
-            return tuple(self.db.execute(
-                "SELECT count(*), max(id), max(finished_at), sum(status = 'running') FROM runs").fetchone())
+            return tuple(self.db.execute(sql).fetchone()[0] for sql in (
+                "SELECT count(*) FROM runs", "SELECT max(id) FROM runs", "SELECT max(finished_at) FROM runs",
+                "SELECT count(*) FROM runs WHERE status = 'running'"))
+
+    def sweep_statuses(self) -> list[tuple[int, str]]:
+        """(id, status) of every sweep, oldest first: whether a sweep started or ended, without reading its
+        configuration."""
+        with self._reading():
+            return [tuple(r) for r in self.db.execute("SELECT id, status FROM sweeps ORDER BY id")]
 
     def run_count(self) -> int:
         with self._reading():
@@ -526,7 +634,8 @@ class RunStore:
     def export_csv(self, path: str | Path, where: str | None = None, params: Iterable | dict | None = None, *,
                    matching: Mapping[str, Any] | None = None) -> int:
         """Write every column of the selected runs (as ``runs_frame`` selects them) to CSV, atomically;
-        returns the number of rows.
+        returns the number of rows. Written a chunk of rows at a time (``csv_stream``): a study of 100k runs is
+        never held in memory, and the file is what ``runs_frame(...).to_csv(path, index=False)`` would write.
 
         Not a study write, so a read-only store does it too. Refuses a NUL byte, an over-long name, a link
         or folder as the target, and the study's own database file.
@@ -535,10 +644,55 @@ class RunStore:
             path = file_target(path, "CSV file")
         if path.exists() and path.samefile(self.path):
             raise StoreError(f"{path} is the study's database; export the CSV somewhere else")
-        frame = self.runs_frame(where, params, matching=matching)
-        with replace_atomically(path) as tmp:
-            frame.to_csv(tmp, index=False)
-        return len(frame)
+        with self._export_reader() as conn, replace_atomically(path) as tmp:
+            where, params = self._matching(where, params, matching)
+            params = params or []
+            declared = {c.name: c.type for c in sqlite_utils.Database(conn)["runs"].columns}
+            floats = csv_stream.float_columns(conn, "runs", declared, where, params)
+            sql = f"SELECT {csv_stream.select_list(declared, floats)} FROM runs" + (f" WHERE {where}" if where else "")
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                return csv_stream.write_csv(conn, sql + " ORDER BY rowid", params, out)
+
+    @contextmanager
+    def _export_reader(self):
+        """A connection for one long read (a CSV of the whole study), inside one read transaction. A study this
+        process writes gets a read-only connection of its own, so the export holds no lock and a sweep's writes and
+        the page's reads go on meanwhile (WAL keeps the export's snapshot); a read-only store's connection already
+        reads a frozen copy, and is held for the read."""
+        if self.read_only:
+            with self._one_read():
+                yield self.db.conn
+            return
+        conn = self._connect("mode=ro")
+        try:
+            conn.execute("BEGIN")
+            yield conn
+        finally:
+            conn.close()
+
+    @_writes
+    def add_finished_runs(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert finished runs recorded elsewhere, as they are (JSON columns as values or as text), in one
+        transaction of one ``executemany``: a study made of other studies' runs, such as the store benchmark's
+        clones of real runs (``benchmarks/store_scale.py``). Each gets a new id. A ``running`` row, or a column the
+        runs table lacks, is refused before anything is written (no process here would finish the one, and the
+        other would change the schema). Returns how many were added."""
+        rows = [{k: (_dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str) else v)
+                 for k, v in r.items() if k != "id"} for r in rows]
+        if not rows:
+            return 0
+        have = self.db["runs"].columns_dict
+        columns = list(dict.fromkeys(c for r in rows for c in r))
+        if unknown := [c for c in columns if c not in have]:
+            raise StoreError(f"runs have no column {unknown[0]!r}; a run from another study must fit this one's")
+        if bad := [r.get("status") for r in rows if r.get("status") not in RUN_STATUSES[1:]]:
+            raise StoreError(f"only finished runs are added, not one that is {bad[0]!r}")
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join("?" for _ in columns)
+        with self._write():
+            self.db.conn.executemany(f"INSERT INTO runs ({names}) VALUES ({marks})",
+                                     [[r.get(c) for c in columns] for r in rows])
+        return len(rows)
 
     # ---------------------------------------------------------------- images
     @_writes

@@ -17,7 +17,7 @@ from studio_core.spec import REFERENCE_DEFAULT
 from studio_core.store.rows import is_missing, json_list
 from studio_core.study.sweep import Sweep
 
-__all__ = ["SweepEstimate", "estimate_seconds", "estimate_sweep", "format_duration"]
+__all__ = ["HISTORY_COLUMNS", "SweepEstimate", "estimate_seconds", "estimate_sweep", "format_duration"]
 
 @dataclass(frozen=True)
 class SweepEstimate:
@@ -32,6 +32,13 @@ class SweepEstimate:
     finished_sweep: int | None  # a sweep with these configurations that already finished
 
 
+
+
+# the columns of past runs ``estimate_seconds`` reads: a caller reads only these (a study of 100k runs has ~100
+# columns a run, most of them text)
+HISTORY_COLUMNS = ("status", "model_path", "latency_median_ms", "steps", "n_images", "denoise_ms", "created_at",
+                   "finished_at", "warmup_done", "warmup", "repeats_done", "repeats", "cold_ms", "dist_gen_ms",
+                   "dist_score_ms", "load_ms", "prompts", "seeds", "height", "width")
 
 
 def _wall_ms(row: Mapping) -> float | None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from studio_core.store.rows import is_missing, json_list
@@ -80,14 +82,17 @@ def pareto_front(runs: pd.DataFrame | list[dict], x: str = "latency_median_ms", 
     d = df[pd.to_numeric(df[x], errors="coerce").notna() & pd.to_numeric(df[y], errors="coerce").notna()]
     if d.empty:
         return d.copy()
-    key = d[y].astype(float) if better_high else -d[y].astype(float)
-    order = sorted(range(len(d)), key=lambda i: (float(d[x].iloc[i]), -float(key.iloc[i]), i))
-    keep, best = [], float("-inf")
-    for i in order:
-        if float(key.iloc[i]) > best:
-            keep.append(i)
-            best = float(key.iloc[i])
-    return d.iloc[keep].copy()
+    key = d[y].astype(float).to_numpy()
+    return d.iloc[_front_order(d[x].astype(float).to_numpy(), key if better_high else -key)].copy()
+
+
+def _front_order(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Positions of the strict Pareto front of (cost, quality; higher quality is better), by cost: rows sorted by
+    cost, then best quality, then position, each kept when its quality beats every row before it. One sort."""
+    order = np.lexsort((np.arange(len(cost)), -quality, cost))
+    ranked = quality[order]
+    best_before = np.maximum.accumulate(np.concatenate([[-np.inf], ranked[:-1]]))
+    return order[ranked > best_before]
 
 
 def _check_columns(df: pd.DataFrame, x: str, y: str) -> None:
@@ -156,51 +161,126 @@ def dominates_beyond_noise(a: tuple[float, float, float], b: tuple[float, float,
 
 
 def classify(runs: pd.DataFrame | list[dict], x: str = "latency_median_ms", y: str = "psnr",
-             higher_is_better: bool | None = None) -> pd.DataFrame:
+             higher_is_better: bool | None = None, intervals: list[tuple[float, float]] | None = None,
+             groups: list[tuple[tuple, pd.DataFrame]] | None = None) -> pd.DataFrame:
     """Every run with both values, with its ``front_status`` (``STATUSES``) against the runs of its setup.
 
     Added columns: ``cost_low`` and ``cost_high`` (``cost_interval``), ``tied_with`` (for a tied run: the
     front run nearest in cost that beats it on the medians, within the noise) and ``dominated_by`` (for a
     dominated run: a run that beats it beyond the noise, a front one when there is one), each a run
     ``id`` (the row's index label without an ``id`` column). Runs of different setups are never compared.
-    Rows missing either value are left out; the rest keep their order and index.
+    Rows missing either value are left out; the rest keep their order and index. ``intervals``, one
+    ``cost_interval`` per row of ``runs`` (the page keeps them by run id across refreshes), saves computing them;
+    ``groups``, ``setups(runs)`` of runs that all have both values (the figure splits them anyway), saves splitting.
+
+    Each setup is judged by sorting, not by comparing every pair (``_judge``), so a study of 100k runs is
+    classified in a fraction of a second with the results the pairwise rule gives.
     """
     df = runs if isinstance(runs, pd.DataFrame) else pd.DataFrame(runs)
     _check_columns(df, x, y)
     better_high = QUALITIES.get(y, True) if higher_is_better is None else higher_is_better
-    d = df[pd.to_numeric(df[x], errors="coerce").notna() & pd.to_numeric(df[y], errors="coerce").notna()]
+    has_both = (pd.to_numeric(df[x], errors="coerce").notna()
+                & pd.to_numeric(df[y], errors="coerce").notna()).to_numpy()
+    d = df[has_both]
     index = d.index
     d = d.reset_index(drop=True)
-    ids = list(d["id"]) if "id" in d.columns else list(index)
     n = len(d)
-    status: list[str | None] = [None] * n
-    tied_with: list[Any] = [None] * n
-    dominated_by: list[Any] = [None] * n
-    lows, highs = [0.0] * n, [0.0] * n
-    for i, r in enumerate(d.to_dict("records")):
-        lows[i], highs[i] = cost_interval(r, x)
-    cost = [float(v) for v in d[x]]
-    quality = [float(v) if better_high else -float(v) for v in d[y]]
-    for _, group in setups(d):
-        members = list(group.index)
-        front = set(pareto_front(group, x, y, higher_is_better=better_high).index)
-        for b in members:
-            if b in front:
-                status[b] = "front"
-                continue
-            beaten = [a for a in members if a != b and dominates_beyond_noise(
-                (lows[a], highs[a], quality[a]), (lows[b], highs[b], quality[b]))]
-            if beaten:
-                status[b] = "dominated"
-                dominated_by[b] = ids[min(beaten, key=lambda a: (a not in front, cost[a], -quality[a], a))]
-                continue
-            status[b] = "tied"
-            over = [a for a in front if cost[a] <= cost[b] and quality[a] >= quality[b]]
-            tied_with[b] = ids[max(over, key=lambda a: (cost[a], quality[a], -a))]
-    out = d.assign(front_status=status, cost_low=lows, cost_high=highs,
-                   tied_with=pd.Series(tied_with, dtype="object"), dominated_by=pd.Series(dominated_by, dtype="object"))
+    ids = np.empty(n, dtype=object)  # the run ids named, as Python values
+    ids[:] = d["id"].tolist() if "id" in d.columns else index.tolist()
+    if intervals is None:
+        intervals = [cost_interval(r, x) for r in d.to_dict("records")]
+    elif not has_both.all():
+        intervals = [iv for iv, keep in zip(intervals, has_both) if keep]
+    bounds = np.array(intervals, dtype=float).reshape(n, 2)
+    lows, highs = bounds[:, 0], bounds[:, 1]
+    cost = d[x].astype(float).to_numpy() if n else np.zeros(0)
+    quality = d[y].astype(float).to_numpy() if n else np.zeros(0)
+    quality = quality if better_high else -quality
+    status = np.full(n, None, dtype=object)
+    tied_with = np.full(n, None, dtype=object)
+    dominated_by = np.full(n, None, dtype=object)
+    for _, group in setups(d) if groups is None else groups:
+        members = group.index.to_numpy() if groups is None else index.get_indexer(group.index)
+        judged = _judge(cost[members], quality[members], lows[members], highs[members])
+        status[members] = np.array(STATUSES, dtype=object)[judged.status]
+        for column, positions in ((tied_with, judged.tied_with), (dominated_by, judged.dominated_by)):
+            named = positions >= 0
+            column[members[named]] = ids[members[positions[named]]]
+    out = d.assign(front_status=status.tolist(), cost_low=lows, cost_high=highs, tied_with=tied_with,
+                   dominated_by=dominated_by)
     out.index = index
     return out
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """One setup's verdicts by position: ``status`` an index into ``STATUSES``; ``tied_with`` and ``dominated_by``
+    the position of the run named (-1 for none)."""
+
+    status: np.ndarray
+    tied_with: np.ndarray
+    dominated_by: np.ndarray
+
+
+_CHUNK_CELLS = 2**22  # runs x candidates compared at once where a broadcast is needed (about 4 MB of booleans)
+
+
+def _judge(cost: np.ndarray, quality: np.ndarray, low: np.ndarray, high: np.ndarray) -> _Judged:
+    """``classify``'s rule for the runs of one setup (quality oriented so that higher is better), by sorting:
+
+    * front: ``_front_order`` (as ``pareto_front``).
+    * dominated: some run ``a`` with ``high[a] <= low[b]`` and ``quality[a] >= quality[b]``, strictly in one of
+      the two (``dominates_beyond_noise``). Over the runs sorted by ``high``, the best quality of those with
+      ``high <= low[b]`` (and of those with ``high < low[b]``) is a running maximum, so each run is one binary search.
+    * ``dominated_by``: the cheapest front run that dominates it (then the best, then the first); the front runs
+      sorted by cost have rising quality, so those good enough are a suffix of the front. A run no front run
+      dominates takes the cheapest of the others that do (compared only with the runs cheap enough to).
+    * tied: beaten on the medians only within the noise; ``tied_with`` the costliest front run at or below its
+      cost, which is the front run nearest in cost that beats it on the medians.
+    """
+    n = len(cost)
+    status = np.full(n, STATUSES.index("tied"))
+    tied_with, dominated_by = np.full(n, -1), np.full(n, -1)
+    if n == 0:
+        return _Judged(status, tied_with, dominated_by)
+    front = _front_order(cost, quality)  # by cost: cost and quality both strictly rising
+    status[front] = STATUSES.index("front")
+    on_front = np.zeros(n, dtype=bool)
+    on_front[front] = True
+    # dominated beyond the noise: by the best quality among the runs whose high end is low enough
+    by_high = np.argsort(high, kind="stable")
+    best = np.maximum.accumulate(quality[by_high])
+    at_most = np.searchsorted(high[by_high], low, side="right")  # runs with high <= low[b]
+    below = np.searchsorted(high[by_high], low, side="left")  # runs with high < low[b]
+    best_at_most = np.where(at_most > 0, best[np.maximum(at_most - 1, 0)], -np.inf)
+    best_below = np.where(below > 0, best[np.maximum(below - 1, 0)], -np.inf)
+    dominated = ~on_front & ((best_at_most > quality) | (best_below >= quality))
+    status[dominated] = STATUSES.index("dominated")
+    # the run each dominated run is dominated by: the cheapest front run that does, else the cheapest other one
+    runs = np.flatnonzero(dominated)
+    f_cost, f_quality, f_high = cost[front], quality[front], high[front]
+    first_good = np.searchsorted(f_quality, quality[runs], side="left")  # front runs no worse than the run
+    for part in np.array_split(runs, max(1, len(runs) * len(front) // _CHUNK_CELLS + 1)):
+        k = np.searchsorted(runs, part)
+        beats = ((np.arange(len(front))[None, :] >= first_good[k][:, None])
+                 & (f_high[None, :] <= low[part][:, None])
+                 & ((f_high[None, :] < low[part][:, None]) | (f_quality[None, :] > quality[part][:, None])))
+        found = beats.any(axis=1)
+        dominated_by[part[found]] = front[beats[found].argmax(axis=1)]
+    rest = runs[dominated_by[runs] < 0]
+    if len(rest):
+        by_key = np.lexsort((np.arange(n), -quality, cost))  # the order min() picks in: cost, best quality, first
+        candidates = by_key[~on_front[by_key] & (high[by_key] <= low[rest].max())
+                            & (quality[by_key] >= quality[rest].min())]
+        for part in np.array_split(rest, max(1, len(rest) * len(candidates) // _CHUNK_CELLS + 1)):
+            c_high, c_quality = high[candidates][None, :], quality[candidates][None, :]
+            b_low, b_quality = low[part][:, None], quality[part][:, None]
+            beats = (c_high <= b_low) & (c_quality >= b_quality) & ((c_high < b_low) | (c_quality > b_quality))
+            dominated_by[part] = candidates[beats.argmax(axis=1)]
+    # tied: the costliest front run at or below its cost
+    tied = np.flatnonzero(status == STATUSES.index("tied"))
+    tied_with[tied] = front[np.searchsorted(f_cost, cost[tied], side="right") - 1]
+    return _Judged(status, tied_with, dominated_by)
 
 
 # ------------------------------------------------------------------------------------------ setups
@@ -219,14 +299,35 @@ def _key_part(v: Any, column: str = "") -> Any:
 
 
 def setups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
-    """The runs split by setup (``SETUP_COLUMNS``; a missing column counts as one value), largest first."""
+    """The runs split by setup (``SETUP_COLUMNS``; a missing column counts as one value), largest first (then by
+    the key's text, then by first appearance). Each column's distinct values are named once, not each row's."""
     if runs.empty:
         return []
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(runs.to_dict("records")):
-        groups.setdefault(tuple(_key_part(r.get(c), c) for c in SETUP_COLUMNS), []).append(i)
-    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0])))
-    return [(key, runs.iloc[idx]) for key, idx in ordered]
+    n = len(runs)
+    keys, codes = [], []  # per column: each raw value's key part, and each row's raw value (-1: missing)
+    combined = np.zeros(n, dtype=np.int64)  # equal for rows whose key parts are all equal
+    for column in SETUP_COLUMNS:
+        if column in runs.columns:
+            values = runs[column]
+            if not pd.api.types.is_numeric_dtype(values):  # text hashes faster as plain objects
+                values = values.to_numpy(dtype=object)
+            raw, uniques = pd.factorize(values, use_na_sentinel=True)
+            parts = [_key_part(v, column) for v in uniques.tolist()] + [None]  # plain Python values; [-1]: missing
+        else:
+            raw, parts = np.full(n, -1), [None]
+        same: dict[Any, int] = {}  # raw values with one key part (2.0 and 2; NaN and None) count as one
+        merged = np.array([same.setdefault(p, len(same)) for p in parts], dtype=np.int64)[raw]
+        if len(same) > 1:  # a column every run shares splits nothing
+            combined = pd.factorize(combined * len(same) + merged)[0].astype(np.int64)
+        keys.append(parts)
+        codes.append(raw)
+    order = np.argsort(combined, kind="stable")
+    groups = []
+    for members in np.split(order, np.flatnonzero(np.diff(combined[order])) + 1):
+        first = members[0]  # the key is the first run's, as a dict of keys would keep it
+        groups.append((tuple(part[code[first]] for part, code in zip(keys, codes)), members))
+    groups.sort(key=lambda kv: (-len(kv[1]), str(kv[0]), kv[1][0]))
+    return [(key, runs.iloc[members]) for key, members in groups]
 
 
 def setup_label(key: tuple, among: list[tuple] | None = None) -> str:

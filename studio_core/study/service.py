@@ -37,7 +37,7 @@ from studio_core.models import resolve_model
 from studio_core.spec import REFERENCE_DEFAULT
 from studio_core.store.store import RunStore
 from studio_core.study.dispatch import make_backend
-from studio_core.study.estimate import SweepEstimate, estimate_sweep
+from studio_core.study.estimate import HISTORY_COLUMNS, SweepEstimate, estimate_sweep
 from studio_core.study.sweep import Sweep, grid_size, run_sweep, sweep_from_dict
 
 if TYPE_CHECKING:  # the engine imports torch: it is imported when the first run needs it
@@ -333,8 +333,11 @@ class StudyService:
         sweep = self.sweep(sweep)
         reference = sweep.reference or self.reference or {}
         done = [s for s in self.store.sweeps(sweep.key) if s["status"] == "done"]
-        return estimate_sweep(sweep, self.store.runs_frame(matching={"status": "ok"}),
-                              resolve_model(sweep.specs[0].model),
+        model_path = resolve_model(sweep.specs[0].model)
+        history = self.store.runs_frame(matching={"status": "ok", **({} if model_path is None else
+                                                                     {"model_path": model_path})},
+                                        columns=HISTORY_COLUMNS)
+        return estimate_sweep(sweep, history, model_path,
                               reference_steps=int(reference.get("steps", REFERENCE_DEFAULT["steps"])),
                               finished_sweep=done[-1]["id"] if done else None)
 
