@@ -209,6 +209,35 @@ SECTIONS = [
             "says how many), so the JSON stays a few MB. The CSV holds every column of every run: its time and "
             "size grow with the study, and it is written in chunks without holding the study in memory or the "
             "store's lock."),
+    Section("dispatch_scale", "Sweeps on Ray at simulated scale (`benchmarks/dispatch_scale.py`)",
+            ".venv/bin/python benchmarks/dispatch_scale.py",
+            "Issue 22's scale test without a cluster: a Ray cluster of this machine with as many CPU slots as "
+            "workers (`ray start --head --num-cpus W`), the studio's own dispatch (`RayCluster`, `run_cells`, the "
+            "driver writing a real SQLite study) and the workers' stand-in engine, which sleeps a fixed time per "
+            "cell and returns a made-up row, so no model runs and the figures are the dispatch's own. The clean "
+            "run has no faults; the faults run kills a tenth of the workers (SIGKILL, spread over the run) and the "
+            "driver once (SIGKILL at 40% done), then starts the driver again, which resumes. Each ends with the "
+            "study read from outside: every cell finished exactly once, none lost, none twice.",
+            "Reading it: the overhead per cell is what the steady throughput falls short of W workers each "
+            "finishing a cell per stand-in time. Here W processes share 2 cores, so most of it is Ray's "
+            "scheduling and its workers' wake-ups competing for the CPU with each other and the driver; on a "
+            "cluster each worker has its own device and the overhead is a share of seconds-long cells. The "
+            "interrupted rows are the record of the kills: a killed worker's cell is handed out again once, and "
+            "a killed driver's running rows are marked interrupted when the next driver resumes the sweep."),
+    Section("ray_sweep", "The sampler shootout on Ray (`benchmarks/ray_sweep.py`)",
+            ".venv/bin/python benchmarks/ray_sweep.py",
+            "The preset sweep through the studio's command line on a local Ray cluster of 2 one-thread CPU "
+            "workers, beside the same sweep in one process, then with a Ray worker killed mid-cell and with the "
+            "driver killed and started again. The last column compares each run's PSNR against the reference "
+            "with the same cell's in the in-process sweep.",
+            "Reading it: on 2 cores, 2 workers of 1 thread do about what one process of 2 threads does, so the "
+            "wall times are close; the figure worth having is that every cell finished once and that the images "
+            "agree. The workers' runs say `timed on a CPU shared by 2 workers` (their own setup on the fronts), "
+            "since two timings on one CPU are not what either would be alone."),
+    Section("devices_gpu", "`sweep --devices` on a GPU (`benchmarks/devices_gpu.py`)",
+            ".venv/bin/python benchmarks/devices_gpu.py --cells 8",
+            "The sampler shootout's first cells in one process and on one worker pinned to `cuda:0` (each on a "
+            "fresh study), for the worker's overhead per cell and whether the images match. Needs a CUDA device."),
     Section("load_test", "Load: many clients against one studio (`benchmarks/load_test.py`)",
             ".venv/bin/python benchmarks/load_test.py --clients 8 --requests 240 --steps 8",
             "`app.py` with its defaults in a subprocess; the clients are threads of a second process, each with "
