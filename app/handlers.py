@@ -580,7 +580,7 @@ class Studio:
         of them (under a second); past that, an empty button that writes it when pressed (``prepare_csv``), so
         the table of a large study never waits for a CSV nobody asked for."""
         matching = self._filters(status, sweep_id, model)
-        _frame, total = self.store.runs_page(matching=matching, columns=["id"], per_page=1)
+        total = self.store.run_count(matching)
         if total > CSV_AT_ONCE:
             return gr.update(value=None, label=f"Prepare CSV of {total:,} runs")
         return gr.update(value=self._csv(matching), label="Download CSV")

@@ -460,9 +460,10 @@ class RunStore:
         return marked
 
     @staticmethod
-    def _select_sql(table: str, where: str | None) -> str:
-        """All columns of one of the store's own tables (never a caller's name), oldest first."""
-        return f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "") + " ORDER BY rowid"
+    def _select_sql(table: str, where: str | None, select: str = "*") -> str:
+        """All columns of one of the store's own tables (never a caller's name), or the checked ``select`` list,
+        oldest first."""
+        return f"SELECT {select} FROM {table}" + (f" WHERE {where}" if where else "") + " ORDER BY rowid"
 
     def raw_rows(self, table: str, where: str | None = None, params: Iterable | dict | None = None) -> list[dict]:
         """Rows of one of ``TABLES`` exactly as stored (JSON left as text), oldest first."""
@@ -533,8 +534,8 @@ class RunStore:
 
         with self._reading():
             where, params = self._matching(where, params, matching)
-            sql = f"SELECT {self._run_columns(columns)} FROM runs" + (f" WHERE {where}" if where else "")
-            return pd.read_sql_query(sql + " ORDER BY rowid", self.db.conn, params=params)
+            return pd.read_sql_query(self._select_sql("runs", where, self._run_columns(columns)), self.db.conn,
+                                     params=params)
 
     @contextmanager
     def _one_read(self):
@@ -572,9 +573,8 @@ class RunStore:
                 clauses.append("id IN (SELECT id FROM runs WHERE id > ? UNION SELECT id FROM runs WHERE "
                                + ("finished_at IS NOT NULL)" if last_finish is None else "finished_at >= ?)"))
                 values += [last_id or 0] + ([] if last_finish is None else [last_finish])
-            sql = f"SELECT {self._run_columns(columns)} FROM runs" + (
-                f" WHERE {' AND '.join(clauses)}" if clauses else "")
-            frame = pd.read_sql_query(sql + " ORDER BY rowid", self.db.conn, params=values)
+            frame = pd.read_sql_query(self._select_sql("runs", " AND ".join(clauses) or None,
+                                                       self._run_columns(columns)), self.db.conn, params=values)
             total, id_sum = self.db.execute("SELECT count(*), sum(id) FROM runs" + (f" WHERE {where}" if where else ""),
                                             list(params)).fetchone()
         return RunsSince(frame, int(total), int(id_sum or 0), now_mark)
@@ -591,7 +591,7 @@ class RunStore:
         with self._one_read():
             where, params = self._matching(None, None, matching or {})
             clause = f" WHERE {where}" if where else ""
-            total = self.db.execute(f"SELECT count(*) FROM runs{clause}", list(params)).fetchone()[0]
+            total = self.run_count(matching)
             frame = pd.read_sql_query(f"SELECT {self._run_columns(columns)} FROM runs{clause} ORDER BY id DESC "
                                       "LIMIT ? OFFSET ?", self.db.conn,
                                       params=[*params, per_page, (page - 1) * per_page])
@@ -627,9 +627,12 @@ class RunStore:
         with self._reading():
             return [tuple(r) for r in self.db.execute("SELECT id, status FROM sweeps ORDER BY id")]
 
-    def run_count(self) -> int:
+    def run_count(self, matching: Mapping[str, Any] | None = None) -> int:
+        """How many runs ``matching`` selects (every run for None; None matches NULL), counted off an index."""
         with self._reading():
-            return self.db["runs"].count
+            where, params = self._matching(None, None, matching or {})
+            return self.db.execute("SELECT count(*) FROM runs" + (f" WHERE {where}" if where else ""),
+                                   list(params)).fetchone()[0]
 
     def export_csv(self, path: str | Path, where: str | None = None, params: Iterable | dict | None = None, *,
                    matching: Mapping[str, Any] | None = None) -> int:
@@ -649,9 +652,9 @@ class RunStore:
             params = params or []
             declared = {c.name: c.type for c in sqlite_utils.Database(conn)["runs"].columns}
             floats = csv_stream.float_columns(conn, "runs", declared, where, params)
-            sql = f"SELECT {csv_stream.select_list(declared, floats)} FROM runs" + (f" WHERE {where}" if where else "")
+            sql = self._select_sql("runs", where, csv_stream.select_list(declared, floats))
             with open(tmp, "w", encoding="utf-8", newline="") as out:
-                return csv_stream.write_csv(conn, sql + " ORDER BY rowid", params, out)
+                return csv_stream.write_csv(conn, sql, params, out)
 
     @contextmanager
     def _export_reader(self):
