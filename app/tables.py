@@ -22,7 +22,6 @@ __all__ = [
     "TABLE_READS",
     "choices_from",
     "differing_settings",
-    "filter_choices",
     "image_pairs",
     "metric_deltas",
     "noise_flag",
@@ -88,13 +87,6 @@ def run_filters(status: str | None = None, sweep_id: Any = None, model: str | No
 def sweep_choices(sweeps: list[Mapping]) -> list[tuple[str, int]]:
     """(label, id) of every sweep (``RunStore.sweeps()``, oldest first), newest first."""
     return [(f"{s['id']}: {s['name']} ({s['status']}, {s['n_total']} runs)", int(s["id"])) for s in reversed(sweeps)]
-
-
-def filter_choices(frame: pd.DataFrame, sweeps: list[Mapping]) -> tuple[list, list, list, list]:
-    """Choices of the model, prompt-set, sweep and run pickers, from the whole run log."""
-    if not len(frame):
-        return choices_from([], [], sweeps, frame)
-    return choices_from(frame["model"].tolist(), frame["prompt_set"].tolist(), sweeps, frame[frame["status"] == "ok"])
 
 
 def choices_from(models: list, prompt_sets: list, sweeps: list[Mapping],

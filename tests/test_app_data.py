@@ -183,7 +183,8 @@ def test_filter_choices_come_from_the_log():
                           _row(id=3, prompt_set=None, model="/x")])
     sweeps = [{"id": 1, "name": "a", "status": "done", "n_total": 2}, {"id": 2, "name": "b", "status": "running",
                                                                        "n_total": 4}]
-    models, sets, sweep_items, runs = tables.filter_choices(frame, sweeps)
+    models, sets, sweep_items, runs = tables.choices_from(frame["model"].tolist(), frame["prompt_set"].tolist(),
+                                                         sweeps, frame[frame["status"] == "ok"])
     assert models == [tables.ALL, "/x", "emoji-sd"] and sets == [tables.ALL, "emoji-4", tables.CUSTOM_PROMPTS]
     assert sweep_items == [(tables.ALL, tables.ALL), ("2: b (running, 4 runs)", "2"), ("1: a (done, 2 runs)", "1")]
     assert [i for _, i in runs] == [3, 1]  # ok runs only, newest first
