@@ -103,6 +103,34 @@ def test_device_workers_give_what_an_in_process_sweep_gives(tmp_path, one_torch_
         store.image_bytes(digest)  # present, and its content matches its name
 
 
+@pytest.mark.parametrize("family, px", [("sdxl", 64), ("flux", 32)])
+def test_a_worker_drives_other_families_as_this_process_does(tmp_path, one_torch_thread, family, px):
+    """A user's diffusers folder of another family (tiny SDXL, tiny Flux, built from config) on a pinned worker:
+    found at its path, fingerprint checked, and the same images and scores as the same cells in this process."""
+    from tiny_families import FAMILIES
+
+    from studio_core.measure.engine import Engine
+
+    folder = FAMILIES[family](tmp_path / family)
+    data = {"name": f"{family}-worker", "base": {"model": str(folder), "prompts": ["a red heart"], "seeds": [0],
+                                                 "height": px, "width": px, "warmup": 0, "repeats": 1},
+            "grid": {"steps": [2, 3]}, "reference": {"steps": 4}}
+    sweep = sweep_from_dict(data)
+    local = RunStore(tmp_path / "local")
+    run_sweep(Engine(local), sweep, progress=False)
+    store = RunStore(tmp_path / "spread")
+    pool = DevicePool(["cpu"], threads=1)
+    try:
+        out = run_sweep(None, sweep, store=store, backend=pool, progress=False)
+    finally:
+        pool.close()
+    frame = finished_once(store, out["sweep_id"], 2).sort_values("sweep_index")
+    mine = local.runs_frame().sort_values("sweep_index")
+    assert list(frame["status"]) == ["ok", "ok"], list(frame["error"])
+    assert list(frame["model_family"]) == list(mine["model_family"]) and list(frame["images"]) == list(mine["images"])
+    assert list(frame["psnr"].round(6)) == list(mine["psnr"].round(6)) and set(frame["dispatch"]) == {"devices"}
+
+
 def test_a_worker_killed_mid_cell_hands_the_cell_out_again(tmp_path):
     store = RunStore(tmp_path / "study")
     sweep = sweep_from_dict(stand_in_sweep(6))
